@@ -1,0 +1,507 @@
+"""System prompt injection: presets, phrase-aware merging, negatives, CLIP token windows.
+
+Pure Python (no torch, no ComfyUI). The node layer (`nodes/prompt.py`) passes in the preset
+folders and a `count_tokens(text) -> int` callable (a CLIP tokenizer), so everything here is
+testable with a fake counter.
+
+Vocabulary
+----------
+- *phrase*: one comma- or newline-separated piece of a prompt. Two phrases are the same when
+  their normalised forms match: lower case, whitespace collapsed, ComfyUI emphasis
+  (``(text:1.2)``, ``(text)``) and trailing full stops removed.
+- *preset*: a JSON file in a preset folder (schema in ``presets/README.md``).
+- *template*: an optional preset string with ``{prompt}`` and ``{style}`` placeholders,
+  e.g. ``"{prompt}, {style}"`` for style tokens ``styleNN``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .errors import AtelierError
+
+#: CLIP text encoders see 77 tokens: a start token, 75 text tokens and an end token.
+CLIP_WINDOW = 75
+
+POSITIONS = ("prefix", "suffix")
+PRESET_KEYS = {"name", "description", "positive", "position", "negative", "categories", "template", "style"}
+CATEGORY_KEYS = {"keywords", "negative"}
+TEMPLATE_FIELDS = {"prompt", "style"}
+
+#: the pack's own presets (repo root / presets)
+SHIPPED_PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+_STYLE_RE = re.compile(r"(?<![\w])style(\d{1,4})(?![\w])", re.IGNORECASE)
+_WEIGHT_RE = re.compile(r"^\((.*?)(?::\s*[-+]?\d*\.?\d+)?\)$", re.DOTALL)
+_SPLIT_RE = re.compile(r"[,\n]")
+
+
+# --------------------------------------------------------------------------- presets
+
+@dataclass(frozen=True)
+class Category:
+    """Negative text added when any keyword appears in the prompt (whole words, any case)."""
+    name: str
+    keywords: tuple[str, ...]
+    negative: str
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    positive: str = ""
+    position: str = "prefix"
+    negative: str = ""
+    categories: tuple[Category, ...] = ()
+    template: str | None = None
+    style: str = ""
+    description: str = ""
+    source: str = ""  # file it came from
+
+    @property
+    def needs_style(self) -> bool:
+        return self.template is not None and "{style}" in self.template
+
+
+@dataclass
+class PresetLoad:
+    """Result of loading preset folders: good presets by name, and one message per bad file."""
+    presets: dict[str, Preset] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    overridden: list[str] = field(default_factory=list)  # "name: a.json replaced by b.json"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.presets)
+
+
+def _check_str(data: dict, key: str, where: str, default: str = "") -> str:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ValueError(f"{where}'{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_preset(data: object, source: str = "") -> Preset:
+    """Validate one preset object (already parsed from JSON). Raises ValueError with the reason."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a preset must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(k for k in data if k not in PRESET_KEYS and not k.startswith(("_", "$")))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; allowed keys are {sorted(PRESET_KEYS)} "
+                         "(keys starting with '_' or '$' are ignored, use them for comments)")
+    name = _check_str(data, "name", "")
+    if not name.strip():
+        raise ValueError("'name' is missing or empty")
+    name = name.strip()
+    where = f"preset '{name}': "
+    position = _check_str(data, "position", where, "prefix").strip().lower() or "prefix"
+    if position not in POSITIONS:
+        raise ValueError(f"{where}'position' must be 'prefix' or 'suffix', got {position!r}")
+    template = data.get("template")
+    if template is not None:
+        if not isinstance(template, str):
+            raise ValueError(f"{where}'template' must be a string")
+        fields = set(re.findall(r"\{(\w*)\}", template))
+        bad = sorted(fields - TEMPLATE_FIELDS)
+        if bad:
+            raise ValueError(f"{where}'template' has unknown placeholder(s) {bad}; use {{prompt}} and {{style}}")
+        if "{prompt}" not in template:
+            raise ValueError(f"{where}'template' must contain {{prompt}}")
+    style = _check_str(data, "style", where).strip()
+    if style:
+        style = normalise_style_id(style, node="preset file", input=f"{name}.style")
+    cats_raw = data.get("categories") or {}
+    if not isinstance(cats_raw, dict):
+        raise ValueError(f"{where}'categories' must be an object {{category: {{keywords: [...], negative: '...'}}}}")
+    categories = []
+    for cname, cat in cats_raw.items():
+        cw = f"{where}category '{cname}': "
+        if not isinstance(cat, dict):
+            raise ValueError(f"{cw}must be an object with 'keywords' and 'negative'")
+        extra = sorted(k for k in cat if k not in CATEGORY_KEYS and not k.startswith(("_", "$")))
+        if extra:
+            raise ValueError(f"{cw}unknown key(s) {extra}; allowed keys are ['keywords', 'negative']")
+        kws = cat.get("keywords")
+        if isinstance(kws, str):
+            kws = [kws]
+        if not isinstance(kws, list) or not kws or not all(isinstance(k, str) and k.strip() for k in kws):
+            raise ValueError(f"{cw}'keywords' must be a non-empty list of strings")
+        categories.append(Category(str(cname), tuple(k.strip() for k in kws), _check_str(cat, "negative", cw)))
+    return Preset(name=name, positive=_check_str(data, "positive", where), position=position,
+                  negative=_check_str(data, "negative", where), categories=tuple(categories),
+                  template=template, style=style, description=_check_str(data, "description", where),
+                  source=source)
+
+
+def load_preset_file(path: str | os.PathLike) -> list[Preset]:
+    """Presets in one JSON file: a single preset object or a list of them. Raises ValueError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read file: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    items = data if isinstance(data, list) else [data]
+    return [parse_preset(item, str(path)) for item in items]
+
+
+def load_presets(dirs: Iterable[str | os.PathLike]) -> PresetLoad:
+    """Load every ``*.json`` in the folders, in order; a later folder's preset replaces an earlier
+    one of the same name (so a user folder listed last can override a shipped preset).
+
+    A bad file never stops the others: its message (naming the file) goes to ``errors``.
+    Missing folders are skipped silently.
+    """
+    out = PresetLoad()
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            continue
+        for path in sorted(d.glob("*.json")):
+            try:
+                found = load_preset_file(path)
+            except ValueError as exc:
+                out.errors.append(f"preset file {path}: {exc}")
+                continue
+            for preset in found:
+                old = out.presets.get(preset.name)
+                if old is not None:
+                    out.overridden.append(f"{preset.name}: {old.source} replaced by {preset.source}")
+                out.presets[preset.name] = preset
+    return out
+
+
+def presets_signature(dirs: Iterable[str | os.PathLike]) -> tuple:
+    """Cheap cache key: (path, mtime_ns, size) of every preset file in the folders."""
+    sig = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_dir():
+            for p in sorted(d.glob("*.json")):
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                sig.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(sig)
+
+
+def get_preset(load: PresetLoad, name: str, *, node: str | None = None, input: str = "preset") -> Preset:
+    """The named preset, or an AtelierError listing the available ones (and load errors)."""
+    if name in load.presets:
+        return load.presets[name]
+    available = ", ".join(sorted(load.presets)) or "none"
+    problem = f"unknown preset {name!r}."
+    if load.errors:
+        problem += " Some preset files failed to load: " + " | ".join(load.errors)
+    raise AtelierError(problem, node=node, input=input, expected=f"one of: {available}",
+                       fix="pick a preset from the list (refresh the page after adding preset files), "
+                           "or fix the preset file named above.")
+
+
+# --------------------------------------------------------------------------- phrases
+
+def normalise_phrase(phrase: str) -> str:
+    """Comparison key for a phrase: emphasis and weights removed, lower case, single spaces."""
+    p = phrase.strip()
+    for _ in range(4):  # peel nested emphasis like ((a:1.2))
+        m = _WEIGHT_RE.match(p)
+        if not m:
+            break
+        p = m.group(1).strip()
+    p = p.replace("\\(", "(").replace("\\)", ")")
+    p = re.sub(r"\s+", " ", p).strip(" .;").lower()
+    return p
+
+
+def split_phrases(text: str) -> list[str]:
+    """Comma/newline separated phrases, stripped, empties dropped."""
+    return [p.strip() for p in _SPLIT_RE.split(text or "") if p.strip()]
+
+
+def join_phrases(phrases: Sequence[str]) -> str:
+    return ", ".join(p for p in phrases if p)
+
+
+def tidy(text: str) -> str:
+    """Clean separators left by empty template fields: ', ,' -> ',', no leading/trailing commas."""
+    lines = []
+    for line in (text or "").split("\n"):
+        line = re.sub(r"\s*,\s*(,\s*)+", ", ", line)
+        line = re.sub(r"\s+,", ",", line)
+        line = re.sub(r"[ \t]{2,}", " ", line)
+        lines.append(line.strip().strip(",").strip())
+    return "\n".join(l for l in lines if l)
+
+
+def unique_phrases(texts: Iterable[str], exclude: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """Phrases from `texts` in order, first spelling kept, duplicates (and anything in `exclude`,
+    by normalised form) dropped. Returns (kept, dropped)."""
+    seen = {normalise_phrase(p) for p in exclude}
+    kept, dropped = [], []
+    for text in texts:
+        for p in split_phrases(text):
+            key = normalise_phrase(p)
+            if not key:
+                continue
+            if key in seen:
+                dropped.append(p)
+            else:
+                seen.add(key)
+                kept.append(p)
+    return kept, dropped
+
+
+@dataclass
+class Injection:
+    text: str
+    added: list[str]
+    skipped: list[str]  # preset phrases already present in the prompt
+
+
+def inject(prompt: str, addition: str, position: str = "prefix") -> Injection:
+    """Put `addition`'s phrases before (prefix) or after (suffix) `prompt`, leaving out every phrase
+    the prompt already has (case-insensitive, emphasis ignored). The user's text is kept verbatim."""
+    if position not in POSITIONS:
+        raise AtelierError(f"unknown position {position!r}", input="position", expected="prefix or suffix")
+    added, skipped = unique_phrases([addition], exclude=split_phrases(prompt))
+    extra = join_phrases(added)
+    body = (prompt or "").strip()
+    if not extra:
+        text = body
+    elif not body:
+        text = extra
+    elif position == "prefix":
+        text = f"{extra}, {body}"
+    else:
+        text = f"{body.rstrip(' ,')}, {extra}"
+    return Injection(text, added, skipped)
+
+
+# --------------------------------------------------------------------------- styles / templates
+
+def normalise_style_id(value: str | int, *, node: str | None = None, input: str | None = "style_id") -> str:
+    """'7', 7, 'style7', 'Style07' -> 'style07' (at least two digits). Empty -> ''."""
+    s = str(value).strip()
+    if not s:
+        return ""
+    m = re.fullmatch(r"(?:style)?\s*(\d{1,4})", s, re.IGNORECASE)
+    if not m:
+        raise AtelierError(f"{s!r} is not a style id", node=node, input=input,
+                           expected="a style id like style03 (or just the number 3)",
+                           fix="write the id as styleNN, or leave it empty to read styleNN from the prompt.")
+    return f"style{int(m.group(1)):02d}"
+
+
+def find_style_ids(text: str) -> list[str]:
+    """Every styleNN token in the text, normalised, in order, without repeats."""
+    out = []
+    for m in _STYLE_RE.finditer(text or ""):
+        sid = f"style{int(m.group(1)):02d}"
+        if sid not in out:
+            out.append(sid)
+    return out
+
+
+def remove_style_ids(text: str) -> str:
+    return tidy(_STYLE_RE.sub("", text or ""))
+
+
+def apply_template(template: str, prompt: str, style: str = "") -> str:
+    """Fill {prompt} and {style}; tidy separators an empty field leaves behind."""
+    return tidy(template.replace("{prompt}", (prompt or "").strip()).replace("{style}", style))
+
+
+# --------------------------------------------------------------------------- negatives
+
+def keyword_in(keyword: str, text: str) -> bool:
+    """Whole-word, case-insensitive match; a trailing 's'/'es' plural also matches."""
+    kw = re.escape(keyword.strip().lower()).replace(r"\ ", r"\s+")
+    return re.search(rf"(?<![\w]){kw}(?:s|es)?(?![\w])", (text or "").lower()) is not None
+
+
+def match_categories(preset: Preset, text: str) -> list[Category]:
+    return [c for c in preset.categories if any(keyword_in(k, text) for k in c.keywords)]
+
+
+@dataclass
+class Negative:
+    text: str
+    categories: list[str]  # matched category names
+    dropped_conflicts: list[str]  # negative phrases left out because the positive asks for them
+
+
+def build_negative(preset: Preset, subject: str, extra: str = "", positive: str = "") -> Negative:
+    """preset.negative + negatives of categories whose keywords occur in `subject` + `extra`,
+    deduplicated by phrase. A phrase the positive prompt itself contains is left out (it would
+    fight the positive)."""
+    cats = match_categories(preset, subject)
+    kept, _ = unique_phrases([preset.negative] + [c.negative for c in cats] + [extra or ""])
+    pos_keys = {normalise_phrase(p) for p in split_phrases(positive)}
+    final = [p for p in kept if normalise_phrase(p) not in pos_keys]
+    conflicts = [p for p in kept if normalise_phrase(p) in pos_keys]
+    return Negative(join_phrases(final), [c.name for c in cats], conflicts)
+
+
+# --------------------------------------------------------------------------- token windows
+
+_EMPHASIS_RE = re.compile(r"(?<!\\)\(([^()]*?)(?::\s*[-+]?\d*\.?\d+)?(?<!\\)\)")
+
+
+def strip_emphasis(text: str) -> str:
+    """Drop ComfyUI weight syntax for counting: '(red car:1.2)' -> 'red car', '\\(' -> '('."""
+    prev = None
+    while prev != text:
+        prev, text = text, _EMPHASIS_RE.sub(r"\1", text)
+    return text.replace("\\(", "(").replace("\\)", ")")
+
+
+@dataclass
+class TokenReport:
+    count: int
+    window: int
+    overflow: str  # text past the window ('' when it fits)
+
+    @property
+    def fits(self) -> bool:
+        return self.count <= self.window
+
+    @property
+    def chunks(self) -> int:
+        return max(1, -(-self.count // self.window))
+
+
+def token_report(text: str, count_tokens: Callable[[str], int], window: int = CLIP_WINDOW) -> TokenReport:
+    """Count tokens and, when over the window, find the text past it (word-level binary search:
+    the longest word prefix that still fits)."""
+    text = text or ""
+    total = int(count_tokens(text))
+    if total <= window:
+        return TokenReport(total, window, "")
+    ends = [m.end() for m in re.finditer(r"\S+", text)]
+    lo, hi = 0, len(ends)  # invariant: first `lo` words fit, first `hi` words do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count_tokens(text[:ends[mid - 1]]) <= window:
+            lo = mid
+        else:
+            hi = mid
+    cut = ends[lo - 1] if lo else 0
+    overflow = text[cut:].strip().lstrip(",").strip()
+    return TokenReport(total, window, overflow)
+
+
+def window_warning(side: str, rep: TokenReport, max_shown: int = 80) -> str | None:
+    if rep.fits:
+        return None
+    shown = rep.overflow if len(rep.overflow) <= max_shown else rep.overflow[:max_shown].rstrip() + "..."
+    return (f"WARNING: {side} prompt is {rep.count} CLIP tokens, over the {rep.window}-token window. "
+            f"The text after token {rep.window} (\"{shown}\") is not read together with the rest: "
+            f"ComfyUI encodes it as a separate chunk, and tools that truncate at 77 tokens ignore it. "
+            f"Shorten the prompt or move the important phrases to the front.")
+
+
+# --------------------------------------------------------------------------- all together
+
+@dataclass
+class PromptResult:
+    positive: str
+    negative: str
+    report: str
+    warnings: list[str]
+    positive_tokens: TokenReport | None = None
+    negative_tokens: TokenReport | None = None
+    categories: list[str] = field(default_factory=list)
+    style: str = ""
+
+
+def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, extra_negative: str = "",
+                  style_id: str = "", count_tokens: Callable[[str], int] | None = None,
+                  window: int = CLIP_WINDOW, node: str | None = None) -> PromptResult:
+    """The whole injector: template -> inject positive -> negative -> token counts -> report.
+
+    - `position` None or 'preset default' uses the preset's position.
+    - Empty prompt: the preset text alone, with a warning (never an error).
+    - Templates with {style}: `style_id` wins, else the first styleNN in the prompt (moved to where
+      the template puts it), else the preset's default style; none at all is an AtelierError.
+    """
+    warnings: list[str] = []
+    user = (prompt or "").strip()
+    if not user:
+        warnings.append("WARNING: the prompt is empty; using the preset text alone.")
+    pos = preset.position if position in (None, "", "preset default") else position
+    if pos not in POSITIONS:
+        raise AtelierError(f"unknown position {position!r}", node=node, input="position",
+                           expected="preset default, prefix or suffix")
+
+    subject = user
+    style = ""
+    if preset.template is not None:
+        body = user
+        if preset.needs_style:
+            style = normalise_style_id(style_id, node=node, input="style_id") if style_id else ""
+            found = find_style_ids(user)
+            if not style:
+                style = found[0] if found else preset.style
+            if not style:
+                raise AtelierError(
+                    f"preset '{preset.name}' needs a style id for its template {preset.template!r}, "
+                    "and none was given", node=node, input="style_id",
+                    expected="a style id like style03, in the style_id input or written in the prompt",
+                    fix="type the style id (e.g. style03) into style_id, or add it to the prompt text.")
+            if len(found) > 1:
+                warnings.append(f"WARNING: several style ids in the prompt ({', '.join(found)}); using {style}.")
+            body = remove_style_ids(user)
+        subject = apply_template(preset.template, body, style)
+    elif style_id:
+        style = normalise_style_id(style_id, node=node, input="style_id")
+        inj = inject(subject, style, "suffix")
+        subject = inj.text
+
+    inj = inject(subject, preset.positive, pos)
+    neg = build_negative(preset, subject, extra_negative, positive=inj.text)
+
+    pos_rep = neg_rep = None
+    if count_tokens is not None:
+        pos_rep = token_report(inj.text, count_tokens, window)
+        neg_rep = token_report(neg.text, count_tokens, window)
+        for side, rep in (("positive", pos_rep), ("negative", neg_rep)):
+            w = window_warning(side, rep)
+            if w:
+                warnings.append(w)
+
+    lines = [f"preset: {preset.name} ({pos})"]
+    if style:
+        lines.append(f"style: {style}")
+    if inj.added:
+        lines.append("added: " + join_phrases(inj.added))
+    if inj.skipped:
+        lines.append("already in prompt: " + join_phrases(inj.skipped))
+    lines.append("categories: " + (", ".join(neg.categories) or "none matched"))
+    if neg.dropped_conflicts:
+        lines.append("left out of negative (the positive asks for it): " + join_phrases(neg.dropped_conflicts))
+    if pos_rep is not None:
+        lines.append(f"tokens: positive {pos_rep.count}/{window}, negative {neg_rep.count}/{window}")
+    report = "\n".join(warnings + lines)
+    return PromptResult(inj.text, neg.text, report, warnings, pos_rep, neg_rep, neg.categories, style)
+
+
+def split_lines(text: str, skip_comments: bool = True) -> list[str]:
+    """One prompt per non-empty line; lines starting with '#' are comments when `skip_comments`."""
+    out = []
+    for line in (text or "").splitlines():
+        s = line.strip()
+        if not s or (skip_comments and s.startswith("#")):
+            continue
+        out.append(s)
+    return out
