@@ -1,0 +1,408 @@
+"""Edge and line-art extraction for ControlNet conditioning (pure: numpy + OpenCV).
+
+Everything here works on one image at a time, as numpy arrays:
+
+- input images are float32 ``[H, W]`` or ``[H, W, C]`` (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) in 0..1,
+  the layout of one ComfyUI IMAGE batch item (``image[i].numpy()``, no copy);
+- working images are uint8 ``[H, W]`` gray;
+- edge / line maps are uint8 ``[H, W]`` with **white lines (255) on black (0)**, the way ControlNet
+  canny/lineart models expect them.
+
+The resolution helpers (:func:`fit_resolution`, :func:`pad`, :func:`crop_back`) scale an image so its
+short side matches a target, pad it (black, centred) up to a multiple of 64, and describe what they did in a
+small JSON-serialisable dict (``PadInfo``) that is enough to crop and scale a generated image back to the
+original size and aspect.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, TypedDict
+
+import cv2
+import numpy as np
+
+from .errors import AtelierError
+
+#: ComfyUI's own MAX_RESOLUTION; no side we produce is longer than this.
+MAX_SIDE = 16384
+#: Pad multiple: SD latents are 1/8 of the image and most ControlNets like multiples of 64.
+PAD_MULTIPLE = 64
+
+Polarity = Literal["dark_on_light", "light_on_dark"]
+
+
+class PadInfo(TypedDict):
+    """What :func:`fit_resolution` + :func:`pad` did to an image (all ints, JSON-serialisable).
+
+    ``orig_h/orig_w``: size of the input; ``scaled_h/scaled_w``: size after scaling, before padding;
+    ``top/bottom/left/right``: black rows/columns added around the scaled image. The padded size is
+    ``(scaled_h + top + bottom, scaled_w + left + right)``.
+    """
+    orig_h: int
+    orig_w: int
+    scaled_h: int
+    scaled_w: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# input conversion
+# ---------------------------------------------------------------------------------------------------------
+
+def _check_image(img: np.ndarray, node: str | None, input: str) -> np.ndarray:
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] > 4):
+        raise AtelierError(f"got an image of shape {tuple(img.shape)}", node=node, input=input,
+                           expected="an image [H, W] or [H, W, C] with C = 1 (gray), 2 (gray+alpha), 3 (RGB) "
+                                    "or 4 (RGBA)",
+                           fix="connect a normal IMAGE output (Load Image, VAE Decode, ...).")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise AtelierError(f"got an empty image ({img.shape[0]}x{img.shape[1]} pixels)", node=node, input=input,
+                           expected="an image at least 1x1 pixel", fix="check the node that produces this image.")
+    return img
+
+
+def to_gray_u8(img: np.ndarray, *, background: Literal["auto", "white", "black"] = "auto",
+               node: str | None = None, input: str = "image") -> np.ndarray:
+    """Float image ``[H,W]`` / ``[H,W,C]`` in 0..1 -> uint8 gray ``[H,W]`` (rounded, saturated; never in place).
+
+    Transparent pixels (C = 2 or 4) are composited over ``background``; ``auto`` picks white or black,
+    whichever contrasts with the opaque content (so a light drawing on a transparent canvas is not lost
+    on white, nor a dark one on black). Luma uses the BT.601 weights (0.299, 0.587, 0.114).
+    """
+    img = _check_image(np.asarray(img), node, input)
+    if img.dtype != np.float32:
+        img = img.astype(np.float32)
+    alpha = None
+    if img.ndim == 2:
+        gray = img
+    else:
+        c = img.shape[2]
+        if not img.flags.c_contiguous:
+            img = np.ascontiguousarray(img)
+        if c == 2:
+            gray, alpha = img[:, :, 0], img[:, :, 1]
+        elif c == 3:
+            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        else:  # 4: gray is linear in RGB, so composite after the conversion (1 channel, not 3)
+            gray = cv2.cvtColor(img, cv2.COLOR_RGBA2GRAY)
+            alpha = img[:, :, 3]
+    if alpha is not None:
+        a = np.clip(alpha, 0.0, 1.0)
+        if background == "auto":
+            opaque = a > 0.5
+            mean = float(gray[opaque].mean()) if opaque.any() else 0.0
+            bg = 0.0 if mean > 0.5 else 1.0
+        else:
+            bg = 1.0 if background == "white" else 0.0
+        gray = gray * a + bg * (1.0 - a)
+    # x * 255 + 0, rounded and saturated to 0..255 in one pass (negatives -> 0, > 1 -> 255)
+    if not gray.flags.c_contiguous:
+        gray = np.ascontiguousarray(gray)
+    return cv2.addWeighted(gray, 255.0, gray, 0.0, 0.0, dtype=cv2.CV_8U)
+
+
+def histogram(gray: np.ndarray) -> np.ndarray:
+    """256-bin histogram of a uint8 image as int64 counts."""
+    return cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+
+
+def median_u8(gray: np.ndarray, hist: np.ndarray | None = None) -> int:
+    """Median of a uint8 image (lower median), from its histogram (no sort)."""
+    h = histogram(gray) if hist is None else hist
+    cum = np.cumsum(h)
+    return int(np.searchsorted(cum, (cum[-1] + 1) // 2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Canny
+# ---------------------------------------------------------------------------------------------------------
+
+def check_thresholds(low: float, high: float, *, node: str | None = None,
+                     low_input: str = "low_threshold", high_input: str = "high_threshold") -> None:
+    """Raise :class:`AtelierError` unless ``0 <= low <= high``."""
+    if low < 0 or high < 0:
+        bad = low_input if low < 0 else high_input
+        raise AtelierError(f"{bad} is negative ({low if low < 0 else high})", node=node, input=bad,
+                           expected="thresholds >= 0 (typical: 50..300)", fix="use a positive value.")
+    if low > high:
+        raise AtelierError(f"{low_input} ({low:g}) is above {high_input} ({high:g})", node=node, input=low_input,
+                           expected=f"{low_input} <= {high_input} (e.g. the defaults 50 and 80)",
+                           fix=f"lower {low_input} or raise {high_input}, or set threshold_mode to 'auto_median'.")
+
+
+def auto_thresholds(gray: np.ndarray, sigma: float = 0.33, hist: np.ndarray | None = None) -> tuple[float, float]:
+    """Canny thresholds from the image median ``v``: ``((1 - sigma) v, (1 + sigma) v)``, clipped to 0..255.
+
+    A very dark or flat image has a tiny median; ``high`` is kept at least 10 (and ``low <= high``) so that
+    sensor noise is not traced as edges.
+    """
+    if sigma < 0:
+        raise AtelierError(f"auto sigma is negative ({sigma})", input="auto_sigma", expected="sigma in 0..1",
+                           fix="use e.g. 0.33.")
+    v = median_u8(gray, hist)
+    low = max(0.0, (1.0 - sigma) * v)
+    high = min(255.0, (1.0 + sigma) * v)
+    high = max(high, 10.0)
+    return float(min(low, high)), float(high)
+
+
+def canny(gray: np.ndarray, low: float, high: float, *, blur_sigma: float = 0.0, l2_gradient: bool = False,
+          node: str | None = None) -> np.ndarray:
+    """cv2.Canny on a uint8 gray image -> uint8 edges (255 on 0).
+
+    ``low``/``high`` are hysteresis thresholds on the Sobel (3x3) gradient magnitude, in OpenCV's units
+    (L1 ``|gx| + |gy|`` unless ``l2_gradient``). ``blur_sigma`` > 0 applies a Gaussian blur first (the kernel
+    size follows from sigma), which suppresses texture and noise edges.
+    """
+    check_thresholds(low, high, node=node)
+    if blur_sigma and blur_sigma > 0:
+        gray = cv2.GaussianBlur(gray, (0, 0), float(blur_sigma))
+    return cv2.Canny(gray, float(low), float(high), L2gradient=bool(l2_gradient))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Line art
+# ---------------------------------------------------------------------------------------------------------
+
+def detect_polarity(gray: np.ndarray, hist: np.ndarray | None = None, margin: int = 24) -> Polarity:
+    """Is this a drawing of dark lines on a light ground or light lines on a dark ground?
+
+    The ground is the median (lines are sparse); the lines are whatever departs from it by more than
+    ``margin`` levels. Whichever side has more such pixels gives the line colour. A flat image, or one with
+    equally many of both, falls back to the ground's brightness (light ground -> dark lines).
+    """
+    h = histogram(gray) if hist is None else hist
+    m = median_u8(gray, h)
+    n_dark = int(h[: max(0, m - margin)].sum())
+    n_light = int(h[min(256, m + margin + 1):].sum())
+    if n_dark > n_light:
+        return "dark_on_light"
+    if n_light > n_dark:
+        return "light_on_dark"
+    return "dark_on_light" if m >= 128 else "light_on_dark"
+
+
+def line_strength_lut(polarity: Polarity, ground: int) -> np.ndarray:
+    """LUT gray -> line strength (uint8): ground and anything on the ground's side -> 0, the far extreme -> 255.
+
+    Dark lines on a ground of level g map ``v -> (g - v) * 255 / g``; light lines ``v -> (v - g) * 255 / (255 - g)``.
+    """
+    v = np.arange(256, dtype=np.float32)
+    if polarity == "dark_on_light":
+        s = (ground - v) * (255.0 / max(ground, 1))
+    else:
+        s = (v - ground) * (255.0 / max(255 - ground, 1))
+    return np.clip(np.rint(s), 0, 255).astype(np.uint8)
+
+
+def binarize(strength: np.ndarray, threshold: int | None = None) -> np.ndarray:
+    """uint8 strength -> {0,255}. ``threshold`` None = Otsu (automatic); otherwise pixels > threshold are lines."""
+    if threshold is None:
+        if int(strength.max(initial=0)) == 0:
+            return np.zeros_like(strength)
+        _, out = cv2.threshold(strength, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+        return out
+    _, out = cv2.threshold(strength, int(threshold), 255, cv2.THRESH_BINARY)
+    return out
+
+
+def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None = None) -> np.ndarray:
+    """Zero every 8-connected blob of line pixels smaller than ``min_area`` pixels.
+
+    ``lines`` is uint8 (binary or soft); blobs are found on ``support`` (a binary map, default ``lines > 0``).
+    Returns a new array; ``min_area`` <= 1 returns ``lines`` unchanged.
+    """
+    if min_area <= 1:
+        return lines
+    sup = (lines > 0).astype(np.uint8) if support is None else support
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(sup, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return lines
+    small = stats[:, cv2.CC_STAT_AREA] < min_area
+    small[0] = False  # background label
+    if not small.any():
+        return lines
+    out = lines.copy()
+    out[small[labels]] = 0
+    return out
+
+
+def change_thickness(lines: np.ndarray, thickness: int) -> np.ndarray:
+    """Grow (``thickness`` > 0) or thin (< 0) white lines by ``|thickness|`` pixels on each side (elliptic kernel)."""
+    if thickness == 0:
+        return lines
+    k = 2 * abs(int(thickness)) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    return cv2.dilate(lines, kernel) if thickness > 0 else cv2.erode(lines, kernel)
+
+
+def lineart(gray: np.ndarray, *, polarity: Literal["auto", "dark_on_light", "light_on_dark"] = "auto",
+            binarize_lines: bool = True, threshold: int | None = None, min_speck_area: int = 0,
+            thickness: int = 0) -> tuple[np.ndarray, Polarity]:
+    """Clean a line drawing into white lines on black (uint8 ``[H,W]``); also returns the polarity used.
+
+    Steps: polarity (auto-detected unless given) -> line strength relative to the ground (one LUT)
+    -> optional binarisation (``threshold`` 0..254 on the strength, None = Otsu) -> speck removal
+    (blobs under ``min_speck_area`` px, judged on the binarised lines) -> thickness change.
+    """
+    if polarity not in ("auto", "dark_on_light", "light_on_dark"):
+        raise AtelierError(f"unknown polarity {polarity!r}", input="polarity",
+                           expected="'auto', 'dark_on_light' or 'light_on_dark'", fix="pick one from the list.")
+    hist = histogram(gray)
+    pol: Polarity = detect_polarity(gray, hist) if polarity == "auto" else polarity
+    ground = median_u8(gray, hist)
+    # a drawing that is mostly ink still has its ground at the light (or dark) end, not at the median
+    if pol == "dark_on_light" and ground < 128:
+        ground = 255
+    elif pol == "light_on_dark" and ground >= 128:
+        ground = 0
+    strength = cv2.LUT(gray, line_strength_lut(pol, ground))
+    mask = binarize(strength, threshold)
+    out = mask if binarize_lines else strength
+    if min_speck_area > 1:  # blobs are judged on the binarised lines, also when the output stays soft
+        out = remove_specks(out, min_speck_area, support=mask)
+    out = change_thickness(out, thickness)
+    return out, pol
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolution: scale the short side, pad to a multiple of 64, crop back
+# ---------------------------------------------------------------------------------------------------------
+
+def fit_resolution(h: int, w: int, resolution: int, multiple: int = PAD_MULTIPLE,
+                   max_side: int = MAX_SIDE) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Size for an ``h x w`` image whose short side should be ``resolution``, padded to ``multiple``.
+
+    Returns ``((scaled_h, scaled_w), (top, bottom, left, right))``. The aspect ratio is kept (each side
+    rounded, at least 1 px); the long side never exceeds ``max_side`` (the scale is lowered instead).
+    Padding is split evenly, the odd pixel going to the bottom/right. ``resolution`` 0 keeps the image as
+    it is: no scaling, no padding.
+    """
+    if h < 1 or w < 1:
+        raise AtelierError(f"cannot size an empty image ({h}x{w})", input="image", expected="at least 1x1 pixel")
+    if resolution < 0:
+        raise AtelierError(f"resolution is negative ({resolution})", input="resolution",
+                           expected="0 (keep size) or a short-side length such as 512",
+                           fix="set resolution to 0 or a positive value.")
+    if resolution == 0:
+        return (h, w), (0, 0, 0, 0)
+    scale = resolution / min(h, w)
+    scale = min(scale, max_side / max(h, w))
+    sh, sw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    ph, pw = math.ceil(sh / multiple) * multiple, math.ceil(sw / multiple) * multiple
+    top, left = (ph - sh) // 2, (pw - sw) // 2
+    return (sh, sw), (top, ph - sh - top, left, pw - sw - left)
+
+
+def pad_info(h: int, w: int, resolution: int) -> PadInfo:
+    """:func:`fit_resolution` as a :class:`PadInfo` dict."""
+    (sh, sw), (t, b, l, r) = fit_resolution(h, w, resolution)
+    return PadInfo(orig_h=int(h), orig_w=int(w), scaled_h=sh, scaled_w=sw, top=t, bottom=b, left=l, right=r)
+
+
+def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize to ``h x w`` (area filter to shrink, cubic to enlarge); returns ``img`` itself if the size matches.
+
+    uint8 stays uint8; float images are clipped back to 0..1 after cubic overshoot.
+    """
+    ih, iw = img.shape[:2]
+    if (ih, iw) == (h, w):
+        return img
+    interp = cv2.INTER_AREA if h * w <= ih * iw else cv2.INTER_CUBIC
+    out = cv2.resize(img, (w, h), interpolation=interp)
+    if img.ndim == 3 and out.ndim == 2:  # cv2 drops a trailing 1-channel axis
+        out = out[:, :, None]
+    if out.dtype.kind == "f" and interp == cv2.INTER_CUBIC:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def pad(img: np.ndarray, info: PadInfo, value: float = 0) -> np.ndarray:
+    """Add the black (``value``) border described by ``info`` around a scaled image."""
+    t, b, l, r = info["top"], info["bottom"], info["left"], info["right"]
+    if not (t or b or l or r):
+        return img
+    out = cv2.copyMakeBorder(img, t, b, l, r, cv2.BORDER_CONSTANT, value=value)
+    if img.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+def check_pad_info(info: object, *, node: str | None = None, input: str = "pad_info") -> PadInfo:
+    """Validate a PadInfo-like dict (e.g. loaded from JSON) and return it with int values."""
+    keys = PadInfo.__annotations__.keys()
+    if not isinstance(info, dict) or any(k not in info for k in keys):
+        raise AtelierError(f"is not crop-back information (got {type(info).__name__})", node=node, input=input,
+                           expected=f"the ATELIER_PAD output of an Atelier conditioner (a dict with {', '.join(keys)})",
+                           fix="connect the pad_info output of Atelier Canny / Atelier Lineart.")
+    out = {k: int(info[k]) for k in keys}
+    if min(out.values()) < 0 or min(out["orig_h"], out["orig_w"], out["scaled_h"], out["scaled_w"]) < 1:
+        raise AtelierError(f"has impossible sizes {out}", node=node, input=input,
+                           expected="positive sizes and non-negative padding",
+                           fix="connect the pad_info output of Atelier Canny / Atelier Lineart unchanged.")
+    return PadInfo(**out)  # type: ignore[typeddict-item]
+
+
+def crop_box(img_h: int, img_w: int, info: PadInfo) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of the un-padded content in an image of ``img_h x img_w``.
+
+    The image may be the padded map itself or a generation at another scale (e.g. 2x upscaled):
+    the padding is scaled per axis by ``img / padded`` size.
+    """
+    ph = info["scaled_h"] + info["top"] + info["bottom"]
+    pw = info["scaled_w"] + info["left"] + info["right"]
+    fy, fx = img_h / ph, img_w / pw
+    y0, x0 = int(round(info["top"] * fy)), int(round(info["left"] * fx))
+    y1 = max(y0 + 1, min(img_h, int(round((info["top"] + info["scaled_h"]) * fy))))
+    x1 = max(x0 + 1, min(img_w, int(round((info["left"] + info["scaled_w"]) * fx))))
+    return min(y0, img_h - 1), y1, min(x0, img_w - 1), x1
+
+
+def crop_back(img: np.ndarray, info: PadInfo, restore_size: bool = True) -> np.ndarray:
+    """Remove the padding from ``img`` (``[H,W]`` or ``[H,W,C]``) and, if ``restore_size``, scale it back to
+    the original ``orig_h x orig_w``."""
+    y0, y1, x0, x1 = crop_box(img.shape[0], img.shape[1], info)
+    out = img[y0:y1, x0:x1]
+    if restore_size:
+        out = resize(np.ascontiguousarray(out), info["orig_h"], info["orig_w"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One image, end to end (what the nodes call per batch item)
+# ---------------------------------------------------------------------------------------------------------
+
+def prepare_gray(img: np.ndarray, resolution: int, *, node: str | None = None) -> tuple[np.ndarray, PadInfo]:
+    """Float image -> uint8 gray scaled for ``resolution`` (not yet padded) + its :class:`PadInfo`."""
+    gray = to_gray_u8(img, node=node)
+    info = pad_info(gray.shape[0], gray.shape[1], resolution)
+    return resize(gray, info["scaled_h"], info["scaled_w"]), info
+
+
+def canny_image(img: np.ndarray, *, low: float = 50, high: float = 80, auto: bool = False, sigma: float = 0.33,
+                blur_sigma: float = 0.0, l2_gradient: bool = False, resolution: int = 0,
+                node: str | None = None) -> tuple[np.ndarray, PadInfo, tuple[float, float]]:
+    """Float image -> padded uint8 Canny edge map, its PadInfo and the thresholds used."""
+    gray, info = prepare_gray(img, resolution, node=node)
+    if auto:
+        if blur_sigma and blur_sigma > 0:  # judge the median on what Canny will see
+            gray = cv2.GaussianBlur(gray, (0, 0), float(blur_sigma))
+            blur_sigma = 0.0
+        low, high = auto_thresholds(gray, sigma)
+    edges = canny(gray, low, high, blur_sigma=blur_sigma, l2_gradient=l2_gradient, node=node)
+    return pad(edges, info), info, (low, high)
+
+
+def lineart_image(img: np.ndarray, *, polarity: str = "auto", binarize_lines: bool = True,
+                  threshold: int | None = None, min_speck_area: int = 0, thickness: int = 0, resolution: int = 0,
+                  node: str | None = None) -> tuple[np.ndarray, PadInfo, Polarity]:
+    """Float image -> padded uint8 line map (white on black), its PadInfo and the polarity used."""
+    gray, info = prepare_gray(img, resolution, node=node)
+    lines, pol = lineart(gray, polarity=polarity, binarize_lines=binarize_lines,  # type: ignore[arg-type]
+                         threshold=threshold, min_speck_area=min_speck_area, thickness=thickness)
+    return pad(lines, info), info, pol
