@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_atelier.client import runtime
-from fixtures import tiny_sd15 as tiny_sd15_builder  # tests/ is on sys.path (rootdir conftest)
+from comfyui_atelier.core import tiny_models as tiny_sd15_builder
 
 
 def pytest_collection_modifyitems(items):

