@@ -500,23 +500,25 @@ def _fit_vertical(path, index, chars, avail_w, avail_h, max_size, gap):
 
 
 def render_tile(text: str, path: str, index: int, w: float, h: float, *, direction: str = "horizontal",
-                max_size: int | None = None, padding: float = 0.08, gap: float = 0.05,
+                max_size: int | None = None, padding: float = 0.08, gap: float = 0.05, fit: str = "contain",
                 min_size: int = 3) -> tuple[np.ndarray, int]:
-    """Upright text tile of size (ceil(h), ceil(w)) uint8, text centred; returns (tile, font size).
+    """Upright text tile (uint8, 255 = ink) for a w x h box; returns (tile, font size).
 
-    The font size is the largest that fits inside the padded tile (never larger than max_size), so text
-    too long for its box is shrunk, never clipped.
+    fit="contain": the largest font size that fits the padded box (never above max_size), text centred,
+    tile of the box's size; text too long for its box is shrunk, never clipped.
+    fit="stretch": the font size fits the box's thickness only and the tile is cut to the text, so the
+    caller's warp stretches or squeezes it along the line to fill the box exactly (as OCR boxes do).
     """
-    W, H = max(1, int(math.ceil(w))), max(1, int(math.ceil(h)))
+    if fit not in ("contain", "stretch"):
+        raise AtelierError(f"unknown fit '{fit}'", input="fit", expected="contain or stretch", fix="pick one.")
     pad = max(1.0, padding * min(w, h))
     avail_w, avail_h = max(1.0, w - 2 * pad), max(1.0, h - 2 * pad)
-    tile = Image.new("L", (W, H), 0)
-    draw = ImageDraw.Draw(tile)
+    big = 1e9 if fit == "stretch" else None
     if direction == "vertical":
         chars = [c for c in text if not c.isspace()] or [text[0]]
-        size = _fit_vertical(path, index, chars, avail_w, avail_h, max_size, gap)
+        size = _fit_vertical(path, index, chars, avail_w, big or avail_h, max_size, gap)
     else:
-        size = _fit_horizontal(path, index, text, avail_w, avail_h, max_size)
+        size = _fit_horizontal(path, index, text, big or avail_w, avail_h, max_size)
     if size < min_size:
         raise AtelierError(f"text '{text}' does not fit its {w:.0f}x{h:.0f} px box even at {size} px",
                            expected=f"a box large enough for {len(text)} characters at {min_size}+ px",
@@ -524,6 +526,16 @@ def render_tile(text: str, path: str, index: int, w: float, h: float, *, directi
     font = load_font(path, index, size)
     if direction == "vertical":
         cw, total, boxes = _vertical_extent(font, chars, gap)
+        if fit == "stretch":
+            h = total + 2 * pad
+    else:
+        l, t, r, b = font.getbbox(text)
+        if fit == "stretch":
+            w = (r - l) + 2 * pad
+    W, H = max(1, int(math.ceil(w))), max(1, int(math.ceil(h)))
+    tile = Image.new("L", (W, H), 0)
+    draw = ImageDraw.Draw(tile)
+    if direction == "vertical":
         step = size * (1 + gap)
         cell = total - step * (len(chars) - 1)
         top = (h - total) / 2
@@ -531,7 +543,6 @@ def render_tile(text: str, path: str, index: int, w: float, h: float, *, directi
             cy = top + k * step + cell / 2
             draw.text((w / 2 - (bb[0] + bb[2]) / 2, cy - (bb[1] + bb[3]) / 2), c, fill=255, font=font)
     else:
-        l, t, r, b = font.getbbox(text)
         draw.text((w / 2 - (l + r) / 2, h / 2 - (t + b) / 2), text, fill=255, font=font)
     return np.asarray(tile, dtype=np.uint8), size
 
@@ -545,13 +556,14 @@ def pick_direction(direction: str, text: str, w: float, h: float) -> str:
 
 def render_glyphs(boxes: list[dict], width: int, height: int, *, font: str | None = "auto",
                   dirs: Sequence[str | os.PathLike] = (), invert: bool = False, padding: float = 0.08,
-                  direction: str | None = None, node: str | None = None, input: str | None = None,
-                  progress=None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                  direction: str | None = None, fit: str = "contain", node: str | None = None,
+                  input: str | None = None, progress=None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Render canonical boxes on a (height, width) canvas.
 
     Returns (glyphs uint8 [H, W] (255 = text unless invert), mask uint8 [H, W] (1 inside the text
     polygons), info: one dict per box with the font file, face, size and direction used).
-    A box's own 'font' wins over `font`; `direction` (if given) overrides the boxes' own.
+    A box's own 'font' wins over `font`; `direction` (if given) overrides the boxes' own; `fit` is
+    "contain" (keep the font's proportions, centre in the box) or "stretch" (fill the box along the line).
     """
     width, height = int(width), int(height)
     if width < 8 or height < 8:
@@ -571,7 +583,8 @@ def render_glyphs(boxes: list[dict], width: int, height: int, *, font: str | Non
         w, h = polygon_size(poly)
         d = pick_direction(direction or b.get("direction") or "auto", text, w, h)
         try:
-            tile, size = render_tile(text, path, index, w, h, direction=d, max_size=b.get("size"), padding=padding)
+            tile, size = render_tile(text, path, index, w, h, direction=d, max_size=b.get("size"), padding=padding,
+                                     fit=fit)
         except AtelierError as exc:
             raise AtelierError(f"text box #{i + 1}: {exc.problem}", node=node, input=input, expected=exc.expected,
                                fix=exc.fix) from None
