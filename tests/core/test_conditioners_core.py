@@ -1,0 +1,301 @@
+"""Core tests for the Canny / lineart conditioners (comfyui_atelier.core.edges): no ComfyUI."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from comfyui_atelier.core import edges as E
+from comfyui_atelier.core.errors import AtelierError
+
+
+def drawing(h: int = 120, w: int = 180, dark_on_light: bool = True, speck: bool = False) -> np.ndarray:
+    """A product-style line drawing: float32 RGB 0..1, 2 px strokes (rectangle, circle, diagonal)."""
+    ink, paper = (0.0, 1.0) if dark_on_light else (1.0, 0.0)
+    img = np.full((h, w, 3), paper, np.float32)
+    cv2.rectangle(img, (20, 20), (w - 40, h - 30), (ink,) * 3, 2)
+    cv2.circle(img, (w // 2, h // 2), min(h, w) // 6, (ink,) * 3, 2)
+    cv2.line(img, (10, h - 10), (w - 10, 10), (ink,) * 3, 2)
+    if speck:
+        img[5, w - 5] = ink
+    return img
+
+
+def stroke_mask(h=120, w=180) -> np.ndarray:
+    return E.to_gray_u8(drawing(h, w)) < 128
+
+
+# ---------------------------------------------------------------------------------------------------------
+# input conversion
+# ---------------------------------------------------------------------------------------------------------
+
+def test_gray_conversion_rounds_and_saturates_without_touching_input():
+    img = np.array([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-0.5, -0.5, -0.5], [2.0, 2.0, 2.0], [0.5, 0.5, 0.5]]],
+                   np.float32)
+    before = img.copy()
+    g = E.to_gray_u8(img)
+    assert g.dtype == np.uint8 and g.shape == (1, 5)
+    assert g.tolist() == [[0, 255, 0, 255, 128]]
+    np.testing.assert_array_equal(img, before)
+
+
+def test_gray_uses_luma_weights():
+    red = np.zeros((2, 2, 3), np.float32)
+    red[..., 0] = 1.0
+    assert E.to_gray_u8(red)[0, 0] == round(0.299 * 255)
+
+
+@pytest.mark.parametrize("shape", [(8, 9), (8, 9, 1), (8, 9, 2), (8, 9, 3), (8, 9, 4)])
+def test_every_channel_layout_gives_gray(shape):
+    img = np.random.default_rng(0).random(shape, dtype=np.float32)
+    g = E.to_gray_u8(img)
+    assert g.shape == (8, 9) and g.dtype == np.uint8
+
+
+def test_rgba_transparent_background_contrasts_with_drawing():
+    # dark strokes on a fully transparent canvas -> composited on white
+    rgba = np.zeros((40, 40, 4), np.float32)
+    rgba[10:12, 5:35, 3] = 1.0  # black opaque stroke
+    g = E.to_gray_u8(rgba)
+    assert g[0, 0] == 255 and g[10, 10] == 0
+    # light strokes on a transparent canvas -> composited on black, so they are not lost on white
+    rgba[..., :3] = 1.0
+    g = E.to_gray_u8(rgba)
+    assert g[0, 0] == 0 and g[10, 10] == 255
+    lines, pol = E.lineart(g)
+    assert pol == "light_on_dark" and lines[10, 10] == 255 and lines[0, 0] == 0
+
+
+def test_non_contiguous_input_is_accepted():
+    img = np.random.default_rng(1).random((10, 12, 4), dtype=np.float32)[:, ::2, :3]
+    assert E.to_gray_u8(img).shape == (10, 6)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0, 3), (4, 4, 7), (2, 2, 2, 2)])
+def test_bad_image_shapes_raise_actionable_error(shape):
+    with pytest.raises(AtelierError) as e:
+        E.to_gray_u8(np.zeros(shape, np.float32), node="Atelier Canny")
+    msg = str(e.value)
+    assert "[Atelier Canny]" in msg and "'image'" in msg and "Expected:" in msg
+
+
+def test_median_from_histogram_matches_numpy():
+    g = np.random.default_rng(2).integers(0, 256, (31, 17), dtype=np.uint8)
+    assert E.median_u8(g) == int(np.sort(g.ravel())[(g.size - 1) // 2])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Canny
+# ---------------------------------------------------------------------------------------------------------
+
+def test_canny_finds_edges_of_a_square_only():
+    g = np.zeros((64, 64), np.uint8)
+    g[16:48, 16:48] = 200
+    e = E.canny(g, 50, 80)
+    assert set(np.unique(e)) == {0, 255}
+    assert e[:10].max() == 0 and e[28:36, 28:36].max() == 0  # flat areas: no edges
+    assert e[16:48, 15:17].any() and e[15:17, 16:48].any()  # borders traced
+    np.testing.assert_array_equal(e, cv2.Canny(g, 50, 80))
+
+
+def test_canny_high_thresholds_suppress_weak_edges():
+    g = np.zeros((64, 64), np.uint8)
+    g[:, 32:] = 20  # weak step: Sobel L1 response 80
+    assert E.canny(g, 50, 70).any()
+    assert not E.canny(g, 50, 200).any()
+
+
+def test_blur_and_l2_change_result_on_noise():
+    g = np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)
+    base = E.canny(g, 50, 80)
+    assert E.canny(g, 50, 80, blur_sigma=2.0).sum() < base.sum()
+    assert not np.array_equal(E.canny(g, 50, 80, l2_gradient=True), base)
+
+
+def test_low_above_high_names_inputs_and_fix():
+    with pytest.raises(AtelierError) as e:
+        E.canny(np.zeros((8, 8), np.uint8), 120, 80, node="Atelier Canny")
+    msg = str(e.value)
+    assert "[Atelier Canny]" in msg and "low_threshold (120) is above high_threshold (80)" in msg
+    assert "Fix:" in msg and "auto_median" in msg
+    assert isinstance(e.value, ValueError)
+
+
+def test_negative_threshold_rejected():
+    with pytest.raises(AtelierError, match="high_threshold"):
+        E.check_thresholds(0, -1)
+
+
+def test_auto_thresholds_follow_median():
+    g = np.full((10, 10), 100, np.uint8)
+    low, high = E.auto_thresholds(g, 0.33)
+    assert low == pytest.approx(67) and high == pytest.approx(133)
+    lo2, hi2 = E.auto_thresholds(np.full((10, 10), 250, np.uint8), 0.33)
+    assert hi2 == 255 and lo2 <= hi2
+    lo3, hi3 = E.auto_thresholds(np.zeros((10, 10), np.uint8))
+    assert hi3 >= 10 and lo3 <= hi3  # dark image: noise is not traced
+
+
+def test_canny_image_auto_mode_reports_thresholds():
+    img = drawing()
+    e, info, (lo, hi) = E.canny_image(img, auto=True)
+    assert hi == 255 and lo == pytest.approx(0.67 * 255)
+    assert e.shape == img.shape[:2] and e.any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Line art
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dark_on_light", [True, False])
+def test_lineart_white_lines_on_black_for_both_polarities(dark_on_light):
+    g = E.to_gray_u8(drawing(dark_on_light=dark_on_light))
+    lines, pol = E.lineart(g)
+    assert pol == ("dark_on_light" if dark_on_light else "light_on_dark")
+    strokes = stroke_mask()
+    assert (lines[strokes] == 255).all()  # every stroke pixel is white
+    assert (lines[~strokes] == 0).all()  # background black
+    assert strokes.mean() < 0.2  # (sanity: the background really dominates)
+
+
+def test_polarity_on_mid_gray_ground():
+    g = np.full((50, 50), 140, np.uint8)
+    g[20:22, :] = 30  # darker lines on a mid-gray ground
+    assert E.detect_polarity(g) == "dark_on_light"
+    g2 = np.full((50, 50), 100, np.uint8)
+    g2[20:22, :] = 220
+    assert E.detect_polarity(g2) == "light_on_dark"
+
+
+def test_polarity_override_and_flat_image():
+    g = E.to_gray_u8(drawing())
+    lines, pol = E.lineart(g, polarity="light_on_dark")  # wrong on purpose: paper becomes the "line"
+    assert pol == "light_on_dark" and lines.mean() > 128
+    flat, pol = E.lineart(np.full((16, 16), 255, np.uint8))
+    assert not flat.any() and pol == "dark_on_light"
+    with pytest.raises(AtelierError, match="polarity"):
+        E.lineart(g, polarity="sideways")  # type: ignore[arg-type]
+
+
+def test_soft_lines_keep_gray_levels():
+    g = np.full((20, 20), 255, np.uint8)
+    g[5, :] = 0
+    g[10, :] = 128  # a half-strength pencil line
+    soft, _ = E.lineart(g, binarize_lines=False)
+    assert soft[5, 3] == 255 and 120 <= soft[10, 3] <= 135 and soft[0, 0] == 0
+    hard, _ = E.lineart(g, threshold=200)
+    assert hard[5, 3] == 255 and hard[10, 3] == 0
+    hard2, _ = E.lineart(g, threshold=100)
+    assert hard2[10, 3] == 255
+
+
+def test_speck_removal_keeps_lines_drops_dots():
+    g = E.to_gray_u8(drawing(speck=True))
+    kept, _ = E.lineart(g)
+    assert kept[5, 180 - 5] == 255
+    clean, _ = E.lineart(g, min_speck_area=5)
+    assert clean[5, 180 - 5] == 0
+    np.testing.assert_array_equal(clean[stroke_mask()], 255)
+    soft, _ = E.lineart(g, binarize_lines=False, min_speck_area=5)
+    assert soft[5, 180 - 5] == 0 and soft[stroke_mask()].min() == 255
+
+
+def test_remove_specks_by_area():
+    m = np.zeros((20, 20), np.uint8)
+    m[2, 2] = 255
+    m[10:13, 10:13] = 255  # 9 px blob
+    out = E.remove_specks(m, 9)
+    assert out[2, 2] == 0 and out[11, 11] == 255
+    assert E.remove_specks(m, 10).max() == 0
+    assert E.remove_specks(m, 1) is m
+
+
+def test_thickness_grows_and_thins_lines():
+    m = np.zeros((30, 30), np.uint8)
+    m[14:17, :] = 255  # 3 px line
+    thick = E.change_thickness(m, 2)
+    assert thick[:, 15].sum() // 255 == 7
+    thin = E.change_thickness(m, -1)
+    assert thin[:, 15].sum() // 255 == 1
+    assert E.change_thickness(m, 0) is m
+    lines, _ = E.lineart(E.to_gray_u8(drawing()), thickness=1)
+    assert (lines > 0).sum() > (stroke_mask()).sum()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolution, padding, crop back
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("h,w,res", [(100, 150, 512), (1080, 1920, 512), (768, 512, 512), (333, 777, 640),
+                                     (1, 1, 512), (1, 3000, 512), (513, 64, 64)])
+def test_fit_resolution_keeps_aspect_and_pads_to_64(h, w, res):
+    (sh, sw), (t, b, l, r) = E.fit_resolution(h, w, res)
+    assert (sh + t + b) % 64 == 0 and (sw + l + r) % 64 == 0
+    assert min(t, b, l, r) >= 0 and abs(t - b) <= 1 and abs(l - r) <= 1
+    assert t + b < 64 and l + r < 64  # no more padding than needed
+    if max(h, w) * res / min(h, w) <= E.MAX_SIDE:
+        assert min(sh, sw) == res
+        assert abs(sw / sh - w / h) <= (w / h) * 2 / min(sh, sw) + 1e-9  # aspect within rounding
+    assert max(sh, sw) <= E.MAX_SIDE
+
+
+def test_fit_resolution_zero_keeps_size_and_extreme_aspect_is_capped():
+    assert E.fit_resolution(37, 91, 0) == ((37, 91), (0, 0, 0, 0))
+    (sh, sw), _ = E.fit_resolution(1, 100000, 512)
+    assert sw == E.MAX_SIDE and sh >= 1
+    with pytest.raises(AtelierError, match="resolution"):
+        E.fit_resolution(10, 10, -64)
+
+
+def test_pad_then_crop_back_restores_original():
+    img = drawing(97, 203)
+    g = E.to_gray_u8(img)
+    edges, info, _ = E.canny_image(img, resolution=256)
+    assert edges.shape[0] % 64 == 0 and edges.shape[1] % 64 == 0
+    assert info["scaled_h"] == 256 and info["orig_h"] == 97 and info["orig_w"] == 203
+    json.loads(json.dumps(info))  # serialisable
+    # padding is black
+    assert not edges[: info["top"]].any() and not edges[edges.shape[0] - info["bottom"]:].any()
+    back = E.crop_back(edges, info)
+    assert back.shape == (97, 203)
+    # a gray image scaled + padded the same way comes back close to the original
+    padded = E.pad(E.resize(g, info["scaled_h"], info["scaled_w"]), info, value=0)
+    restored = E.crop_back(padded, info)
+    assert restored.shape == g.shape and np.abs(restored.astype(int) - g).mean() < 12
+    # crop only (no resize) gives the scaled size
+    assert E.crop_back(padded, info, restore_size=False).shape == (info["scaled_h"], info["scaled_w"])
+
+
+def test_crop_back_of_an_upscaled_generation():
+    info = E.pad_info(100, 150, 512)  # 512x768, no pad; use a case with padding:
+    info = E.pad_info(90, 200, 128)  # 128x284 -> padded 128x320
+    assert (info["left"], info["right"]) == (18, 18)
+    ph, pw = 128 * 2, 320 * 2  # the generation was upscaled 2x
+    gen = np.zeros((ph, pw, 3), np.float32)
+    gen[:, 36:pw - 36] = 1.0  # content area white, padding black
+    out = E.crop_back(gen, info, restore_size=False)
+    assert out.shape[:2] == (256, 568) and out.min() == 1.0
+    assert E.crop_back(gen, info).shape == (90, 200, 3)
+
+
+def test_check_pad_info_rejects_garbage():
+    good = E.pad_info(10, 20, 64)
+    assert E.check_pad_info(dict(good)) == good
+    with pytest.raises(AtelierError) as e:
+        E.check_pad_info({"orig_h": 3}, node="Atelier Crop Back")
+    assert "[Atelier Crop Back]" in str(e.value) and "pad_info" in str(e.value)
+    with pytest.raises(AtelierError):
+        E.check_pad_info({**good, "orig_w": 0})
+
+
+def test_one_pixel_image_end_to_end():
+    px = np.full((1, 1, 3), 0.3, np.float32)
+    e, info, _ = E.canny_image(px, resolution=0)
+    assert e.shape == (1, 1) and e[0, 0] == 0
+    e, info, _ = E.canny_image(px, resolution=512)
+    assert e.shape == (512, 512) and not e.any()
+    l, info, pol = E.lineart_image(px, resolution=64, min_speck_area=4, thickness=2)
+    assert l.shape == (64, 64) and not l.any()
+    assert E.crop_back(l, info).shape == (1, 1)
