@@ -1,0 +1,440 @@
+"""LAION aesthetic predictor (v1 linear head, v2 linearMSE / reluMSE heads) on CLIP image embeddings.
+
+Score = head(e / |e|), where e is the *projected* CLIP ViT-L/14 image embedding
+(`image_embeds` of transformers' CLIPVisionModelWithProjection, `image_embeds` of ComfyUI's
+CLIP_VISION output). LAION's scale is roughly 1..10; the story gate rejects sets with mean < 6.
+
+Head layouts (state-dict keys as published; a `layers.` / `predictor.` prefix inside a full
+predictor checkpoint is recognised):
+
+- ``v2_linear``  sac+logos+ava1-l14-linearMSE.pth and friends: Linear(D,1024) Dropout Linear(1024,128)
+  Dropout Linear(128,64) Dropout Linear(64,16) Linear(16,1) -> keys layers.{0,2,4,6,7}.{weight,bias}
+- ``v2_relu``    ava+logos-l14-reluMSE.pth: same sizes with ReLU after the first four linears
+  -> keys layers.{0,3,6,9,11}.{weight,bias}
+- ``v1_linear``  sa_0_4_vit_l_14_linear.pth: Linear(D,1) -> keys weight, bias (predictor.* in the HF layout)
+
+Embedding sources:
+(a) a Hugging Face-format directory as published by simple-aesthetics-predictor (config.json +
+    model.safetensors / pytorch_model.bin holding vision_model.*, visual_projection.weight and the
+    head), loaded with transformers' CLIPVisionConfig / CLIPVisionModelWithProjection (no remote code);
+(b) any CLIP vision encoder that maps [B,224,224,3] 0..1 crops to projected embeddings (ComfyUI's
+    CLIP_VISION; the node layer does that wiring, this module never imports ComfyUI).
+
+Pre-processing is identical to CLIPProcessor's PIL path (the classic CLIPImageProcessor): the image
+is turned into 8-bit RGB the way ComfyUI's SaveImage writes it (clip, x255, truncate), RGBA is
+composited on white and grayscale expanded (as transformers' convert_to_rgb does), the short side
+is resized to 224 with PIL bicubic (long side int(224*long/short)), centre-cropped to 224x224
+(offset (size-224)//2), scaled by 1/255 and normalised with CLIP's mean/std.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import AtelierError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: layout name -> (state-dict linear indices under `layers.`, ReLU between linears)
+V2_LAYOUTS = {
+    "v2_linear": ((0, 2, 4, 6, 7), False),
+    "v2_relu": ((0, 3, 6, 9, 11), True),
+}
+V2_HIDDEN = (1024, 128, 64, 16, 1)
+HEAD_FILE_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _err(problem, *, node=None, input=None, expected=None, fix=None):
+    return AtelierError(problem, node=node, input=input, expected=expected, fix=fix)
+
+
+# --------------------------------------------------------------------------- heads
+class AestheticHead(torch.nn.Module):
+    """The LAION head: normalises the embedding (L2) then applies the linear stack.
+
+    forward(embeds [B, D] any float dtype) -> scores [B] float32.
+    """
+
+    def __init__(self, layout: str, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]):
+        super().__init__()
+        self.layout = layout
+        self.relu = V2_LAYOUTS.get(layout, ((), False))[1]
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(w.detach().float().contiguous(), requires_grad=False)
+                                               for w in weights])
+        self.biases = torch.nn.ParameterList([torch.nn.Parameter(b.detach().float().contiguous(), requires_grad=False)
+                                              for b in biases])
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.weights[0].shape[1])
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        x = embeds.to(self.weights[0].device, torch.float32)
+        x = x / x.norm(dim=-1, keepdim=True)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = F.linear(x, w, b)
+            if self.relu and i < last:
+                x = torch.relu(x)
+        return x[:, 0]
+
+    def state_dict_published(self) -> dict:
+        """State dict in the published key layout (for saving / round trips)."""
+        if self.layout == "v1_linear":
+            return {"weight": self.weights[0].data.clone(), "bias": self.biases[0].data.clone()}
+        idx = V2_LAYOUTS[self.layout][0]
+        out = {}
+        for i, w, b in zip(idx, self.weights, self.biases):
+            out[f"layers.{i}.weight"] = w.data.clone()
+            out[f"layers.{i}.bias"] = b.data.clone()
+        return out
+
+
+def _strip_head_keys(sd: dict) -> dict:
+    """Keep only head tensors, normalising the prefixes used by the known layouts."""
+    keys = list(sd.keys())
+    # full simple-aesthetics-predictor checkpoint, or a Lightning/`model.` wrapped head
+    for pre in ("model.", "module.", "mlp."):
+        if keys and all(k.startswith(pre) for k in keys):
+            sd = {k[len(pre):]: v for k, v in sd.items()}
+            keys = list(sd.keys())
+    if any(k.startswith("layers.") for k in keys):
+        return {k: v for k, v in sd.items() if k.startswith("layers.")}
+    if any(k.startswith("predictor.") for k in keys):
+        return {k[len("predictor."):]: v for k, v in sd.items() if k.startswith("predictor.")}
+    return dict(sd)
+
+
+def head_from_state_dict(sd: dict, *, source: str = "head", node: str | None = None,
+                         input: str | None = None) -> AestheticHead:
+    """Build an AestheticHead from a published state dict; refuses unknown keys or wrong shapes."""
+    if not isinstance(sd, dict) or not sd:
+        raise _err(f"{source} does not contain a state dict (got {type(sd).__name__}).", node=node, input=input,
+                   expected="a LAION aesthetic head (.pth or .safetensors) with keys layers.N.weight/bias or weight/bias",
+                   fix="use sac+logos+ava1-l14-linearMSE.pth, ava+logos-l14-reluMSE.pth or sa_0_4_vit_l_14_linear.pth.")
+    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    sd = _strip_head_keys(sd)
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise _err(f"{source} has non-tensor entries {bad[:4]}.", node=node, input=input,
+                   expected="a plain state dict of tensors", fix="save the head with torch.save(model.state_dict()).")
+    keys = set(sd.keys())
+    fix = ("use a LAION aesthetic head: sac+logos+ava1-l14-linearMSE.pth (v2 linear), ava+logos-l14-reluMSE.pth "
+           "(v2 relu) or sa_0_4_vit_l_14_linear.pth (v1), or a simple-aesthetics-predictor model directory.")
+    layout = None
+    if keys == {"weight", "bias"}:
+        layout, idx = "v1_linear", None
+    else:
+        for name, (idx_, _relu) in V2_LAYOUTS.items():
+            want = {f"layers.{i}.{p}" for i in idx_ for p in ("weight", "bias")}
+            if keys == want:
+                layout, idx = name, idx_
+                break
+    if layout is None:
+        shown = ", ".join(sorted(keys)[:12]) + (" ..." if len(keys) > 12 else "")
+        raise _err(f"{source} has keys [{shown}], which match no known aesthetic head layout.", node=node, input=input,
+                   expected="keys layers.{0,2,4,6,7}.weight/bias (v2 linearMSE), layers.{0,3,6,9,11}.weight/bias "
+                            "(v2 reluMSE) or weight/bias (v1 linear)", fix=fix)
+    if layout == "v1_linear":
+        ws, bs, outs = [sd["weight"]], [sd["bias"]], (1,)
+    else:
+        ws = [sd[f"layers.{i}.weight"] for i in idx]
+        bs = [sd[f"layers.{i}.bias"] for i in idx]
+        outs = V2_HIDDEN
+    prev = None
+    for n, (w, b, o) in enumerate(zip(ws, bs, outs)):
+        want_in = prev if prev is not None else (w.shape[1] if w.ndim == 2 else -1)
+        if w.ndim != 2 or w.shape[0] != o or w.shape[1] != want_in or tuple(b.shape) != (o,):
+            raise _err(f"{source} ({layout}) linear {n} has weight {tuple(w.shape)} and bias {tuple(b.shape)}.",
+                       node=node, input=input,
+                       expected=f"weight ({o}, {want_in if prev is not None else 'D'}) and bias ({o},) "
+                                f"(hidden sizes {outs})", fix=fix)
+        prev = o
+    if not all(torch.is_floating_point(t) for t in ws + bs):
+        raise _err(f"{source} has non-float tensors.", node=node, input=input, expected="float weights", fix=fix)
+    return AestheticHead(layout, ws, bs)
+
+
+def load_head_file(path: str, *, node: str | None = None, input: str | None = None) -> AestheticHead:
+    """Load a head from .safetensors or .pth/.pt/.bin (torch.load weights_only=True)."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise _err(f"head file '{path}' does not exist.", node=node, input=input,
+                   fix="put the head in ComfyUI/models/aesthetic/.")
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(path, device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, truncated download
+        raise _err(f"could not read head file '{name}': {type(exc).__name__}: {exc}", node=node, input=input,
+                   expected="a .safetensors file or a .pth state dict loadable with weights_only=True",
+                   fix="download the file again; convert pickled full models to a plain state dict.") from exc
+    return head_from_state_dict(sd, source=f"head file '{name}'", node=node, input=input)
+
+
+# --------------------------------------------------------------------------- pre-processing
+def to_uint8_rgb(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """ComfyUI IMAGE [B,H,W,C] (or [H,W,C]) float 0..1 -> uint8 RGB [B,H,W,3].
+
+    8-bit conversion matches ComfyUI's SaveImage (clip to 0..255 then truncate), so an image scores
+    the same in the graph as the PNG it is saved to. C=1 is expanded, C=2 (gray+alpha) and C=4 are
+    composited on white with the 8-bit alpha (as transformers' convert_to_rgb does).
+    """
+    a = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4:
+        raise _err(f"image array has shape {a.shape}.", expected="[B,H,W,C]")
+    if a.dtype != np.uint8:
+        a = np.clip(255.0 * a.astype(np.float32), 0, 255).astype(np.uint8)
+    c = a.shape[-1]
+    if c == 1:
+        return np.repeat(a, 3, axis=-1)
+    if c == 3:
+        return np.ascontiguousarray(a)
+    if c in (2, 4):
+        rgb = a[..., :-1] if c == 4 else np.repeat(a[..., :1], 3, axis=-1)
+        alpha = a[..., -1:].astype(np.uint16)
+        # PIL alpha_composite on an opaque white background: out = (c*a + 255*(255-a)) / 255, rounded
+        out = (rgb.astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255
+        return out.astype(np.uint8)
+    if c > 4:
+        return np.ascontiguousarray(a[..., :3])
+    raise _err(f"image has {c} channels.", expected="1, 3 or 4 channels")
+
+
+def clip_crops(images, size: int = 224) -> torch.Tensor:
+    """Resize (short side `size`, PIL bicubic) and centre-crop like CLIPProcessor.
+
+    images: IMAGE tensor [B,H,W,C] 0..1, a uint8 array, or a list of those / of PIL images
+    (mixed sizes allowed). Returns uint8 crops [B,size,size,3] as a torch tensor.
+    """
+    if isinstance(images, (list, tuple)):
+        arrs = []
+        for im in images:
+            if isinstance(im, Image.Image):
+                arrs.append(np.asarray(im.convert("RGB"))[None])
+            else:
+                arrs.append(to_uint8_rgb(im))
+        frames = [f for a in arrs for f in a]
+    else:
+        frames = list(to_uint8_rgb(images))
+    out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+    for n, f in enumerate(frames):
+        h, w = f.shape[:2]
+        if h <= w:
+            nh, nw = size, int(size * w / h)
+        else:
+            nh, nw = int(size * h / w), size
+        if (nh, nw) != (h, w):
+            f = np.asarray(Image.fromarray(f).resize((nw, nh), resample=Image.BICUBIC))
+        top, left = (nh - size) // 2, (nw - size) // 2
+        if top < 0 or left < 0:  # cannot happen with short side == size; kept for odd sizes
+            raise _err(f"image {n} ({w}x{h}) is too small to crop to {size}.")
+        out[n] = f[top:top + size, left:left + size]
+    return torch.from_numpy(out)
+
+
+def normalize_crops(crops_u8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """uint8 [B,S,S,3] -> normalised pixel_values [B,3,S,S] (CLIP mean/std)."""
+    x = crops_u8.to(torch.float32).mul_(1.0 / 255.0).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous().to(dtype)
+
+
+def clip_pixel_values(images, size: int = 224) -> torch.Tensor:
+    """Same as CLIPProcessor(images=...)["pixel_values"] for 8-bit RGB inputs."""
+    return normalize_crops(clip_crops(images, size))
+
+
+# --------------------------------------------------------------------------- HF predictor (path a)
+def is_hf_predictor_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
+        os.path.isfile(os.path.join(path, f)) for f in HF_WEIGHT_FILES)
+
+
+def _read_hf_state_dict(path: str) -> dict:
+    st = os.path.join(path, "model.safetensors")
+    if os.path.isfile(st):
+        from safetensors.torch import load_file
+        return load_file(st, device="cpu")
+    return torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+
+
+@dataclass
+class AestheticModel:
+    """What the loader node hands to the scorer: a head, plus a CLIP vision tower for path (a).
+
+    clip: transformers CLIPVisionModelWithProjection or None (then a ComfyUI CLIP_VISION is needed).
+    """
+    head: AestheticHead
+    clip: torch.nn.Module | None = None
+    image_size: int = 224
+    name: str = ""
+    source: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def has_clip(self) -> bool:
+        return self.clip is not None
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B,3,S,S] normalised -> projected image embeddings [B,D] (not normalised)."""
+        if self.clip is None:
+            raise _err(f"aesthetic model '{self.name}' is a head only and has no CLIP vision tower.",
+                       expected="a CLIP vision encoder", fix="connect a Load CLIP Vision node (ViT-L/14).")
+        p = next(self.clip.parameters())
+        with torch.inference_mode():
+            out = self.clip(pixel_values=pixel_values.to(p.device, p.dtype))
+        emb = out.image_embeds if hasattr(out, "image_embeds") else out[0]
+        return emb.float()
+
+    def scores_from_embeddings(self, embeds: torch.Tensor, *, node=None, input=None) -> torch.Tensor:
+        if embeds.ndim != 2 or embeds.shape[1] != self.head.in_dim:
+            raise _err(f"the CLIP image embedding has size {tuple(embeds.shape[1:])} but the aesthetic head "
+                       f"'{self.name}' expects {self.head.in_dim}.", node=node, input=input,
+                       expected=f"a CLIP vision model whose projection dim is {self.head.in_dim} "
+                                "(ViT-L/14 -> 768 for the LAION heads)",
+                       fix="load the CLIP ViT-L/14 vision model (e.g. clip_vision_vit_l.safetensors / "
+                           "openai clip-vit-large-patch14), not ViT-H or ViT-G.")
+        with torch.inference_mode():
+            return self.head(embeds.to(self.head.weights[0].device)).float().cpu()
+
+    def score(self, images, *, batch_size: int = 8,
+              progress: Callable[[int, int], None] | None = None,
+              embed_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              node=None, input=None) -> torch.Tensor:
+        """Score images (IMAGE [B,H,W,C] 0..1, or a list). Returns float32 scores [B] on the CPU.
+
+        embed_fn, if given, maps uint8 crops [b,S,S,3] -> embeddings [b,D] (path b); otherwise the
+        bundled CLIP tower is used (path a).
+        """
+        n = len(images) if isinstance(images, (list, tuple)) else int(images.shape[0])
+        if n == 0:
+            raise _err("the image batch is empty.", node=node, input=input, expected="at least one image")
+        if embed_fn is None and self.clip is None:
+            raise _err(f"aesthetic model '{self.name}' is a head only (no CLIP vision inside).", node=node,
+                       input="clip_vision", expected="a CLIP_VISION input (CLIP ViT-L/14)",
+                       fix="add Load CLIP Vision with the ViT-L/14 vision model and connect it to clip_vision, "
+                           "or load a simple-aesthetics-predictor model directory instead.")
+        out = []
+        step = max(1, int(batch_size))
+        for s in range(0, n, step):
+            chunk = images[s:s + step]
+            crops = clip_crops(chunk, self.image_size)
+            emb = embed_fn(crops) if embed_fn is not None else self.embed(normalize_crops(crops))
+            out.append(self.scores_from_embeddings(emb, node=node, input=input))
+            if progress is not None:
+                progress(min(s + step, n), n)
+        return torch.cat(out)
+
+
+def load_hf_predictor(path: str, *, node: str | None = None, input: str | None = None,
+                      name: str | None = None) -> AestheticModel:
+    """Load a simple-aesthetics-predictor directory (config.json + weights) with transformers' CLIP classes."""
+    name = name or os.path.basename(os.path.normpath(path))
+    if not is_hf_predictor_dir(path):
+        raise _err(f"'{path}' is not a Hugging Face model directory.", node=node, input=input,
+                   expected="a folder with config.json and model.safetensors (or pytorch_model.bin)",
+                   fix="download the whole shunk031/aesthetics-predictor-v2-* repository folder into "
+                       "ComfyUI/models/aesthetic/.")
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        raw = json.load(f)
+    if raw.get("model_type") not in (None, "clip_vision_model"):
+        # a full CLIP config (text + vision) also works: take its vision part
+        if "vision_config" not in raw:
+            raise _err(f"config.json in '{name}' has model_type '{raw.get('model_type')}'.", node=node, input=input,
+                       expected="model_type 'clip_vision_model' (simple-aesthetics-predictor layout)",
+                       fix="use an aesthetics-predictor-v1/v2 model folder.")
+    config = CLIPVisionConfig.from_pretrained(path)
+    sd = _read_hf_state_dict(path)
+    head = head_from_state_dict(sd, source=f"model folder '{name}'", node=node, input=input)
+    clip_sd = {k: v for k, v in sd.items() if not k.startswith(("layers.", "predictor."))}
+    import transformers
+    prev = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        clip = CLIPVisionModelWithProjection(config)
+    finally:
+        transformers.logging.set_verbosity(prev)
+    missing, unexpected = clip.load_state_dict(clip_sd, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise _err(f"model folder '{name}' does not match its config.json: missing {missing[:4]}, unexpected "
+                   f"{unexpected[:4]}.", node=node, input=input,
+                   expected="vision_model.* and visual_projection.weight for the configured CLIP vision model",
+                   fix="download the model folder again (config.json and weights must come from the same repository).")
+    clip = clip.float().eval().requires_grad_(False)
+    if head.in_dim != config.projection_dim:
+        raise _err(f"head input size {head.in_dim} != CLIP projection_dim {config.projection_dim} in '{name}'.",
+                   node=node, input=input, fix="download the model folder again.")
+    return AestheticModel(head=head, clip=clip, image_size=int(config.image_size), name=name, source=path,
+                          info={"layout": head.layout, "projection_dim": config.projection_dim})
+
+
+def load_aesthetic_model(path: str, *, node: str | None = None, input: str | None = None) -> AestheticModel:
+    """A model folder (path a) or a head file (path b)."""
+    if os.path.isdir(path):
+        return load_hf_predictor(path, node=node, input=input)
+    head = load_head_file(path, node=node, input=input)
+    return AestheticModel(head=head, clip=None, name=os.path.basename(path), source=path,
+                          info={"layout": head.layout})
+
+
+# --------------------------------------------------------------------------- set logic
+def order_by_score(scores: Sequence[float]) -> list[int]:
+    """Indices sorted by descending score (stable for ties)."""
+    return sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+
+
+def select(scores: Sequence[float], *, mode: str = "threshold", threshold: float = 6.0,
+           top_k: int = 4) -> list[int]:
+    """Indices of kept images in their original order. mode: 'threshold' (score >= threshold) or 'top_k'."""
+    if mode == "threshold":
+        return [i for i, s in enumerate(scores) if float(s) >= threshold]
+    if mode == "top_k":
+        k = max(0, min(int(top_k), len(scores)))
+        return sorted(order_by_score(scores)[:k])
+    raise _err(f"unknown filter mode '{mode}'.", expected="'threshold' or 'top_k'")
+
+
+def gate(scores: Sequence[float], threshold: float = 6.0) -> tuple[bool, float]:
+    """(mean >= threshold, mean)."""
+    if len(scores) == 0:
+        raise _err("no scores to gate.", expected="at least one score")
+    mean = float(np.mean([float(s) for s in scores]))
+    return mean >= threshold, mean
+
+
+def format_report(scores: Sequence[float], threshold: float | None = None, title: str = "aesthetic scores") -> str:
+    """Readable multi-line report: one line per image, then mean / min / max (and the gate verdict)."""
+    s = [float(x) for x in scores]
+    lines = [f"{title} (LAION scale, {len(s)} image{'s' if len(s) != 1 else ''}):"]
+    rank = {i: r + 1 for r, i in enumerate(order_by_score(s))}
+    for i, v in enumerate(s):
+        mark = ""
+        if threshold is not None:
+            mark = "  pass" if v >= threshold else "  below"
+        lines.append(f"  #{i}: {v:6.3f}  (rank {rank[i]}){mark}")
+    if s:
+        mean = float(np.mean(s))
+        lines.append(f"mean {mean:.3f}  min {min(s):.3f}  max {max(s):.3f}")
+        if threshold is not None:
+            verdict = "PASS" if mean >= threshold else "FAIL"
+            lines.append(f"set gate: mean {mean:.3f} {'>=' if mean >= threshold else '<'} {threshold:g} -> {verdict}")
+    return "\n".join(lines)

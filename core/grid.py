@@ -1,0 +1,136 @@
+"""Image grid (contact sheet) with gaps, a background colour and optional captions under each cell.
+
+Layout: cells are filled row by row (left to right, then top to bottom). Cell (r, c) has its
+top-left pixel at (gap + c*(cell_w+gap), gap + r*(cell_h+caption_h+gap)); the caption strip of
+height caption_h sits directly under the image. When rows and cols are both 0 the layout is
+rows = floor(sqrt(n)), cols = ceil(n / rows): 8 images -> 2 rows x 4 columns, 6 -> 2x3, 9 -> 3x3.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageColor, ImageDraw, ImageFont
+
+from .errors import AtelierError
+
+
+def auto_layout(n: int, rows: int = 0, cols: int = 0) -> tuple[int, int]:
+    """(rows, cols) for n cells; 0 means 'choose'."""
+    if n <= 0:
+        raise AtelierError("no images to put in the grid.", expected="at least one image")
+    if rows < 0 or cols < 0:
+        raise AtelierError(f"rows={rows}, cols={cols}.", expected="rows and cols >= 0 (0 = automatic)")
+    if rows == 0 and cols == 0:
+        rows = max(1, math.isqrt(n))
+        cols = math.ceil(n / rows)
+    elif rows == 0:
+        rows = math.ceil(n / cols)
+    elif cols == 0:
+        cols = math.ceil(n / rows)
+    return rows, cols
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """'#rrggbb', '#rgb', 'r,g,b' or a CSS colour name -> (r, g, b)."""
+    t = (text or "").strip()
+    m = re.fullmatch(r"\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*\)?", t)
+    if m:
+        rgb = tuple(int(v) for v in m.groups())
+        if all(0 <= v <= 255 for v in rgb):
+            return rgb  # type: ignore[return-value]
+    try:
+        c = ImageColor.getrgb(t)
+        return tuple(c[:3])  # type: ignore[return-value]
+    except (ValueError, AttributeError):
+        raise AtelierError(f"'{text}' is not a colour.", input="background",
+                           expected="#rrggbb, #rgb, 'r,g,b' or a colour name such as white",
+                           fix="write e.g. #ffffff or 32,32,32.") from None
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable bundled font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+def make_grid(images: torch.Tensor, *, rows: int = 0, cols: int = 0, gap: int = 8,
+              background: str | Sequence[int] = "#ffffff", captions: Sequence[str] | None = None,
+              font_size: int = 18, text_color: str | Sequence[int] | None = None) -> torch.Tensor:
+    """images [B,H,W,C] float 0..1 (one size) -> one grid image [1, GH, GW, 3].
+
+    captions: one per cell (missing / empty ones leave the strip blank); when any caption is given
+    every cell gets a strip of height round(font_size * 1.5) below it.
+    """
+    if images.ndim == 3:
+        images = images[None]
+    n, h, w, c = images.shape
+    rows, cols = auto_layout(n, rows, cols)
+    if rows * cols < n:
+        raise AtelierError(f"a {rows}x{cols} grid has {rows * cols} cells but the batch has {n} images.",
+                           input="rows", expected=f"rows x cols >= {n}",
+                           fix="raise rows or cols, or set one of them to 0 to let the grid choose.")
+    if gap < 0:
+        raise AtelierError(f"gap={gap}.", input="gap", expected="gap >= 0")
+    bg = parse_color(background) if isinstance(background, str) else tuple(int(v) for v in background)[:3]
+    if text_color is None:
+        lum = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2]
+        fg = (0, 0, 0) if lum > 127 else (255, 255, 255)
+    else:
+        fg = parse_color(text_color) if isinstance(text_color, str) else tuple(int(v) for v in text_color)[:3]
+    caps = [str(s) if s is not None else "" for s in (captions or [])]
+    cap_h = int(round(font_size * 1.5)) if any(s.strip() for s in caps) else 0
+    gh = gap + rows * (h + cap_h + gap)
+    gw = gap + cols * (w + gap)
+
+    from .aesthetic import to_uint8_rgb  # same 8-bit conversion as the scorer / SaveImage
+    arr = np.empty((gh, gw, 3), dtype=np.uint8)
+    arr[:] = np.array(bg, dtype=np.uint8)
+    src = images.detach().cpu().float()
+    # keep full float precision for cells: paste floats, build the caption layer in 8 bit
+    out = torch.from_numpy(arr.astype(np.float32) / 255.0)
+    for i in range(n):
+        r, cc = divmod(i, cols)
+        y, x = gap + r * (h + cap_h + gap), gap + cc * (w + gap)
+        cell = src[i]
+        if cell.shape[-1] != 3:
+            cell = torch.from_numpy(to_uint8_rgb(cell[None])[0].astype(np.float32) / 255.0)
+        out[y:y + h, x:x + w] = cell.clamp(0, 1)
+    if cap_h:
+        layer = Image.new("RGB", (gw, gh), bg)
+        draw = ImageDraw.Draw(layer)
+        font = _font(font_size)
+        mask = np.zeros((gh, gw), dtype=bool)
+        for i in range(min(n, len(caps))):
+            text = caps[i].strip()
+            if not text:
+                continue
+            r, cc = divmod(i, cols)
+            y, x = gap + r * (h + cap_h + gap) + h, gap + cc * (w + gap)
+            text = _fit_text(draw, text, font, w - 4)
+            tw = draw.textlength(text, font=font)
+            draw.text((x + (w - tw) / 2, y + cap_h / 2), text, fill=fg, font=font, anchor="lm")
+            mask[y:y + cap_h, x:x + w] = True
+        cap = torch.from_numpy(np.asarray(layer).astype(np.float32) / 255.0)
+        m = torch.from_numpy(mask)
+        out[m] = cap[m]
+    return out[None]
+
+
+def cell_boxes(n: int, h: int, w: int, *, rows: int = 0, cols: int = 0, gap: int = 8,
+               caption_h: int = 0) -> list[tuple[int, int, int, int]]:
+    """(y, x, h, w) of each image cell in the grid make_grid builds (for tests and overlays)."""
+    rows, cols = auto_layout(n, rows, cols)
+    return [(gap + (i // cols) * (h + caption_h + gap), gap + (i % cols) * (w + gap), h, w) for i in range(n)]
