@@ -1,0 +1,360 @@
+"""Matting helpers: input normalisation, working resolution, alpha operations, guided-filter edge
+refinement, compositing, and a classical (weights-free) background remover.
+
+All functions take and return torch tensors in ComfyUI layouts: images [B,H,W,C] float 0..1,
+masks/alpha [B,H,W] float 0..1. Pure: no ComfyUI imports.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import AtelierError
+
+# alpha below / above these is snapped to exactly 0 / 1 before compositing, so a background that
+# the model is sure about becomes exactly the background colour after 8-bit saving (SaveImage truncates)
+ALPHA_SNAP_LOW = 1.0 / 255.0
+ALPHA_SNAP_HIGH = 254.0 / 255.0
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+def to_rgb(image: torch.Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
+    """[B,H,W,C] (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) or [H,W,C]/[B,H,W] -> [B,H,W,3] float.
+
+    Transparent pixels of RGBA/LA inputs are flattened onto ``background`` (their stored colour is
+    arbitrary and would mislead the saliency model)."""
+    x = image
+    if x.ndim == 2:
+        x = x[None, ..., None]
+    elif x.ndim == 3:
+        x = x[None] if x.shape[-1] in (1, 2, 3, 4) and x.shape[0] > 4 else x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 2, 3, 4):
+        raise AtelierError(f"image has shape {tuple(image.shape)}", input="image",
+                           expected="IMAGE [batch, height, width, channels] with 1, 3 or 4 channels")
+    x = x.float()
+    c = x.shape[-1]
+    if c in (2, 4):
+        rgb, a = x[..., :c - 1], x[..., c - 1:].clamp(0, 1)
+        if rgb.shape[-1] == 1:
+            rgb = rgb.expand(*rgb.shape[:-1], 3)
+        bg = torch.tensor(background, dtype=x.dtype, device=x.device)
+        return (rgb * a + bg * (1 - a)).clamp(0, 1)
+    if c == 1:
+        return x.expand(*x.shape[:-1], 3).clamp(0, 1)
+    return x.clamp(0, 1)
+
+
+def parse_color(text: str, node: str | None = None, input: str = "background") -> tuple[float, float, float]:
+    """'#RRGGBB', '#RGB', 'r,g,b' (0..255) or a few names -> RGB floats 0..1."""
+    names = {"white": "#ffffff", "black": "#000000", "gray": "#808080", "grey": "#808080",
+             "green": "#00ff00", "blue": "#0000ff", "red": "#ff0000"}
+    s = names.get(str(text).strip().lower(), str(text).strip())
+    m = re.fullmatch(r"#?([0-9a-fA-F]{6})", s) or re.fullmatch(r"#?([0-9a-fA-F]{3})", s)
+    if m:
+        h = m.group(1)
+        if len(h) == 3:
+            h = "".join(ch * 2 for ch in h)
+        return tuple(int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+    parts = [p for p in re.split(r"[,\s;]+", s) if p]
+    if len(parts) == 3:
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            vals = []
+        if vals and all(0 <= v <= 255 for v in vals):
+            return tuple(v / 255.0 for v in vals)  # type: ignore[return-value]
+    raise AtelierError(f"cannot read the colour '{text}'", node=node, input=input,
+                       expected="'#RRGGBB' (e.g. #FFFFFF for pure white) or 'R,G,B' with values 0..255",
+                       fix="type a hex colour such as #FFFFFF")
+
+
+def match_mask(mask: torch.Tensor, batch: int, height: int, width: int, node: str | None = None,
+               input: str = "mask") -> torch.Tensor:
+    """External MASK [B,H,W] / [H,W] / [B,1,H,W] -> [batch,height,width]: a batch of 1 is broadcast,
+    another size is resized (bilinear); a different batch count is an error."""
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None]
+    elif m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    elif m.ndim == 4 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim != 3:
+        raise AtelierError(f"mask has shape {tuple(mask.shape)}", node=node, input=input,
+                           expected="MASK [batch, height, width]")
+    if m.shape[0] not in (1, batch):
+        raise AtelierError(f"mask batch has {m.shape[0]} masks but the image batch has {batch} images",
+                           node=node, input=input, expected=f"1 mask (used for every image) or {batch} masks",
+                           fix="feed a mask batch of the same length as the image batch, or a single mask")
+    if tuple(m.shape[-2:]) != (height, width):
+        m = F.interpolate(m[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    if m.shape[0] != batch:
+        m = m.expand(batch, -1, -1)
+    return m.clamp(0, 1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------- resolution
+
+def working_size(h: int, w: int, max_side: int, min_side: int, small_input: str = "upscale"
+                 ) -> tuple[int, int, int, int]:
+    """Size the network runs at -> (work_h, work_w, pad_h, pad_w).
+
+    Downscale so the longer side is <= max_side (0 = no limit). Then, if the shorter side is below
+    min_side: 'upscale' scales up (keeping aspect) so it reaches min_side; 'pad' keeps the pixels and
+    pads up to min_side (pad_h/pad_w are the total padding, split evenly)."""
+    scale = 1.0
+    if max_side and max(h, w) > max_side:
+        # never shrink the short side below min_side just to honour max_side (very wide images)
+        scale = min(1.0, max(max_side / max(h, w), min_side / min(h, w)))
+    wh, ww = max(1, round(h * scale)), max(1, round(w * scale))
+    ph = pw = 0
+    if min(wh, ww) < min_side:
+        if small_input == "upscale":
+            s = min_side / min(wh, ww)
+            wh, ww = max(min_side, math.ceil(wh * s - 1e-6)), max(min_side, math.ceil(ww * s - 1e-6))
+        elif small_input == "pad":
+            ph, pw = max(0, min_side - wh), max(0, min_side - ww)
+        else:
+            raise AtelierError(f"unknown small_input mode '{small_input}'", input="small_input",
+                               expected="'upscale' or 'pad'")
+    return wh, ww, ph, pw
+
+
+def run_at_working_size(image: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor],
+                        max_side: int, min_side: int, small_input: str = "upscale") -> torch.Tensor:
+    """Resize/pad RGB [B,H,W,3] to the working size, run ``predict`` (RGB batch -> [B,h,w] in 0..1)
+    and bring the result back to [B,H,W] (crop the padding, bilinear resize)."""
+    b, h, w, _ = image.shape
+    wh, ww, ph, pw = working_size(h, w, max_side, min_side, small_input)
+    x = image.permute(0, 3, 1, 2)
+    if (wh, ww) != (h, w):
+        down = wh < h and ww < w
+        x = F.interpolate(x, size=(wh, ww), mode="area" if down else "bilinear",
+                          align_corners=None if down else False).clamp(0, 1)
+    if ph or pw:
+        top, left = ph // 2, pw // 2
+        x = F.pad(x, (left, pw - left, top, ph - top), mode="replicate")
+        y = predict(x.permute(0, 2, 3, 1).contiguous())[:, top:top + wh, left:left + ww]
+    else:
+        y = predict(x.permute(0, 2, 3, 1).contiguous())
+    if tuple(y.shape[-2:]) != (h, w):
+        y = F.interpolate(y[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return y.clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------- alpha ops
+
+def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window, windows clipped at the border. x: [N,C,H,W]."""
+    if r <= 0:
+        return x
+    return F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False) if r < min(x.shape[-2:]) \
+        else _box_filter_cumsum(x, r)
+
+
+def _box_filter_cumsum(x: torch.Tensor, r: int) -> torch.Tensor:
+    def along(t, dim):
+        n = t.shape[dim]
+        c = torch.cumsum(t, dim)
+        c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim)
+        idx = torch.arange(n, device=t.device)
+        hi = (idx + r + 1).clamp(max=n)
+        lo = (idx - r).clamp(min=0)
+        shape = [1] * t.ndim
+        shape[dim] = n
+        return (c.index_select(dim, hi) - c.index_select(dim, lo)) / (hi - lo).view(shape).to(t.dtype)
+    return along(along(x, 2), 3)
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int = 8, eps: float = 1e-3) -> torch.Tensor:
+    """Colour guided filter (He, Sun, Tang 2010). guide [B,H,W,3] 0..1, src [B,H,W] -> [B,H,W].
+
+    Edges of ``src`` snap to edges of the guide image; flat regions are smoothed."""
+    if radius <= 0:
+        return src
+    I = guide.permute(0, 3, 1, 2).double()
+    p = src[:, None].double()
+    mean_I = box_filter(I, radius)
+    mean_p = box_filter(p, radius)
+    mean_Ip = box_filter(I * p, radius)
+    cov_Ip = mean_Ip - mean_I * mean_p  # [B,3,H,W]
+    # 3x3 covariance of the guide per pixel
+    var = torch.empty(I.shape[0], I.shape[2], I.shape[3], 3, 3, dtype=I.dtype, device=I.device)
+    for i in range(3):
+        for j in range(i, 3):
+            v = box_filter(I[:, i:i + 1] * I[:, j:j + 1], radius)[:, 0] - mean_I[:, i] * mean_I[:, j]
+            var[..., i, j] = v
+            var[..., j, i] = v
+    var = var + eps * torch.eye(3, dtype=I.dtype, device=I.device)
+    a = torch.linalg.solve(var, cov_Ip.permute(0, 2, 3, 1)[..., None])[..., 0]  # [B,H,W,3]
+    a = a.permute(0, 3, 1, 2)
+    b = mean_p - (a * mean_I).sum(1, keepdim=True)
+    q = (box_filter(a, radius) * I).sum(1, keepdim=True) + box_filter(b, radius)
+    return q[:, 0].float().clamp(0, 1)
+
+
+def threshold_alpha(alpha: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    return (alpha >= threshold).to(alpha.dtype)
+
+
+def grow_shrink(alpha: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Dilate (pixels > 0) or erode (pixels < 0) the alpha by |pixels| with a disc-like (octagon)
+    structuring element, as grey-level max/min filters."""
+    if pixels == 0:
+        return alpha
+    x = alpha[:, None]
+    inv = pixels < 0
+    if inv:
+        x = 1 - x
+    r = abs(int(pixels))
+    # alternate square (3x3) and cross steps: an octagon close to a disc of radius r
+    for i in range(r):
+        if i % 2 == 0:
+            x = F.max_pool2d(x, 3, stride=1, padding=1)
+        else:
+            xp = F.pad(x, (1, 1, 1, 1), value=0.0)
+            x = torch.stack([x, xp[..., :-2, 1:-1], xp[..., 2:, 1:-1], xp[..., 1:-1, :-2], xp[..., 1:-1, 2:]]).amax(0)
+    if inv:
+        x = 1 - x
+    return x[:, 0]
+
+
+def feather(alpha: torch.Tensor, radius: float) -> torch.Tensor:
+    """Gaussian blur of the alpha with sigma = radius / 2 (radius in pixels)."""
+    if radius <= 0:
+        return alpha
+    sigma = radius / 2.0
+    k = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-k, k + 1, dtype=torch.float32, device=alpha.device)
+    g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
+    g = (g / g.sum()).to(alpha.dtype)
+    x = alpha[:, None]
+    x = F.conv2d(F.pad(x, (k, k, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, k, k), mode="replicate"), g.view(1, 1, -1, 1))
+    return x[:, 0].clamp(0, 1)
+
+
+def snap_alpha(alpha: torch.Tensor, low: float = ALPHA_SNAP_LOW, high: float = ALPHA_SNAP_HIGH) -> torch.Tensor:
+    """Values below ``low`` become exactly 0, above ``high`` exactly 1 (others unchanged)."""
+    a = alpha.clamp(0, 1)
+    return torch.where(a < low, torch.zeros_like(a), torch.where(a > high, torch.ones_like(a), a))
+
+
+def refine_alpha(image: torch.Tensor, alpha: torch.Tensor, *, mode: str = "soft", threshold: float = 0.5,
+                 grow: int = 0, feather_px: float = 0.0, refine: str = "guided_filter",
+                 refine_radius: int = 0, refine_eps: float = 1e-3) -> torch.Tensor:
+    """Saliency -> final alpha. Order: edge refinement (guided filter on the RGB image), threshold
+    (mode 'threshold'), grow/shrink, feather, snap near-0/1. ``refine_radius`` 0 = automatic
+    (about 1% of the longer side, at least 2)."""
+    a = alpha.float().clamp(0, 1)
+    if refine == "guided_filter":
+        r = refine_radius or max(2, round(max(a.shape[-2:]) / 100))
+        a = guided_filter(image, a, r, refine_eps)
+    elif refine not in ("none", "", None):
+        raise AtelierError(f"unknown edge refinement '{refine}'", input="refine_edges",
+                           expected="'none' or 'guided_filter'")
+    if mode == "threshold":
+        a = threshold_alpha(a, threshold)
+    elif mode != "soft":
+        raise AtelierError(f"unknown alpha mode '{mode}'", input="alpha_mode", expected="'soft' or 'threshold'")
+    a = grow_shrink(a, grow)
+    a = feather(a, feather_px)
+    return snap_alpha(a)
+
+
+# ----------------------------------------------------------------------------------------- outputs
+
+def composite(image: torch.Tensor, alpha: torch.Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+              ) -> torch.Tensor:
+    """image [B,H,W,3] over a flat colour: bg + alpha * (image - bg), exact at alpha 0 and 1 and
+    exact wherever the pixel already equals the background colour."""
+    bg = torch.tensor(background, dtype=image.dtype, device=image.device).view(1, 1, 1, 3)
+    a = alpha[..., None].to(image.dtype)
+    out = bg + a * (image - bg)
+    out = torch.where(a >= 1, image, out)
+    return out.clamp(0, 1)
+
+
+def rgba_cutout(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """[B,H,W,3] + [B,H,W] -> straight (not premultiplied) RGBA [B,H,W,4]."""
+    return torch.cat([image, alpha[..., None].to(image.dtype)], dim=-1)
+
+
+def alpha_iou(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5) -> float:
+    """IoU of the two alphas thresholded at ``threshold`` (1.0 when both are empty)."""
+    x, y = a >= threshold, b >= threshold
+    union = (x | y).sum().item()
+    return 1.0 if union == 0 else (x & y).sum().item() / union
+
+
+# ----------------------------------------------------------------------------------------- classical
+
+def classical_alpha(image: torch.Tensor, tolerance: float = 0.08, grabcut_iters: int = 4,
+                    work_side: int = 512, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Weights-free background removal for near-uniform backgrounds (studio / near-white shots).
+
+    Per image: estimate the background colour from the border (median), flood-fill from the border
+    through pixels within ``tolerance`` (0..1, Lab-ish distance) of it, then GrabCut seeded with that
+    (filled = probable background, far from the fill = probable foreground, the 1-px frame = definite
+    background). Runs at ``work_side`` and upsamples. RGB [B,H,W,3] -> alpha [B,H,W] in {0,1}
+    (use the guided-filter refinement for soft edges). Clearly worse than a trained model on cluttered
+    backgrounds."""
+    import cv2
+
+    out = []
+    b, h, w, _ = image.shape
+    for i in range(b):
+        img = (image[i].clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        scale = min(1.0, work_side / max(h, w)) if work_side else 1.0
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else img
+        a = _classical_one(small, tolerance, grabcut_iters)
+        if (sh, sw) != (h, w):
+            a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+        out.append(torch.from_numpy(a.astype(np.float32)))
+        if progress is not None:
+            progress(1)
+    return torch.stack(out).clamp(0, 1)
+
+
+def _classical_one(rgb: np.ndarray, tol: float, iters: int) -> np.ndarray:
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if h < 3 or w < 3:
+        return np.zeros((h, w), np.float32)
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    bg = np.median(border, axis=0)
+    dist = np.linalg.norm(lab - bg, axis=-1) / 255.0
+    close = (dist <= tol).astype(np.uint8)
+    # background = close-to-bg pixels connected to the border
+    _, labels = cv2.connectedComponents(close, connectivity=4)
+    frame = np.zeros((h, w), bool)
+    frame[0, :] = frame[-1, :] = frame[:, 0] = frame[:, -1] = True
+    edge_labels = np.unique(labels[frame & (close > 0)])
+    bgmask = np.isin(labels, edge_labels) & (close > 0)
+    fg0 = ~bgmask
+    if fg0.sum() == 0 or bgmask.sum() == 0:
+        return fg0.astype(np.float32)
+    gc = np.where(bgmask, cv2.GC_PR_BGD, cv2.GC_PR_FGD).astype(np.uint8)
+    k = max(1, round(min(h, w) / 100))
+    core_fg = cv2.erode(fg0.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0
+    far_bg = cv2.erode(bgmask.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0
+    gc[far_bg] = cv2.GC_BGD
+    gc[core_fg & (dist > 2 * tol)] = cv2.GC_FGD
+    gc[0, :] = gc[-1, :] = cv2.GC_BGD
+    gc[:, 0] = gc[:, -1] = cv2.GC_BGD
+    if iters > 0 and (gc == cv2.GC_PR_FGD).any() | (gc == cv2.GC_FGD).any():
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:
+            return fg0.astype(np.float32)
+    return ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.float32)

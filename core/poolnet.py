@@ -1,0 +1,406 @@
+"""PoolNet (Liu et al., CVPR 2019) salient-object network, ResNet-50 backbone without the edge branch.
+
+Written from the paper's architecture so that the released ``final.pth`` (PoolNet-ResNet50 w/o edge)
+loads with ``strict=True``. The module tree reproduces the official parameter names and shapes:
+
+    base.resnet.{conv1,bn1,layer1..4}.*          caffe-style ResNet-50 (stride on the first 1x1 conv of
+                                                   each bottleneck, layer4 stride 1 / dilation 2)
+    base.ppms_pre.weight                          [512, 2048, 1, 1]
+    base.ppms.{0,1,2}.1.weight                    [512, 512, 1, 1]   (pyramid pooling bins 1 / 3 / 5)
+    base.ppm_cat.0.weight                         [512, 2048, 3, 3]
+    base.infos.{0..3}.0.weight                    [512|256|256|128, 512, 3, 3]
+    convert.convert0.{0..4}.0.weight              1x1 convs 64/256/512/1024/2048 -> 128/256/256/512/512
+    deep_pool.{0..4}.convs.{0,1,2}.weight          3x3 convs after avg-pool 2 / 4 / 8 (pools have no weights)
+    deep_pool.{i}.conv_sum.weight, deep_pool.{0..3}.conv_sum_c.weight
+    score.score.{weight,bias}                     [1, 128, 1, 1], [1]
+
+BatchNorm layers are frozen (the published model was trained with global statistics): they keep
+``weight, bias, running_mean, running_var`` and always normalise with the running statistics. A
+``num_batches_tracked`` entry (written by torch >= 0.4.1, absent from older files) carries no information
+in inference and is accepted and dropped whether it is present or not, so strict loading accepts the
+official key set exactly with or without it.
+
+Preprocessing is the reference one: pixels 0..255 in **BGR** order, minus the per-channel means
+(104.00699, 116.66877, 122.67892); no scaling to 0..1, no std division. The output is
+``sigmoid(logits)`` with the logits resized (bilinear, align_corners=True) to the input size.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import AtelierError
+
+#: reference per-channel means, **B, G, R** order, on the 0..255 scale
+BGR_MEANS = (104.00699, 116.66877, 122.67892)
+#: smallest input side the network accepts: the /16 feature map must be >= 8 for the 8x8 avg-pool
+MIN_SIDE = 111
+BN_EPS = 1e-5
+
+# (in_channels, out_channels) of the five convert layers, shallow -> deep
+CONVERT_CHANNELS = ((64, 128), (256, 256), (512, 256), (1024, 512), (2048, 512))
+# deep pool modules: (k, k_out, upsample to the next skip, fuse with skip + guidance)
+DEEP_POOL_CFG = ((512, 512, False, True), (512, 256, True, True), (256, 256, True, True),
+                 (256, 128, True, True), (128, 128, False, False))
+INFO_CHANNELS = (512, 256, 256, 128)
+PPM_BINS = (1, 3, 5)
+RESNET50_BLOCKS = (3, 4, 6, 3)
+
+
+def _up(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d in permanent eval mode (global statistics), state_dict keys of nn.BatchNorm2d
+    minus ``num_batches_tracked``, which is accepted and ignored when loading."""
+
+    def __init__(self, channels: int, eps: float = BN_EPS):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+
+class Bottleneck(nn.Module):
+    """Caffe-style bottleneck: the stride sits on the first 1x1 conv; the 3x3 conv may be dilated."""
+
+    def __init__(self, cin: int, width: int, stride: int = 1, dilation: int = 1, project: bool = False):
+        super().__init__()
+        cout = width * 4
+        self.conv1 = nn.Conv2d(cin, width, 1, stride=stride, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                         FrozenBatchNorm2d(cout)) if project else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        skip = x if self.downsample is None else self.downsample(x)
+        return F.relu(y + skip)
+
+
+def _stage(cin: int, width: int, blocks: int, stride: int, dilation: int) -> nn.Sequential:
+    # every stage of the reference projects its first block (layer4 too, although stride is 1)
+    mods = [Bottleneck(cin, width, stride, dilation, project=True)]
+    mods += [Bottleneck(width * 4, width, 1, dilation) for _ in range(blocks - 1)]
+    return nn.Sequential(*mods)
+
+
+class CaffeResNet50(nn.Module):
+    """Returns the five feature maps [relu(bn1(conv1)), layer1, layer2, layer3, layer4]
+    at strides 2, 4, 8, 16, 16 with 64, 256, 512, 1024, 2048 channels."""
+
+    def __init__(self, blocks: Iterable[int] = RESNET50_BLOCKS):
+        super().__init__()
+        b = tuple(blocks)
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.layer1 = _stage(64, 64, b[0], 1, 1)
+        self.layer2 = _stage(256, 128, b[1], 2, 1)
+        self.layer3 = _stage(512, 256, b[2], 2, 1)
+        self.layer4 = _stage(1024, 512, b[3], 1, 2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c0 = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(c0, 3, stride=2, padding=1, ceil_mode=True)
+        c1 = self.layer1(x)
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        c4 = self.layer4(c3)
+        return [c0, c1, c2, c3, c4]
+
+
+def _conv_relu(cin: int, cout: int, k: int, pre: nn.Module | None = None) -> nn.Sequential:
+    mods = ([pre] if pre is not None else []) + [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                                                 nn.ReLU(inplace=True)]
+    return nn.Sequential(*mods)
+
+
+class GlobalGuidance(nn.Module):
+    """Backbone + global guidance module (pyramid pooling over the deepest features, then one
+    guidance flow per decoder level). Attribute names give the ``base.*`` keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.resnet = CaffeResNet50()
+        self.ppms_pre = nn.Conv2d(2048, 512, 1, bias=False)
+        self.ppms = nn.ModuleList(_conv_relu(512, 512, 1, pre=nn.AdaptiveAvgPool2d(b)) for b in PPM_BINS)
+        self.ppm_cat = _conv_relu(512 * (1 + len(PPM_BINS)), 512, 3)
+        self.infos = nn.ModuleList(_conv_relu(512, c, 3) for c in INFO_CHANNELS)
+
+    def forward(self, x: torch.Tensor):
+        feats = self.resnet(x)
+        top = self.ppms_pre(feats[-1])
+        size = top.shape[-2:]
+        pyr = [top] + [_up(p(top), size) for p in self.ppms]
+        g = self.ppm_cat(torch.cat(pyr, dim=1))
+        # guidance k goes to the resolution of feats[3 - k]: /16, /8, /4, /2
+        infos = [conv(_up(g, feats[len(self.infos) - 1 - k].shape[-2:])) for k, conv in enumerate(self.infos)]
+        return feats, infos
+
+
+class ConvertLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.convert0 = nn.ModuleList(_conv_relu(ci, co, 1) for ci, co in CONVERT_CHANNELS)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(f) for conv, f in zip(self.convert0, feats)]
+
+
+class FeatureAggregation(nn.Module):
+    """FAM: x + sum_s up(conv3x3(avgpool_s(x))) for s in 2, 4, 8, ReLU, optional upsample to the skip's
+    size, 3x3 conv to k_out, then optional fuse conv over (that + skip + guidance)."""
+
+    POOL_SIZES = (2, 4, 8)
+
+    def __init__(self, k: int, k_out: int, upsample: bool, fuse: bool):
+        super().__init__()
+        self.upsample, self.fuse = upsample, fuse
+        self.pools = nn.ModuleList(nn.AvgPool2d(s, stride=s) for s in self.POOL_SIZES)
+        self.convs = nn.ModuleList(nn.Conv2d(k, k, 3, padding=1, bias=False) for _ in self.POOL_SIZES)
+        self.conv_sum = nn.Conv2d(k, k_out, 3, padding=1, bias=False)
+        if fuse:
+            self.conv_sum_c = nn.Conv2d(k_out, k_out, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
+                guide: torch.Tensor | None = None) -> torch.Tensor:
+        size = x.shape[-2:]
+        acc = x
+        for pool, conv in zip(self.pools, self.convs):
+            acc = acc + _up(conv(pool(x)), size)
+        acc = F.relu(acc)
+        if self.upsample:
+            acc = _up(acc, skip.shape[-2:])
+        acc = self.conv_sum(acc)
+        if self.fuse:
+            acc = self.conv_sum_c(acc + skip + guide)
+        return acc
+
+
+class ScoreHead(nn.Module):
+    def __init__(self, k: int = 128):
+        super().__init__()
+        self.score = nn.Conv2d(k, 1, 1)
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        return _up(self.score(x), size)
+
+
+class PoolNet(nn.Module):
+    """PoolNet-ResNet50 without edge branch. ``forward(x)`` takes the preprocessed BGR tensor
+    [B,3,H,W] (see :func:`preprocess`), H, W >= MIN_SIDE, and returns logits [B,1,H,W]."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = GlobalGuidance()
+        self.deep_pool = nn.ModuleList(FeatureAggregation(*c) for c in DEEP_POOL_CFG)
+        self.score = ScoreHead(DEEP_POOL_CFG[-1][1])
+        self.convert = ConvertLayers()
+        self.eval()
+
+    def train(self, mode: bool = True):  # inference-only network: stay in eval mode
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if min(h, w) < MIN_SIDE:
+            raise AtelierError(f"PoolNet input is {h}x{w} pixels, smaller than the network's minimum side",
+                               expected=f"height and width >= {MIN_SIDE}",
+                               fix="pad or upscale the image first (the matting node does this for you)")
+        feats, infos = self.base(x)
+        skips = self.convert(feats)[::-1]  # deepest first: /16, /16, /8, /4, /2
+        merge = self.deep_pool[0](skips[0], skips[1], infos[0])
+        for k in range(1, len(skips) - 1):
+            merge = self.deep_pool[k](merge, skips[k + 1], infos[k])
+        merge = self.deep_pool[-1](merge)
+        return self.score(merge, (h, w))
+
+    def stage_shapes(self, x: torch.Tensor) -> dict[str, tuple]:
+        """Shapes of every intermediate (backbone features, guidance, decoder outputs), for checks."""
+        out: dict[str, tuple] = {}
+        feats, infos = self.base(x)
+        for i, f in enumerate(feats):
+            out[f"backbone{i}"] = tuple(f.shape)
+        for i, g in enumerate(infos):
+            out[f"info{i}"] = tuple(g.shape)
+        skips = self.convert(feats)[::-1]
+        merge = self.deep_pool[0](skips[0], skips[1], infos[0])
+        out["fam0"] = tuple(merge.shape)
+        for k in range(1, len(skips) - 1):
+            merge = self.deep_pool[k](merge, skips[k + 1], infos[k])
+            out[f"fam{k}"] = tuple(merge.shape)
+        merge = self.deep_pool[-1](merge)
+        out[f"fam{len(skips) - 1}"] = tuple(merge.shape)
+        out["logits"] = tuple(self.score(merge, x.shape[-2:]).shape)
+        return out
+
+
+# ----------------------------------------------------------------------------------------- pre/post
+
+def preprocess(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [B,H,W,3] RGB float 0..1 -> network input [B,3,H,W]: 0..255 BGR minus the means."""
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise AtelierError(f"preprocess expects an RGB image batch [B,H,W,3], got shape {tuple(image.shape)}")
+    x = image.float().flip(-1) * 255.0  # RGB -> BGR, 0..255
+    x = x - torch.tensor(BGR_MEANS, dtype=x.dtype, device=x.device)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def min_side_for_fam_pool() -> int:
+    """Smallest input side for which the /16 feature map is at least 8 (computed from the strides)."""
+    def out_len(n):
+        n = (n + 2 * 3 - 7) // 2 + 1           # conv1 7x7/2 pad 3
+        n = -(-(n + 2 - 3) // 2) + 1           # max-pool 3x3/2 pad 1, ceil_mode
+        n = (n - 1) // 2 + 1                   # layer2 1x1/2
+        return (n - 1) // 2 + 1                # layer3 1x1/2
+    n = 1
+    while out_len(n) < 8:
+        n += 1
+    return n
+
+
+@torch.inference_mode()
+def predict_saliency(model: PoolNet, image: torch.Tensor, batch_size: int = 4, progress=None) -> torch.Tensor:
+    """IMAGE [B,H,W,3] 0..1 (H, W >= MIN_SIDE) -> saliency [B,H,W] in 0..1 (sigmoid of the logits).
+
+    Runs in chunks of ``batch_size`` on the model's device; ``progress(n)`` is called after each chunk.
+    """
+    p = next(model.parameters())
+    outs = []
+    for i in range(0, image.shape[0], max(1, batch_size)):
+        chunk = image[i:i + max(1, batch_size)]
+        x = preprocess(chunk.to(p.device)).to(p.dtype)
+        outs.append(torch.sigmoid(model(x).float())[:, 0].cpu())
+        if progress is not None:
+            progress(chunk.shape[0])
+    return torch.cat(outs, 0)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+_EDGE_HINTS = ("block.", "fuse.", "edgeinfo.")
+
+
+def _read_state_dict(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise AtelierError(f"PoolNet weights file '{path}' does not exist",
+                           fix="put final.pth (or its .safetensors conversion) in ComfyUI/models/saliency/")
+    size = os.path.getsize(path)
+    if path.lower().endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+            return load_file(path, device="cpu")
+        except Exception as exc:
+            raise AtelierError(f"cannot read safetensors file '{path}' ({size} bytes): {exc}",
+                               expected="a complete .safetensors file",
+                               fix="the file is probably truncated or corrupt: download or convert it again") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise AtelierError(f"refused to load '{path}': the file contains Python objects other than tensors "
+                           f"(a pickle that could execute code). {str(exc).splitlines()[0]}",
+                           expected="a plain PyTorch state_dict of tensors (like the official final.pth)",
+                           fix="use the official final.pth, or convert a trusted file to .safetensors") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise AtelierError(f"cannot read PoolNet weights '{path}' ({size} bytes): {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                           expected="a complete PyTorch .pth file",
+                           fix="the file is probably truncated or corrupt (interrupted download?): download it "
+                               "again and compare its size/sha256 with models_manifest.json") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AtelierError(f"'{path}' does not hold a state_dict of tensors (found {type(obj).__name__})",
+                           expected="a PoolNet state_dict")
+    return obj
+
+
+def normalise_keys(sd: dict) -> "OrderedDict[str, torch.Tensor]":
+    """Strip a DataParallel ``module.`` prefix if every key has one; keep everything else as is."""
+    keys = list(sd)
+    if keys and all(k.startswith("module.") for k in keys):
+        return OrderedDict((k[len("module."):], v) for k, v in sd.items())
+    return OrderedDict(sd)
+
+
+def load_state_dict_strict(model: PoolNet, sd: dict, source: str = "state_dict") -> None:
+    """Load ``sd`` with strict=True semantics, turning key/shape mismatches into a readable error."""
+    sd = normalise_keys(sd)
+    own = model.state_dict()
+    incoming = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in incoming]
+    unexpected = [k for k in incoming if k not in own]
+    bad_shape = [f"{k}: file {tuple(incoming[k].shape)} vs PoolNet {tuple(own[k].shape)}"
+                 for k in own if k in incoming and tuple(incoming[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        what = "a PoolNet-ResNet50 without edge branch (final.pth)"
+        hint = ""
+        if any(k.startswith(_EDGE_HINTS) for k in unexpected):
+            hint = " It looks like the joint edge model (PoolNet w/ edge); only the w/o-edge final.pth is supported."
+        elif any(k.startswith("base.vgg16") or k.startswith("base.base") for k in unexpected):
+            hint = " It looks like PoolNet-VGG16; only the ResNet-50 model is supported."
+        elif not any(k.startswith("base.resnet.") for k in incoming):
+            hint = " It does not look like a PoolNet file at all."
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if bad_shape:
+            detail.append(f"{len(bad_shape)} shape mismatches (e.g. {'; '.join(bad_shape[:2])})")
+        raise AtelierError(f"'{source}' is not {what}: " + ", ".join(detail) + "." + hint,
+                           expected="the official PoolNet-ResNet50 (w/o edge) state_dict keys and shapes",
+                           fix="download final.pth for 'PoolNet-ResNet50 w/o edge' (see models_manifest.json) "
+                               "into ComfyUI/models/saliency/")
+    model.load_state_dict(sd, strict=True)
+
+
+def load_poolnet(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> PoolNet:
+    """Build PoolNet and load ``path`` (.pth via torch.load(weights_only=True), or .safetensors) strictly."""
+    sd = _read_state_dict(path)
+    model = PoolNet()
+    load_state_dict_strict(model, sd, source=os.path.basename(path))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def convert_pth_to_safetensors(src: str, dst: str) -> dict:
+    """Convert a PoolNet .pth into .safetensors (validated by a strict load first).
+
+    Strips a ``module.`` prefix and drops ``num_batches_tracked``; returns {"tensors": n, "bytes": size}.
+    Writes to ``dst + '.tmp'`` and renames, so nothing half-written is left behind.
+    """
+    from safetensors.torch import save_file
+
+    sd = normalise_keys(_read_state_dict(src))
+    load_state_dict_strict(PoolNet(), sd, source=os.path.basename(src))
+    out = OrderedDict((k, v.detach().contiguous().clone()) for k, v in sd.items()
+                      if not k.endswith("num_batches_tracked"))
+    tmp = dst + ".tmp"
+    save_file(out, tmp, metadata={"format": "pt", "arch": "poolnet-resnet50-noedge", "source": os.path.basename(src)})
+    os.replace(tmp, dst)
+    return {"tensors": len(out), "bytes": os.path.getsize(dst)}
