@@ -191,10 +191,13 @@ class Manifest:
                 seen.setdefault(w, None)
         return list(seen)
 
-    def to_manager_list(self) -> dict:
-        """The entries ComfyUI-Manager can install (single files), in its model-list.json shape."""
+    def to_manager_list(self, entries: list[ModelEntry] | None = None) -> dict:
+        """The entries ComfyUI-Manager can install (single files with a direct URL), in its
+        model-list.json shape."""
         keys = ("name", "type", "base", "save_path", "description", "reference", "filename", "url", "size")
-        return {"models": [{k: e.raw.get(k) for k in keys} for e in self.entries if e.kind == "file"]}
+        chosen = self.entries if entries is None else entries
+        return {"models": [{k: e.raw.get(k) for k in keys} for e in chosen
+                           if e.kind == "file" and not e.manual_only]}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -445,6 +448,7 @@ def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: Pr
                             "so it cannot be checked; pass --allow-unverified to download it anyway "
                             "(the computed sha256 is printed so the manifest can be completed)",
                             models_dir)
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -498,6 +502,11 @@ def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: Pr
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)
+        for d in created:  # folders this attempt made, innermost first, if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
 
 
