@@ -464,13 +464,14 @@ def polygon_size(p: np.ndarray) -> tuple[float, float]:
 def _fit_horizontal(path, index, text, avail_w, avail_h, max_size):
     ref = 64
     l, t, r, b = load_font(path, index, ref).getbbox(text)
-    tw, th = max(1, r - l), max(1, b - t)
+    # ink height, floored at 0.72 em so punctuation-only text ("," ".") does not blow up to the box height
+    tw, th = max(1, r - l), max(1, b - t, 0.72 * ref)
     size = int(min(ref * avail_w / tw, ref * avail_h / th))
     if max_size:
         size = min(size, int(max_size))
     while size > 1:
         l, t, r, b = load_font(path, index, size).getbbox(text)
-        if r - l <= avail_w and b - t <= avail_h:
+        if r - l <= avail_w and max(b - t, 0.72 * size) <= avail_h:
             break
         size -= 1
     return max(1, size)
