@@ -1,0 +1,286 @@
+"""Line / Canny conditioners: Canny edges and product line art for ControlNet, plus crop-back.
+
+Thin wrappers over ``core.edges``. The whole batch is brought to CPU float32 once, each image is
+converted to uint8 gray and processed with OpenCV, and the results are written straight into one
+preallocated output tensor (no per-image float copies, no stack).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core import edges as E
+from ..core.errors import AtelierError
+
+CATEGORY = "atelier/conditioners"
+PAD_TYPE = "ATELIER_PAD"
+MAX_RES = E.MAX_SIDE
+
+RESOLUTION_TOOLTIP = ("Short side of the output in pixels; the aspect ratio is kept and the result is padded with "
+                      "black (centred) up to a multiple of 64, ready for a ControlNet. 0 = keep the input size "
+                      "exactly (no scaling, no padding). The pad_info output undoes it (Atelier Crop Back).")
+PAD_TOOLTIP = ("ATELIER_PAD: how the image was scaled and padded, a small JSON-serialisable dict "
+               "{orig_h, orig_w, scaled_h, scaled_w, top, bottom, left, right} (pixels). Feed it with the generated "
+               "image to Atelier Crop Back to get the original size and aspect back.")
+MASK_TOOLTIP = "The same lines as a MASK [B,H,W] (1 = line)."
+
+
+def _progress(total: int):
+    if total < 2:
+        return None
+    try:
+        import comfy.utils
+        return comfy.utils.ProgressBar(total)
+    except Exception:  # outside ComfyUI (bench, scripts): no progress bar
+        return None
+
+
+def as_image_batch(image, node: str, input: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE (or something close to it) -> CPU float32 ``[B,H,W,C]``, C in 1..4.
+
+    Accepts ``[B,H,W,C]``, a single ``[H,W,C]`` (C <= 4), and gray ``[B,H,W]`` / ``[H,W]``. No copy when the
+    input already is a CPU float32 IMAGE.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise AtelierError(f"got {type(image).__name__}, not an image tensor", node=node, input=input,
+                           expected="an IMAGE (float tensor [B,H,W,C] in 0..1)",
+                           fix="connect an IMAGE output (Load Image, VAE Decode, ...).")
+    x = image.detach()
+    if x.ndim == 2:
+        x = x[None, :, :, None]
+    elif x.ndim == 3:
+        x = x[None] if x.shape[-1] <= 4 else x[..., None]
+    if x.ndim != 4 or x.shape[-1] > 4:
+        raise AtelierError(f"got a tensor of shape {tuple(image.shape)}", node=node, input=input,
+                           expected="an IMAGE [B,H,W,C] with C = 1, 2, 3 or 4",
+                           fix="connect an IMAGE output; to use a MASK, convert it with 'Convert Mask to Image'.")
+    if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+        raise AtelierError(f"got an empty image batch of shape {tuple(image.shape)}", node=node, input=input,
+                           expected="at least one image of at least 1x1 pixel",
+                           fix="check the node that produces this image.")
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        x = x.to("cpu", torch.float32)
+    return x
+
+
+def run_batch(x: torch.Tensor, fn, node: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Apply ``fn(float32 HxWxC ndarray) -> (uint8 HxW map, PadInfo)`` to every image of the batch.
+
+    Returns IMAGE ``[B,H,W,3]``, MASK ``[B,H,W]`` (both float32 0..1) and the PadInfo (identical for all
+    images, which share one size in a ComfyUI batch).
+    """
+    b = x.shape[0]
+    pbar = _progress(b)
+    image = mask = info = None
+    for i in range(b):
+        lines, info_i = fn(x[i].numpy())
+        if image is None:
+            info = info_i
+            h, w = lines.shape
+            mask = torch.empty((b, h, w), dtype=torch.float32)
+            image = torch.empty((b, h, w, 3), dtype=torch.float32)
+        torch.div(torch.from_numpy(lines), 255, out=mask[i])
+        image[i].copy_(mask[i].unsqueeze(-1))
+        if pbar is not None:
+            pbar.update(1)
+    return image, mask, dict(info)
+
+
+class AtelierCanny:
+    DISPLAY = "Atelier Canny"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Image(s) to trace. Any size; RGB, RGBA (transparent areas are laid on "
+                                           "white or black, whichever contrasts) or grayscale."}),
+            "low_threshold": ("INT", {"default": 50, "min": 0, "max": 2040, "step": 1,
+                                      "tooltip": "Canny hysteresis low threshold on the Sobel gradient (OpenCV units, "
+                                                 "0..2040): weak edges above it are kept only where they touch a "
+                                                 "strong edge. Must not exceed high_threshold. Ignored in auto mode."}),
+            "high_threshold": ("INT", {"default": 80, "min": 0, "max": 2040, "step": 1,
+                                       "tooltip": "Canny high threshold: gradients above it always start an edge. "
+                                                  "Raise to keep only strong outlines (try 100..300 for photos). "
+                                                  "Ignored in auto mode."}),
+            "threshold_mode": (["manual", "auto_median"], {
+                "default": "manual",
+                "tooltip": "manual: use low/high_threshold. auto_median: per image, low = (1 - auto_sigma) x median "
+                           "and high = (1 + auto_sigma) x median of the gray image, good for mixed batches."}),
+            "auto_sigma": ("FLOAT", {"default": 0.33, "min": 0.0, "max": 1.0, "step": 0.01,
+                                     "tooltip": "Width of the auto_median threshold band around the median; larger "
+                                                "keeps more edges. Only used in auto_median mode."}),
+            "blur_sigma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                                     "tooltip": "Gaussian blur (sigma, pixels) before edge detection; 0 = off. "
+                                                "1..2 removes texture/noise edges from photos."}),
+            "l2_gradient": ("BOOLEAN", {"default": False,
+                                        "tooltip": "Use the exact L2 gradient magnitude instead of |gx|+|gy| "
+                                                   "(slightly cleaner diagonals, slightly slower)."}),
+            "resolution": ("INT", {"default": 512, "min": 0, "max": MAX_RES, "step": 8,
+                                   "tooltip": RESOLUTION_TOOLTIP}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "MASK", PAD_TYPE)
+    RETURN_NAMES = ("edges", "mask", "pad_info")
+    OUTPUT_TOOLTIPS = ("Canny edges, white on black, 3 channels (what ControlNet canny models expect).",
+                       MASK_TOOLTIP, PAD_TOOLTIP)
+    FUNCTION = "detect"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Canny edge map for ControlNet (OpenCV). Manual thresholds (default 50/80) or automatic ones "
+                   "from the image median; optional blur and L2 gradient; scales to a resolution and pads to a "
+                   "multiple of 64, with pad_info to crop the result back.")
+
+    def detect(self, image, low_threshold=50, high_threshold=80, threshold_mode="manual", auto_sigma=0.33,
+               blur_sigma=0.0, l2_gradient=False, resolution=512):
+        node = self.DISPLAY
+        auto = threshold_mode == "auto_median"
+        if threshold_mode not in ("manual", "auto_median"):
+            raise AtelierError(f"unknown mode {threshold_mode!r}", node=node, input="threshold_mode",
+                               expected="'manual' or 'auto_median'", fix="pick one from the list.")
+        if not auto:
+            E.check_thresholds(low_threshold, high_threshold, node=node)
+        resolution = _check_resolution(resolution, node)
+        x = as_image_batch(image, node)
+
+        def one(img):
+            edges, info, _ = E.canny_image(img, low=low_threshold, high=high_threshold, auto=auto, sigma=auto_sigma,
+                                           blur_sigma=blur_sigma, l2_gradient=l2_gradient, resolution=resolution,
+                                           node=node)
+            return edges, info
+
+        return run_batch(x, one, node)
+
+
+class AtelierLineart:
+    DISPLAY = "Atelier Lineart"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Line drawing(s): scans, CAD exports, sketches; dark lines on light "
+                                           "paper or light lines on dark. Any size; RGB, RGBA or grayscale."}),
+            "polarity": (["auto", "dark_on_light", "light_on_dark"], {
+                "default": "auto",
+                "tooltip": "Line colour of the input. auto: detected per image (the ground is the median; lines are "
+                           "whatever departs from it). The output is always white lines on black."}),
+            "binarize": ("BOOLEAN", {"default": True,
+                                     "tooltip": "On: pure black/white lines. Off: keep the line strength (pencil "
+                                                "pressure, antialiasing) as gray levels."}),
+            "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Line-strength threshold for binarize (0..1 of full contrast against "
+                                               "the ground); 0 = automatic (Otsu). Lower keeps fainter lines."}),
+            "min_speck_area": ("INT", {"default": 4, "min": 0, "max": 100000, "step": 1,
+                                       "tooltip": "Remove dust: connected blobs smaller than this many pixels (at "
+                                                  "the output resolution) are erased. 0 = keep everything."}),
+            "thickness": ("INT", {"default": 0, "min": -8, "max": 16, "step": 1,
+                                  "tooltip": "Grow (positive) or thin (negative) the lines by this many pixels on "
+                                             "each side, after speck removal. 0 = unchanged."}),
+            "resolution": ("INT", {"default": 512, "min": 0, "max": MAX_RES, "step": 8,
+                                   "tooltip": RESOLUTION_TOOLTIP}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "MASK", PAD_TYPE)
+    RETURN_NAMES = ("lineart", "mask", "pad_info")
+    OUTPUT_TOOLTIPS = ("Clean line art, white lines on black, 3 channels (what ControlNet lineart models expect).",
+                       MASK_TOOLTIP, PAD_TOOLTIP)
+    FUNCTION = "extract"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Turns a product line drawing into ControlNet line art: detects dark-on-light vs "
+                   "light-on-dark, outputs white lines on black, optional binarisation, speck removal and line "
+                   "thickness; scales to a resolution and pads to a multiple of 64, with pad_info to crop back.")
+
+    def extract(self, image, polarity="auto", binarize=True, threshold=0.0, min_speck_area=4, thickness=0,
+                resolution=512):
+        node = self.DISPLAY
+        if polarity not in ("auto", "dark_on_light", "light_on_dark"):
+            raise AtelierError(f"unknown polarity {polarity!r}", node=node, input="polarity",
+                               expected="'auto', 'dark_on_light' or 'light_on_dark'", fix="pick one from the list.")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise AtelierError(f"threshold {threshold} is outside 0..1", node=node, input="threshold",
+                               expected="0 (automatic) or a fraction such as 0.5", fix="use a value in 0..1.")
+        resolution = _check_resolution(resolution, node)
+        x = as_image_batch(image, node)
+        thr = None if float(threshold) <= 0.0 else int(round(float(threshold) * 255))
+
+        def one(img):
+            lines, info, _ = E.lineart_image(img, polarity=polarity, binarize_lines=bool(binarize), threshold=thr,
+                                             min_speck_area=int(min_speck_area), thickness=int(thickness),
+                                             resolution=resolution, node=node)
+            return lines, info
+
+        return run_batch(x, one, node)
+
+
+class AtelierCropBack:
+    DISPLAY = "Atelier Crop Back"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "Image generated from (or equal to) a padded conditioner output; it "
+                                               "may be at another scale (e.g. after a 2x upscale): the padding is "
+                                               "scaled along."}),
+                "pad_info": (PAD_TYPE, {"tooltip": "The pad_info output of Atelier Canny / Atelier Lineart "
+                                                   "(ATELIER_PAD: original size, scaled size and padding)."}),
+                "restore_size": ("BOOLEAN", {"default": True,
+                                             "tooltip": "On: scale the cropped image back to the original input "
+                                                        "size. Off: only remove the padding."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Optional mask of the same size as image, cropped the same way."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    OUTPUT_TOOLTIPS = ("The image without the padding, at the original size (or the scaled size if restore_size "
+                       "is off).",
+                       "The mask cropped the same way; when no mask is connected, the cropped image's luminance.")
+    FUNCTION = "crop"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Undoes the scale-and-pad of an Atelier conditioner: crops the padding and restores the size."
+
+    def crop(self, image, pad_info, restore_size=True, mask=None):
+        node = self.DISPLAY
+        info = E.check_pad_info(pad_info, node=node)
+        x = as_image_batch(image, node)
+        b, h, w, c = x.shape
+        y0, y1, x0, x1 = E.crop_box(h, w, info)
+        out = x[:, y0:y1, x0:x1]
+        if c <= 2:  # gray (+ alpha): 3-channel gray, as an IMAGE should be
+            out = out[..., :1].expand(-1, -1, -1, 3)
+        if restore_size and (y1 - y0, x1 - x0) != (info["orig_h"], info["orig_w"]):
+            out = torch.stack([torch.from_numpy(E.resize(np.ascontiguousarray(o.numpy()),
+                                                         info["orig_h"], info["orig_w"])) for o in out])
+        out = out.contiguous()
+        if mask is not None:
+            m = as_image_batch(mask, node, "mask")[..., 0]
+            if m.shape[1:] != (h, w):
+                raise AtelierError(f"mask is {m.shape[2]}x{m.shape[1]} but image is {w}x{h}", node=node,
+                                   input="mask", expected="a mask of the same size as image",
+                                   fix="connect the mask that belongs to this image (or none).")
+            m = m[:, y0:y1, x0:x1]
+            if restore_size and tuple(m.shape[1:]) != (info["orig_h"], info["orig_w"]):
+                m = torch.stack([torch.from_numpy(E.resize(np.ascontiguousarray(o.numpy()),
+                                                           info["orig_h"], info["orig_w"])) for o in m])
+            m = m.contiguous()
+        else:
+            rgb = out[..., :3]
+            m = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).clamp_(0, 1)
+        return out, m
+
+
+def _check_resolution(resolution, node: str) -> int:
+    ok = isinstance(resolution, (int, np.integer, float)) and float(resolution).is_integer()
+    if not ok or resolution < 0 or resolution > MAX_RES:
+        raise AtelierError(f"resolution {resolution!r} is out of range", node=node, input="resolution",
+                           expected=f"0 (keep size) or a short side in 1..{MAX_RES}", fix="use e.g. 512 or 1024.")
+    return int(resolution)
+
+
+NODE_CLASS_MAPPINGS = {
+    "AtelierCanny": AtelierCanny,
+    "AtelierLineart": AtelierLineart,
+    "AtelierCropBack": AtelierCropBack,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}
