@@ -230,8 +230,13 @@ def cmd_convert(manifest: Manifest, args) -> int:
               f"not available here: {exc}", file=sys.stderr)
         return 2
     dst = Path(args.out).expanduser() if args.out else src.with_suffix(".safetensors")
-    out = convert(src, dst)
-    print(f"wrote {out or dst}")
+    try:
+        info = convert(str(src), str(dst))
+    except AtelierError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    extra = ", ".join(f"{k} {v}" for k, v in info.items()) if isinstance(info, dict) else ""
+    print(f"wrote {dst}" + (f" ({extra})" if extra else ""))
     return 0
 
 
