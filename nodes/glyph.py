@@ -1,0 +1,463 @@
+"""Glyph family: OCR boxes, typed text boxes, glyph render / compose, keyboard layout composer.
+
+Thin wrappers over ``core.glyph``, ``core.ocr`` and ``core.layout``.
+
+ATELIER_GLYPHS (the value passed between these nodes) is a JSON-serialisable dict::
+
+    {"type": "atelier_glyphs", "version": 1, "width": W, "height": H,
+     "items": [[{"text", "polygon": [[x, y] x 4], "font", "size", "direction", "score"}, ...], ...]}
+
+one list of text boxes per image of the batch, in pixels of a W x H canvas (renderers scale it to
+their own canvas).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core import glyph as G
+from ..core import layout as L
+from ..core import ocr as O
+from ..core.errors import AtelierError
+
+CATEGORY = "atelier/glyph"
+GLYPHS = "ATELIER_GLYPHS"
+PAD_TYPE = "ATELIER_PAD"
+MAX_SIDE = 8192
+
+GLYPHS_TOOLTIP = ("ATELIER_GLYPHS: text boxes (text, 4-point polygon in pixels, optional font/size, OCR score) "
+                  "for each image of the batch, with the canvas size they refer to. JSON-serialisable.")
+FONT_TOOLTIP = ("Font for boxes that do not name their own. 'auto' picks an installed font that has every "
+                "character (a CJK font such as Noto Sans CJK for Chinese). Fonts come from ComfyUI/models/fonts/ "
+                "and the system font folders; 'file.ttc#2' picks face 2 of a collection. A font that lacks a "
+                "character is an error, never boxes.")
+FIT_TOOLTIP = ("contain: keep the font's proportions and centre the text in its box (long text is shrunk, "
+               "never clipped). stretch: fill the box along the line, as OCR boxes do.")
+POLARITY = ["white_on_black", "black_on_white"]
+
+
+def _progress(total: int):
+    if total < 2:
+        return None
+    try:
+        import comfy.utils
+        return comfy.utils.ProgressBar(total)
+    except Exception:
+        return None
+
+
+def font_folder_paths() -> list[str]:
+    """The `fonts` model folder(s): registered by the models family, else ComfyUI/models/fonts."""
+    import folder_paths
+    entry = getattr(folder_paths, "folder_names_and_paths", {}).get("fonts")
+    if entry:
+        return [p for p in entry[0]]
+    return [os.path.join(folder_paths.models_dir, "fonts")]
+
+
+def allowed_font_dirs() -> list[Path]:
+    return G.font_dirs(font_folder_paths())
+
+
+def font_choices() -> list[str]:
+    try:
+        return ["auto"] + G.font_names(allowed_font_dirs())
+    except Exception:
+        return ["auto"]
+
+
+def _validate_font(font: str) -> bool | str:
+    if not font or font == "auto":
+        return True
+    try:
+        G.resolve_font(font, allowed_font_dirs())
+    except AtelierError as exc:
+        return str(exc)
+    return True
+
+
+def _to_u8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1).mul(255).round().to(torch.uint8)).cpu().numpy()
+
+
+def _image_batch(image, node: str, input: str = "image") -> torch.Tensor:
+    """IMAGE-ish tensor -> CPU float32 [B, H, W, C] (C in 1..4)."""
+    if not isinstance(image, torch.Tensor):
+        raise AtelierError(f"got {type(image).__name__}, not an image tensor", node=node, input=input,
+                           expected="an IMAGE (float tensor [B,H,W,C] in 0..1)", fix="connect an IMAGE output.")
+    x = image.detach()
+    if x.ndim == 2:
+        x = x[None, :, :, None]
+    elif x.ndim == 3:
+        x = x[None] if x.shape[-1] <= 4 else x[..., None]
+    if x.ndim != 4 or x.shape[-1] > 4 or 0 in x.shape:
+        raise AtelierError(f"got a tensor of shape {tuple(image.shape)}", node=node, input=input,
+                           expected="an IMAGE [B,H,W,C] with C = 1..4", fix="connect an IMAGE output.")
+    return x.to("cpu", torch.float32)
+
+
+def _rgb_u8(x: torch.Tensor, background: float = 0.0) -> np.ndarray:
+    """One image [H, W, C] float -> uint8 RGB; alpha laid on `background` (0 black, 1 white)."""
+    c = x.shape[-1]
+    if c == 1:
+        x = x.expand(-1, -1, 3)
+    elif c == 2:
+        x = x[..., :1].expand(-1, -1, 3) * x[..., 1:] + background * (1 - x[..., 1:])
+    elif c == 4:
+        x = x[..., :3] * x[..., 3:] + background * (1 - x[..., 3:])
+    return _to_u8(x)
+
+
+def check_glyphs(glyphs, node: str, input: str = "glyphs") -> dict:
+    """Validate an ATELIER_GLYPHS value (also accepts the JSON text of one)."""
+    if isinstance(glyphs, str):
+        try:
+            glyphs = json.loads(glyphs)
+        except json.JSONDecodeError:
+            glyphs = None
+    if (not isinstance(glyphs, dict) or glyphs.get("type") != G.GLYPHS_TYPE
+            or not isinstance(glyphs.get("items"), list)):
+        raise AtelierError("this is not an ATELIER_GLYPHS value", node=node, input=input,
+                           expected="the glyphs output of Atelier OCR Boxes, Atelier Text Boxes or Atelier Layout",
+                           fix="connect one of those nodes.")
+    return glyphs
+
+
+def _boxes_for_canvas(glyphs: dict, i: int, width: int, height: int, pad: dict | None = None) -> list[dict]:
+    items = glyphs["items"]
+    boxes = items[i if len(items) > 1 else 0] if items else []
+    gw, gh = float(glyphs["width"]), float(glyphs["height"])
+    if pad:
+        sx, sy = pad["scaled_w"] / gw, pad["scaled_h"] / gh
+        boxes = G.scale_boxes(boxes, sx, sy)
+        return [dict(b, polygon=[[p[0] + pad["left"], p[1] + pad["top"]] for p in b["polygon"]]) for b in boxes]
+    if (gw, gh) != (float(width), float(height)):
+        boxes = G.scale_boxes(boxes, width / gw, height / gh)
+    return boxes
+
+
+def _batch_size(node: str, **sizes: int) -> int:
+    vals = {k: v for k, v in sizes.items() if v > 1}
+    if len(set(vals.values())) > 1:
+        raise AtelierError(f"batch sizes do not match ({', '.join(f'{k}: {v}' for k, v in vals.items())})", node=node,
+                           expected="equal batch sizes, or a batch of 1 that is reused for every image",
+                           fix="make the batches the same size or use a single image / single glyph set.")
+    return max([1] + list(sizes.values()))
+
+
+# --------------------------------------------------------------------------------------------- nodes
+
+class AtelierOCRBoxes:
+    DISPLAY = "Atelier OCR Boxes"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Reference image(s) to read text from (RGB, RGBA or grayscale)."}),
+            "backend": (list(O.BACKENDS), {"default": "rapidocr", "tooltip":
+                        "rapidocr: PP-OCRv4 ONNX models shipped in the rapidocr_onnxruntime wheel, works offline "
+                        "(pip install \"comfyui-atelier[ocr]\"). paddleocr: PaddleOCR 3.x, optional extra "
+                        "(pip install \"comfyui-atelier[paddle]\")."}),
+            "min_confidence": ("FLOAT", {"default": O.DEFAULT_MIN_CONFIDENCE, "min": 0.0, "max": 1.0, "step": 0.01,
+                               "tooltip": "Keep detections whose recognition score is at least this (0.98 keeps "
+                                          "only text read with near certainty, as the keyboard-skin seed did)."}),
+        }, "optional": {
+            "paddle_det_model": ("STRING", {"default": "", "tooltip":
+                                 "PaddleOCR only: detection model folder inside ComfyUI/models/paddleocr/ "
+                                 "(empty = PaddleOCR's default, which it must already have cached offline)."}),
+            "paddle_rec_model": ("STRING", {"default": "", "tooltip":
+                                 "PaddleOCR only: recognition model folder inside ComfyUI/models/paddleocr/."}),
+        }}
+
+    RETURN_TYPES = (GLYPHS, "IMAGE", "STRING")
+    RETURN_NAMES = ("glyphs", "preview", "boxes_json")
+    OUTPUT_TOOLTIPS = (GLYPHS_TOOLTIP,
+                       "The image with every kept box outlined and numbered.",
+                       "The boxes of the first image as an editable JSON spec (paste it into Atelier Text Boxes).")
+    FUNCTION = "detect"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Runs OCR on the image(s) and keeps text boxes above min_confidence: polygons, texts and "
+                   "recognition scores, ready for Atelier Glyph Render / Compose (re-render the reference text "
+                   "into a control image).")
+
+    def _paddle_dir(self, name: str, input: str) -> str | None:
+        name = (name or "").strip()
+        if not name:
+            return None
+        import folder_paths
+        roots = list(getattr(folder_paths, "folder_names_and_paths", {}).get("paddleocr", ([],))[0]) or [
+            os.path.join(folder_paths.models_dir, "paddleocr")]
+        for root in roots:
+            real = Path(root, name).resolve()
+            if real.is_dir() and real.is_relative_to(Path(root).resolve()):
+                return str(real)
+        raise AtelierError(f"PaddleOCR model folder '{name}' was not found", node=self.DISPLAY, input=input,
+                           expected=f"a model folder inside {', '.join(roots)}",
+                           fix="put the exported PaddleOCR model folder there and type its name.")
+
+    def detect(self, image, backend="rapidocr", min_confidence=O.DEFAULT_MIN_CONFIDENCE, paddle_det_model="",
+               paddle_rec_model=""):
+        node = self.DISPLAY
+        x = _image_batch(image, node)
+        det = self._paddle_dir(paddle_det_model, "paddle_det_model") if backend == "paddleocr" else None
+        rec = self._paddle_dir(paddle_rec_model, "paddle_rec_model") if backend == "paddleocr" else None
+        b, h, w = x.shape[:3]
+        pbar = _progress(b)
+        items, previews = [], []
+        for i in range(b):
+            rgb = _rgb_u8(x[i], background=1.0)
+            res = O.run_ocr(rgb, backend=backend, min_confidence=min_confidence, det_model_dir=det,
+                            rec_model_dir=rec, node=node)
+            boxes = res.to_boxes()
+            items.append(boxes)
+            previews.append(torch.from_numpy(G.draw_boxes_preview(rgb, boxes)).float().div(255))
+            if pbar is not None:
+                pbar.update(1)
+        spec = json.dumps([{"text": bb["text"], "polygon": [[round(p[0], 1), round(p[1], 1)] for p in bb["polygon"]],
+                            "score": round(bb["score"], 4)} for bb in items[0]], ensure_ascii=False)
+        return (G.make_glyphs(items, w, h), torch.stack(previews), spec)
+
+
+class AtelierTextBoxes:
+    DISPLAY = "Atelier Text Boxes"
+    EXAMPLE = ('[{"text": "Hello", "box": [64, 64, 448, 160]},\n'
+               ' {"text": "键盘", "box": [64, 224, 256, 320], "font": "auto"},\n'
+               ' {"text": "竖排", "box": [900, 100, 980, 400]}]')
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "spec": ("STRING", {"multiline": True, "default": cls.EXAMPLE, "tooltip":
+                     "Text boxes to draw. JSON list of {text, box: [x0, y0, x1, y1] | polygon: [[x, y] x 4] "
+                     "(top-left, top-right, bottom-right, bottom-left), font?, size? (max px), direction? "
+                     "(auto / horizontal / vertical)}; or one box per line: 'text | x0,y0,x1,y1 [| font [| size]]'."}),
+            "width": ("INT", {"default": 1024, "min": 8, "max": MAX_SIDE, "step": 8,
+                              "tooltip": "Canvas width the box coordinates refer to."}),
+            "height": ("INT", {"default": 1024, "min": 8, "max": MAX_SIDE, "step": 8,
+                               "tooltip": "Canvas height the box coordinates refer to."}),
+        }, "optional": {
+            "glyphs": (GLYPHS, {"tooltip": "Optional boxes to extend (e.g. from OCR): the typed boxes are added "
+                                           "to every image's boxes, scaled to that canvas."}),
+        }}
+
+    RETURN_TYPES = (GLYPHS,)
+    RETURN_NAMES = ("glyphs",)
+    OUTPUT_TOOLTIPS = (GLYPHS_TOOLTIP,)
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Text boxes you type (JSON or 'text | x0,y0,x1,y1' lines), checked against the canvas."
+
+    def build(self, spec, width=1024, height=1024, glyphs=None):
+        node = self.DISPLAY
+        boxes = G.parse_text_boxes(spec, node=node, input="spec")
+        for i, b in enumerate(boxes):
+            G.check_polygon(b["polygon"], width, height, text=b["text"], index=i, node=node, input="spec")
+        if glyphs is None:
+            return (G.make_glyphs([boxes], width, height),)
+        g = check_glyphs(glyphs, node)
+        scaled = G.scale_boxes(boxes, g["width"] / width, g["height"] / height)
+        items = [list(it) + scaled for it in (g["items"] or [[]])]
+        return (G.make_glyphs(items, g["width"], g["height"]),)
+
+
+def _render_inputs() -> dict:
+    return {
+        "font": (font_choices(), {"default": "auto", "tooltip": FONT_TOOLTIP}),
+        "fit": (["contain", "stretch"], {"default": "contain", "tooltip": FIT_TOOLTIP}),
+        "direction": (["from boxes", "auto", "horizontal", "vertical"], {"default": "from boxes", "tooltip":
+                      "Text direction for every box: 'from boxes' uses each box's own (default auto); auto draws "
+                      "vertically, character by character, when a box is at least 1.5x taller than wide."}),
+        "padding": ("FLOAT", {"default": 0.08, "min": 0.0, "max": 0.45, "step": 0.01, "tooltip":
+                    "Margin inside each box, as a fraction of its shorter side."}),
+    }
+
+
+def _render_batch(node, glyphs, n, width, height, font, fit, direction, padding, pad=None):
+    dirs = allowed_font_dirs()
+    d = None if direction == "from boxes" else direction
+    pbar = _progress(n)
+    out = []
+    for i in range(n):
+        boxes = _boxes_for_canvas(glyphs, i, width, height, pad)
+        g, m, info = G.render_glyphs(boxes, width, height, font=font, dirs=dirs, padding=padding, direction=d,
+                                     fit=fit, node=node, input="glyphs")
+        out.append((g, m, info))
+        if pbar is not None:
+            pbar.update(1)
+    return out
+
+
+class AtelierGlyphRender:
+    DISPLAY = "Atelier Glyph Render"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {"glyphs": (GLYPHS, {"tooltip": GLYPHS_TOOLTIP}),
+               "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip":
+                         "Output width; 0 = the glyphs' own canvas. Boxes are scaled to the output size."}),
+               "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip":
+                          "Output height; 0 = the glyphs' own canvas."})}
+        req.update(_render_inputs())
+        req["polarity"] = (POLARITY, {"default": "white_on_black", "tooltip":
+                           "white_on_black is what ControlNet / AnyText-style glyph inputs expect."})
+        return {"required": req}
+
+    RETURN_TYPES = ("IMAGE", "MASK", "STRING")
+    RETURN_NAMES = ("glyph_image", "position_mask", "info")
+    OUTPUT_TOOLTIPS = ("Rendered text, white on black (or black on white), 3 channels.",
+                       "Position mask: 1 inside every text polygon.",
+                       "JSON: per image, the font, size and direction used for each box.")
+    FUNCTION = "render"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Renders the text boxes into a glyph image and a position mask: auto-fitted font size, rotated "
+                   "polygons, vertical text for tall narrow boxes, CJK-aware font choice.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, font):
+        return _validate_font(font)
+
+    def render(self, glyphs, width=0, height=0, font="auto", fit="contain", direction="from boxes", padding=0.08,
+               polarity="white_on_black"):
+        node = self.DISPLAY
+        g = check_glyphs(glyphs, node)
+        w, h = int(width or g["width"]), int(height or g["height"])
+        n = max(1, len(g["items"]))
+        res = _render_batch(node, g, n, w, h, font, fit, direction, padding)
+        imgs = torch.from_numpy(np.stack([r[0] for r in res])).float().div(255)
+        if polarity == "black_on_white":
+            imgs = 1.0 - imgs
+        masks = torch.from_numpy(np.stack([r[1] for r in res])).float()
+        info = json.dumps([r[2] for r in res], ensure_ascii=False)
+        return (imgs.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous(), masks, info)
+
+
+class AtelierGlyphCompose:
+    DISPLAY = "Atelier Glyph Compose"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {"background": ("IMAGE", {"tooltip": "Control image to draw the text on, e.g. Canny edges of the "
+                                                   "reference (white lines on black)."}),
+               "glyphs": (GLYPHS, {"tooltip": GLYPHS_TOOLTIP + " Scaled from their canvas to the background's size."})}
+        req.update(_render_inputs())
+        req["clear_under_text"] = ("BOOLEAN", {"default": True, "tooltip":
+                                   "Blank the background inside the text polygons first, so the control shows "
+                                   "clean glyphs instead of the old text's edges."})
+        req["polarity"] = (POLARITY, {"default": "white_on_black", "tooltip":
+                           "Polarity of the background: white_on_black for Canny/lineart edges (text drawn white), "
+                           "black_on_white for dark-line sketches (text drawn black)."})
+        return {"required": req, "optional": {
+            "pad_info": (PAD_TYPE, {"tooltip": "Optional: the pad_info of the Atelier conditioner that made the "
+                                               "background from the same reference, so the boxes follow its scaling "
+                                               "and padding exactly."})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("control_image", "text_mask")
+    OUTPUT_TOOLTIPS = ("The background with the text glyphs drawn in their boxes.",
+                       "1 inside every text polygon.")
+    FUNCTION = "compose"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Overlays rendered text on a control image (e.g. Canny edges), as the keyboard-skin pipeline "
+                   "did: reference -> Canny + OCR boxes -> glyph compose -> ControlNet.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, font):
+        return _validate_font(font)
+
+    def compose(self, background, glyphs, font="auto", fit="contain", direction="from boxes", padding=0.08,
+                clear_under_text=True, polarity="white_on_black", pad_info=None):
+        node = self.DISPLAY
+        g = check_glyphs(glyphs, node)
+        bg = _image_batch(background, node, "background")
+        b, h, w = bg.shape[:3]
+        n = _batch_size(node, background=b, glyphs=len(g["items"]))
+        pad = None
+        if pad_info is not None:
+            from ..core.edges import check_pad_info
+            pad = check_pad_info(pad_info, node=node)
+            if (pad["top"] + pad["scaled_h"] + pad["bottom"], pad["left"] + pad["scaled_w"] + pad["right"]) != (h, w):
+                raise AtelierError(f"pad_info describes a {pad['left'] + pad['scaled_w'] + pad['right']}x"
+                                   f"{pad['top'] + pad['scaled_h'] + pad['bottom']} image but the background is {w}x{h}",
+                                   node=node, input="pad_info", expected="the pad_info of the node that made the background",
+                                   fix="connect the pad_info from the same conditioner as the background.")
+        res = _render_batch(node, g, n, w, h, font, fit, direction, padding, pad)
+        inv = polarity == "black_on_white"
+        out = []
+        for i, (gl, m, _) in enumerate(res):
+            base = _rgb_u8(bg[i if b > 1 else 0], background=1.0 if inv else 0.0)
+            out.append(G.compose_glyphs(base, gl, m, clear_under_text=clear_under_text, invert=inv))
+        imgs = torch.from_numpy(np.stack(out)).float().div(255)
+        masks = torch.from_numpy(np.stack([r[1] for r in res])).float()
+        return (imgs, masks)
+
+
+class AtelierLayoutCompose:
+    DISPLAY = "Atelier Layout Compose"
+    CUSTOM = "custom (layout_json)"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "layout": (list(L.shipped_layouts()) + [cls.CUSTOM], {"default": "qwerty_26", "tooltip":
+                       "Shipped layout (layouts/*.json: qwerty_26 = 26-key, t9_9key = Chinese 9-key) or "
+                       "'custom' to use layout_json."}),
+            "layout_json": ("STRING", {"multiline": True, "default": "", "tooltip":
+                            "Custom layout JSON: {canvas: [w, h], colors?, label_size?, regions: [{slot, rect: "
+                            "[x, y, w, h], label?}]}. Slots background / function_bar / key / function_key take the "
+                            "images below; other slots are drawn in their colour."}),
+            "width": ("INT", {"default": 1216, "min": 64, "max": MAX_SIDE, "step": 8,
+                              "tooltip": "Output width (the layout is scaled to it)."}),
+            "height": ("INT", {"default": 832, "min": 64, "max": MAX_SIDE, "step": 8,
+                               "tooltip": "Output height."}),
+            "fit": (["stretch", "contain"], {"default": "stretch", "tooltip":
+                    "How element images fill their rects: stretch to the rect, or keep aspect and centre."}),
+        }, "optional": {
+            "background": ("IMAGE", {"tooltip": "Background image, stretched over the canvas (first of the batch)."}),
+            "function_bar": ("IMAGE", {"tooltip": "Image for the function bar (top strip)."}),
+            "key": ("IMAGE", {"tooltip": "Key image used for every letter key (RGBA alpha is respected)."}),
+            "function_key": ("IMAGE", {"tooltip": "Key image for function keys (Shift, Del, 123, Enter...)."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "MASK", GLYPHS)
+    RETURN_NAMES = ("image", "elements_mask", "labels")
+    OUTPUT_TOOLTIPS = ("The composed keyboard skin.",
+                       "1 where a key / bar element was placed.",
+                       GLYPHS_TOOLTIP + " The key labels, to draw with Atelier Glyph Render / Compose.")
+    FUNCTION = "compose"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Places element images (background, function bar, keys) on a canvas by layout rules; a slot "
+                   "without an image is drawn as a flat rounded key. Ships a 26-key and a 9-key layout.")
+
+    def compose(self, layout, layout_json="", width=1216, height=832, fit="stretch", background=None,
+                function_bar=None, key=None, function_key=None):
+        node = self.DISPLAY
+        if layout == self.CUSTOM:
+            if not (layout_json or "").strip():
+                raise AtelierError("layout is 'custom' but layout_json is empty", node=node, input="layout_json",
+                                   expected="a layout JSON", fix="paste a layout (see layouts/qwerty_26.json) or pick a shipped one.")
+            lay = L.load_layout(layout_json, node=node)
+        else:
+            lay = L.load_layout(layout, node=node, input="layout")
+        elems = {}
+        for name, val in (("background", background), ("function_bar", function_bar), ("key", key),
+                          ("function_key", function_key)):
+            if val is not None:
+                x = _image_batch(val, node, name)[0]
+                elems[name] = _to_u8(x if x.shape[-1] in (3, 4) else x[..., :1].expand(-1, -1, 3))
+        img, mask, labels = L.compose_layout(lay, width, height, elems, fit=fit, node=node)
+        return (torch.from_numpy(img).float().div(255)[None], torch.from_numpy(mask).float()[None],
+                G.make_glyphs([labels], width, height))
+
+
+NODE_CLASS_MAPPINGS = {
+    "AtelierOCRBoxes": AtelierOCRBoxes,
+    "AtelierTextBoxes": AtelierTextBoxes,
+    "AtelierGlyphRender": AtelierGlyphRender,
+    "AtelierGlyphCompose": AtelierGlyphCompose,
+    "AtelierLayoutCompose": AtelierLayoutCompose,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}
