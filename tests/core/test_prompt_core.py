@@ -271,3 +271,20 @@ def test_split_lines():
     text = "a cat\n\n  # comment\n a dog , running \r\n"
     assert P.split_lines(text) == ["a cat", "a dog , running"]
     assert P.split_lines(text, skip_comments=False) == ["a cat", "# comment", "a dog , running"]
+
+
+def test_shipped_presets_fit_the_clip_window(shipped, clip_tokenizer):
+    """A shipped preset must leave room for the user's prompt: positive <= 40 tokens, and the negative
+    with any single matched category fits in 75."""
+    def count(text):
+        return len(clip_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    for p in shipped.presets.values():
+        assert count(p.positive) <= 40, p.name
+        for cat in p.categories or (None,):
+            neg = P.build_negative(p, " ".join(cat.keywords) if cat else "", "").text
+            assert count(neg) <= 75, (p.name, cat and cat.name, count(neg))
+
+
+def test_strip_emphasis():
+    assert P.strip_emphasis("a (red:1.2) car, ((shiny)), \\(logo\\)") == "a red car, shiny, (logo)"
