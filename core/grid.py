@@ -66,17 +66,34 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…" if text else ""
 
 
-def make_grid(images: torch.Tensor, *, rows: int = 0, cols: int = 0, gap: int = 8,
+def _frames(images) -> list[torch.Tensor]:
+    """IMAGE [B,H,W,C] / [H,W,C] or a list of those -> list of [H,W,C] float CPU tensors."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    frames = []
+    for t in items:
+        t = torch.as_tensor(t).detach().cpu().float()
+        if t.ndim == 3:
+            t = t[None]
+        if t.ndim != 4:
+            raise AtelierError(f"image tensor has shape {tuple(t.shape)}.", input="images", expected="[B,H,W,C]")
+        frames.extend(t[i] for i in range(t.shape[0]))
+    return frames
+
+
+def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
               background: str | Sequence[int] = "#ffffff", captions: Sequence[str] | None = None,
               font_size: int = 18, text_color: str | Sequence[int] | None = None) -> torch.Tensor:
-    """images [B,H,W,C] float 0..1 (one size) -> one grid image [1, GH, GW, 3].
+    """images [B,H,W,C] float 0..1, or a list of batches of mixed sizes -> one grid image [1, GH, GW, 3].
+
+    Cells are as large as the largest image; smaller images are centred on the background.
 
     captions: one per cell (missing / empty ones leave the strip blank); when any caption is given
     every cell gets a strip of height round(font_size * 1.5) below it.
     """
-    if images.ndim == 3:
-        images = images[None]
-    n, h, w, c = images.shape
+    frames = _frames(images)
+    n = len(frames)
+    h = max(int(f.shape[0]) for f in frames) if frames else 0
+    w = max(int(f.shape[1]) for f in frames) if frames else 0
     rows, cols = auto_layout(n, rows, cols)
     if rows * cols < n:
         raise AtelierError(f"a {rows}x{cols} grid has {rows * cols} cells but the batch has {n} images.",
@@ -98,16 +115,16 @@ def make_grid(images: torch.Tensor, *, rows: int = 0, cols: int = 0, gap: int = 
     from .aesthetic import to_uint8_rgb  # same 8-bit conversion as the scorer / SaveImage
     arr = np.empty((gh, gw, 3), dtype=np.uint8)
     arr[:] = np.array(bg, dtype=np.uint8)
-    src = images.detach().cpu().float()
     # keep full float precision for cells: paste floats, build the caption layer in 8 bit
     out = torch.from_numpy(arr.astype(np.float32) / 255.0)
-    for i in range(n):
+    for i, cell in enumerate(frames):
         r, cc = divmod(i, cols)
         y, x = gap + r * (h + cap_h + gap), gap + cc * (w + gap)
-        cell = src[i]
         if cell.shape[-1] != 3:
             cell = torch.from_numpy(to_uint8_rgb(cell[None])[0].astype(np.float32) / 255.0)
-        out[y:y + h, x:x + w] = cell.clamp(0, 1)
+        fh, fw = int(cell.shape[0]), int(cell.shape[1])
+        oy, ox = (h - fh) // 2, (w - fw) // 2  # smaller images are centred in their cell
+        out[y + oy:y + oy + fh, x + ox:x + ox + fw] = cell.clamp(0, 1)
     if cap_h:
         layer = Image.new("RGB", (gw, gh), bg)
         draw = ImageDraw.Draw(layer)

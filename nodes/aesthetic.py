@@ -1,0 +1,421 @@
+"""Aesthetic family: LAION aesthetic loader, scorer, filter, set gate and image grid (ComfyUI wrappers).
+
+Model files live in ComfyUI/models/aesthetic/:
+- a simple-aesthetics-predictor folder (config.json + model.safetensors, CLIP ViT-L/14 + head), or
+- a LAION head file (sac+logos+ava1-l14-linearMSE.pth, ava+logos-l14-reluMSE.pth, sa_0_4_vit_l_14_linear.pth,
+  or the same as .safetensors); a head needs a CLIP_VISION (ViT-L/14) from Load CLIP Vision.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from ..core import aesthetic as core
+from ..core.errors import AtelierError, MissingModelError
+from ..core.grid import make_grid
+
+FOLDER = "aesthetic"
+AESTHETIC_TYPE = "ATELIER_AESTHETIC"
+CATEGORY = "atelier/aesthetic"
+
+if FOLDER not in folder_paths.folder_names_and_paths:  # the models family normally registers it
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+
+_DEFAULT_IDS = {"dir": ("aesthetic-predictor-v2-hf", "https://huggingface.co/shunk031/aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"),
+                "head": ("aesthetic-laion-v2-linear", "https://github.com/christophschuhmann/improved-aesthetic-predictor")}
+
+
+# --------------------------------------------------------------------------- model files
+def _folders() -> list[str]:
+    try:
+        return [p for p in folder_paths.get_folder_paths(FOLDER) if os.path.isdir(p)]
+    except Exception:
+        return []
+
+
+def list_aesthetic_models() -> list[str]:
+    """Model folders (relative path of a dir holding config.json + weights) and head files, sorted."""
+    found = set()
+    for root in _folders():
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            rel = os.path.relpath(dirpath, root)
+            if core.is_hf_predictor_dir(dirpath) and rel != ".":
+                found.add(rel.replace(os.sep, "/"))
+                dirnames[:] = []  # weights inside are part of the folder model
+                continue
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for f in filenames:
+                if f.lower().endswith(core.HEAD_FILE_EXTENSIONS) and not f.startswith("."):
+                    found.add(os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/"))
+    return sorted(found, key=str.lower)
+
+
+def _manifest_id(name: str) -> tuple[str, str | None]:
+    try:
+        from ..core.manifest import load_manifest
+        base = os.path.basename(name.rstrip("/"))
+        for e in load_manifest():
+            if e.folder == FOLDER and e.filename == base:
+                return e.id, e.url
+    except Exception:
+        pass
+    kind = "head" if name.lower().endswith(core.HEAD_FILE_EXTENSIONS) else "dir"
+    return _DEFAULT_IDS[kind]
+
+
+def resolve_aesthetic(name: str, node: str, input: str = "model_name") -> str:
+    for root in _folders():
+        p = os.path.join(root, name)
+        if os.path.isdir(p) and core.is_hf_predictor_dir(p) or os.path.isfile(p):
+            return p
+    mid, url = _manifest_id(name)
+    raise MissingModelError(mid, name, FOLDER, node=node, input=input, url=url)
+
+
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+def _stamp(path: str) -> float:
+    if os.path.isdir(path):
+        return max(os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path))
+    return os.path.getmtime(path)
+
+
+def load_cached(path: str, node: str, input: str = "model_name") -> core.AestheticModel:
+    key = (os.path.realpath(path), _stamp(path))
+    with _LOCK:
+        m = _CACHE.get(key)
+        if m is None:
+            for k in [k for k in _CACHE if k[0] == key[0]]:
+                del _CACHE[k]
+            m = core.load_aesthetic_model(path, node=node, input=input)
+            _CACHE[key] = m
+    return m
+
+
+# --------------------------------------------------------------------------- helpers
+def comfy_clip_vision_embedder(clip_vision):
+    """Path (b): uint8 CLIP crops [b,S,S,3] -> projected embeddings via ComfyUI's CLIP_VISION.
+
+    The crops are already resized/cropped exactly like CLIPProcessor; ComfyUI's own preprocessing then
+    only normalises them (the size already matches), so both paths see the same pixels.
+    """
+    def embed(crops_u8: torch.Tensor) -> torch.Tensor:
+        out = clip_vision.encode_image(crops_u8.to(torch.float32) / 255.0)
+        emb = out["image_embeds"]
+        return emb.float().cpu()
+    return embed
+
+
+def _cat_images(images, node: str, input: str = "images") -> torch.Tensor:
+    """A list of IMAGE batches (INPUT_IS_LIST) -> one batch; sizes must match."""
+    items = [t for t in (images if isinstance(images, (list, tuple)) else [images]) if t is not None]
+    if not items:
+        raise AtelierError("no images arrived.", node=node, input=input, expected="an IMAGE batch",
+                           fix="connect an IMAGE output (e.g. VAE Decode) to this input.")
+    shapes = {tuple(t.shape[1:3]) for t in items}
+    if len(shapes) > 1:
+        raise AtelierError(f"the image batches have different sizes {sorted(shapes)}.", node=node, input=input,
+                           expected="images of one size", fix="resize them to one size first (e.g. Upscale Image).")
+    return torch.cat(items, dim=0) if len(items) > 1 else items[0]
+
+
+def _flat_scores(scores, node: str, input: str = "scores") -> list[float]:
+    out = []
+    for s in scores if isinstance(scores, (list, tuple)) else [scores]:
+        if isinstance(s, (list, tuple)):
+            out.extend(float(v) for v in s)
+        elif isinstance(s, torch.Tensor):
+            out.extend(float(v) for v in s.flatten())
+        elif s is not None:
+            out.append(float(s))
+    if not out:
+        raise AtelierError("no scores arrived.", node=node, input=input,
+                           expected="the scores output of Atelier Aesthetic Scorer",
+                           fix="connect Atelier Aesthetic Scorer's 'scores' output.")
+    return out
+
+
+def _one(v, default=None):
+    """INPUT_IS_LIST widgets arrive as one-element lists."""
+    if isinstance(v, (list, tuple)):
+        return v[0] if v else default
+    return default if v is None else v
+
+
+def _rgb3(images: torch.Tensor) -> torch.Tensor:
+    """Any channel count -> RGB float, same conversion as the scorer (alpha on white, gray expanded)."""
+    if images.shape[-1] == 3:
+        return images
+    return torch.from_numpy(core.to_uint8_rgb(images).astype("float32") / 255.0)
+
+
+# --------------------------------------------------------------------------- nodes
+class AtelierAestheticLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = list_aesthetic_models()
+        return {"required": {
+            "model_name": (names or ["(put models in ComfyUI/models/aesthetic)"], {
+                "tooltip": "From ComfyUI/models/aesthetic: a simple-aesthetics-predictor folder (CLIP ViT-L/14 + "
+                           "LAION head, works alone) or a LAION head file (.pth/.safetensors: v2 linearMSE, v2 "
+                           "reluMSE or v1 linear), which needs a CLIP_VISION (ViT-L/14) on the scorer."}),
+        }}
+
+    RETURN_TYPES = (AESTHETIC_TYPE,)
+    RETURN_NAMES = ("aesthetic_model",)
+    OUTPUT_TOOLTIPS = ("ATELIER_AESTHETIC: the LAION aesthetic head (and its CLIP vision tower when loaded from a "
+                       "model folder). Connect to Atelier Aesthetic Scorer.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads the LAION aesthetic predictor v2 (sac+logos+ava1-l14-linearMSE by default) or v1 head. "
+                   "Scores are on LAION's ~1-10 scale.")
+
+    def load(self, model_name):
+        node = "Atelier Aesthetic Loader"
+        path = resolve_aesthetic(model_name, node)
+        return (load_cached(path, node),)
+
+
+class AtelierAestheticScorer:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "aesthetic_model": (AESTHETIC_TYPE, {"tooltip": "From Atelier Aesthetic Loader."}),
+            "images": ("IMAGE", {"tooltip": "The batch to score (RGBA is composited on white, grayscale expanded)."}),
+        }, "optional": {
+            "clip_vision": ("CLIP_VISION", {"tooltip": "ComfyUI CLIP vision model (ViT-L/14, from Load CLIP Vision). "
+                                                       "Needed when the loader loaded a head file; ignored when it "
+                                                       "loaded a model folder, which has its own CLIP."}),
+        }}
+
+    RETURN_TYPES = ("FLOAT", "STRING", "IMAGE")
+    RETURN_NAMES = ("scores", "report", "sorted_images")
+    OUTPUT_IS_LIST = (True, False, False)
+    OUTPUT_TOOLTIPS = ("One LAION aesthetic score per image, in batch order (a FLOAT list).",
+                       "Readable report: each image's score and rank, then mean/min/max.",
+                       "The images sorted by score, best first.")
+    FUNCTION = "score"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Scores each image with the LAION aesthetic predictor; the scores also appear on the node."
+
+    def score(self, aesthetic_model, images, clip_vision=None):
+        node = "Atelier Aesthetic Scorer"
+        if not isinstance(aesthetic_model, core.AestheticModel):
+            raise AtelierError("this is not an aesthetic model.", node=node, input="aesthetic_model",
+                               fix="connect Atelier Aesthetic Loader.")
+        n = int(images.shape[0])
+        pbar = comfy.utils.ProgressBar(n)
+        progress = lambda done, total: pbar.update_absolute(done, total)  # noqa: E731
+        if aesthetic_model.has_clip:
+            device = comfy.model_management.get_torch_device()
+            moved = device.type != "cpu"
+            try:
+                if moved:
+                    aesthetic_model.clip.to(device)
+                scores = aesthetic_model.score(images, progress=progress, node=node, input="images")
+            finally:
+                if moved:
+                    aesthetic_model.clip.to("cpu")
+        else:
+            if clip_vision is None:
+                raise AtelierError(f"'{aesthetic_model.name}' is a head file without a CLIP vision model.", node=node,
+                                   input="clip_vision", expected="a CLIP_VISION (CLIP ViT-L/14) input",
+                                   fix="add Load CLIP Vision with clip-vit-large-patch14 and connect it to "
+                                       "clip_vision, or load a simple-aesthetics-predictor model folder.")
+            aesthetic_model = _with_image_size(aesthetic_model, getattr(clip_vision, "image_size", 224))
+            scores = aesthetic_model.score(images, progress=progress, embed_fn=comfy_clip_vision_embedder(clip_vision),
+                                           node=node, input="clip_vision")
+        vals = [float(s) for s in scores]
+        order = core.order_by_score(vals)
+        sorted_images = images[torch.tensor(order, dtype=torch.long)]
+        report = core.format_report(vals)
+        return {"ui": {"atelier_scores": vals}, "result": (vals, report, sorted_images)}
+
+
+def _with_image_size(m: core.AestheticModel, size) -> core.AestheticModel:
+    try:
+        size = int(size)
+    except (TypeError, ValueError):
+        size = 224
+    if size == m.image_size:
+        return m
+    return core.AestheticModel(head=m.head, clip=m.clip, image_size=size, name=m.name, source=m.source, info=m.info)
+
+
+class AtelierAestheticFilter:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The scored batch (same order as the scores)."}),
+            "scores": ("FLOAT", {"forceInput": True, "tooltip": "The 'scores' output of Atelier Aesthetic Scorer."}),
+            "mode": (["threshold", "top_k"], {"tooltip": "threshold: keep images scoring >= threshold. top_k: keep "
+                                                         "the k best (kept in their original order)."}),
+            "threshold": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                    "tooltip": "Minimum LAION score to keep an image (mode threshold)."}),
+            "top_k": ("INT", {"default": 4, "min": 1, "max": 4096, "tooltip": "How many to keep (mode top_k)."}),
+            "if_none_pass": (["keep best", "stop with error"], {
+                "tooltip": "When no image reaches the threshold: pass on the single best image (the report says "
+                           "nothing passed), or stop the run with an error."}),
+        }}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("IMAGE", "INT", "INT", "STRING")
+    RETURN_NAMES = ("images", "indices", "kept", "report")
+    OUTPUT_IS_LIST = (False, True, False, False)
+    OUTPUT_TOOLTIPS = ("The kept images, in their original order (never empty).",
+                       "Batch index of each kept image (an INT list).",
+                       "How many images passed the filter (0 when none passed, even if 'keep best' passed one on).",
+                       "What was kept and why.")
+    FUNCTION = "filter"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Keeps the images whose aesthetic score reaches a threshold, or the top k."
+
+    def filter(self, images, scores, mode, threshold, top_k, if_none_pass):
+        node = "Atelier Aesthetic Filter"
+        batch = _cat_images(images, node)
+        vals = _flat_scores(scores, node)
+        mode, threshold, top_k, if_none = _one(mode), float(_one(threshold)), int(_one(top_k)), _one(if_none_pass)
+        if len(vals) != batch.shape[0]:
+            raise AtelierError(f"{len(vals)} scores for {batch.shape[0]} images.", node=node, input="scores",
+                               expected="one score per image",
+                               fix="connect the scores and the images of the same Atelier Aesthetic Scorer run "
+                                   "(its input images, not sorted_images, or re-score the sorted ones).")
+        keep = core.select(vals, mode=mode, threshold=threshold, top_k=top_k)
+        passed = len(keep)
+        rule = f"score >= {threshold:g}" if mode == "threshold" else f"top {top_k}"
+        if keep:
+            report = (f"kept {passed} of {len(vals)} ({rule}): "
+                      + ", ".join(f"#{i} {vals[i]:.3f}" for i in keep))
+        else:
+            best = core.order_by_score(vals)[0]
+            msg = (f"no image passed ({rule}); the best was #{best} with {vals[best]:.3f} "
+                   f"(mean {sum(vals) / len(vals):.3f}).")
+            if if_none == "stop with error":
+                raise AtelierError(msg, node=node, input="threshold", expected=f"at least one score >= {threshold:g}",
+                                   fix="lower the threshold, use mode top_k, or set if_none_pass to 'keep best'.")
+            keep = [best]
+            report = "NOTHING PASSED: " + msg + " Passing on the best image only."
+        out = batch[torch.tensor(keep, dtype=torch.long)]
+        return {"ui": {"atelier_scores": [vals[i] for i in keep], "atelier_report": [report]},
+                "result": (out, keep, passed, report)}
+
+
+class AtelierAestheticSetGate:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The set (passed through unchanged, so what you save waits for the gate)."}),
+            "scores": ("FLOAT", {"forceInput": True, "tooltip": "The 'scores' output of Atelier Aesthetic Scorer."}),
+            "threshold": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                    "tooltip": "The set passes when its mean score is >= this (6.0: the story "
+                                               "submission rule)."}),
+            "on_fail": (["continue", "stop workflow"], {
+                "tooltip": "continue: report FAIL and pass the images on. stop workflow: raise an error so "
+                           "nothing downstream (e.g. Save Image) runs for a rejected set."}),
+        }}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("IMAGE", "BOOLEAN", "FLOAT", "STRING")
+    RETURN_NAMES = ("images", "passed", "mean", "report")
+    OUTPUT_TOOLTIPS = ("The input images, unchanged.", "True when the mean score reaches the threshold.",
+                       "The mean aesthetic score of the set.", "Per-image scores and the verdict.")
+    FUNCTION = "gate"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Accepts or rejects a whole set by its mean aesthetic score (default: mean >= 6.0)."
+
+    def gate(self, images, scores, threshold, on_fail):
+        node = "Atelier Aesthetic Set Gate"
+        batch = _cat_images(images, node)
+        vals = _flat_scores(scores, node)
+        threshold, on_fail = float(_one(threshold)), _one(on_fail)
+        if len(vals) != batch.shape[0]:
+            raise AtelierError(f"{len(vals)} scores for {batch.shape[0]} images.", node=node, input="scores",
+                               expected="one score per image", fix="score exactly the images you gate.")
+        passed, mean = core.gate(vals, threshold)
+        report = core.format_report(vals, threshold, title="set gate")
+        if not passed and on_fail == "stop workflow":
+            raise AtelierError(f"set rejected: mean aesthetic score {mean:.3f} < {threshold:g}.", node=node,
+                               input="threshold", expected=f"mean >= {threshold:g}",
+                               fix="re-render the set (other seed, prompts or LoRA strength), or lower the "
+                                   "threshold, or set on_fail to 'continue'.")
+        ui = {"atelier_scores": vals, "atelier_gate": [{"passed": bool(passed), "mean": mean, "threshold": threshold}]}
+        return {"ui": ui, "result": (batch, bool(passed), mean, report)}
+
+
+class AtelierImageGrid:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Images to lay out, filled row by row. Different sizes are centred in "
+                                            "cells as large as the largest image."}),
+            "rows": ("INT", {"default": 0, "min": 0, "max": 256,
+                             "tooltip": "Rows; 0 = automatic (8 images -> 2 rows x 4 columns)."}),
+            "cols": ("INT", {"default": 0, "min": 0, "max": 256,
+                             "tooltip": "Columns; 0 = automatic (8 images -> 2 rows x 4 columns)."}),
+            "gap": ("INT", {"default": 8, "min": 0, "max": 512, "tooltip": "Pixels between cells and at the border."}),
+            "background": ("STRING", {"default": "#ffffff",
+                                      "tooltip": "Background colour: #rrggbb, #rgb, r,g,b or a colour name."}),
+            "font_size": ("INT", {"default": 18, "min": 6, "max": 256,
+                                  "tooltip": "Caption text size in pixels (the caption strip is 1.5x this)."}),
+        }, "optional": {
+            "captions": ("STRING", {"multiline": True, "default": "",
+                                    "tooltip": "One caption per line, under each cell in order. Empty: use the "
+                                               "scores when connected, else no captions."}),
+            "scores": ("FLOAT", {"forceInput": True,
+                                 "tooltip": "Optional scores (from the scorer) shown as captions when 'captions' is "
+                                            "empty."}),
+        }}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("grid",)
+    OUTPUT_TOOLTIPS = ("One image holding all inputs as a grid.",)
+    FUNCTION = "grid"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Lays a batch out as a rows x cols grid with gaps, a background colour and optional captions."
+
+    def grid(self, images, rows, cols, gap, background, font_size, captions=None, scores=None):
+        node = "Atelier Image Grid"
+        items = [t for t in (images if isinstance(images, (list, tuple)) else [images]) if t is not None]
+        if not items:
+            raise AtelierError("no images arrived.", node=node, input="images", expected="an IMAGE batch")
+        items = [_rgb3(t) for t in items]
+        n = sum(int(t.shape[0]) for t in items)
+        text = _one(captions, "") or ""
+        caps = None
+        if text.strip():
+            caps = text.splitlines()
+        elif scores is not None:
+            vals = _flat_scores(scores, node)
+            caps = [f"{v:.2f}" for v in vals[:n]]
+        try:
+            out = make_grid(items, rows=int(_one(rows)), cols=int(_one(cols)), gap=int(_one(gap)),
+                            background=str(_one(background)), captions=caps, font_size=int(_one(font_size)))
+        except AtelierError as e:
+            e.node = node
+            raise AtelierError(e.problem, node=node, input=e.input, expected=e.expected, fix=e.fix) from None
+        return (out,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "AtelierAestheticLoader": AtelierAestheticLoader,
+    "AtelierAestheticScorer": AtelierAestheticScorer,
+    "AtelierAestheticFilter": AtelierAestheticFilter,
+    "AtelierAestheticSetGate": AtelierAestheticSetGate,
+    "AtelierImageGrid": AtelierImageGrid,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AtelierAestheticLoader": "Atelier Aesthetic Loader",
+    "AtelierAestheticScorer": "Atelier Aesthetic Scorer",
+    "AtelierAestheticFilter": "Atelier Aesthetic Filter",
+    "AtelierAestheticSetGate": "Atelier Aesthetic Set Gate",
+    "AtelierImageGrid": "Atelier Image Grid",
+}
