@@ -173,6 +173,9 @@ def kohya_state_dict(unet=None, text_encoder=None) -> dict:
         if mod is None:
             continue
         for name, A, B, alpha in lora_layers(mod):
+            if prefix == "lora_te_" and name.startswith("encoder."):
+                # transformers >= 5 flattens CLIPTextModel (no `text_model.` level); kohya names keep it
+                name = "text_model." + name
             key = prefix + name.replace(".", "_")
             out[f"{key}.lora_down.weight"] = A.detach().float().cpu().contiguous()
             out[f"{key}.lora_up.weight"] = B.detach().float().cpu().contiguous()
