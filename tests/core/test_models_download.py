@@ -288,3 +288,25 @@ def test_cli_convert_hook_reports_missing_source(tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr()[1]
     assert "poolnet_resnet50_final.pth" in err and "drive.google.com" in err
+
+
+@pytest.mark.slow
+def test_cli_convert_poolnet_pth_to_safetensors(tmp_path, capsys):
+    """`models convert ID` hands the manifest's PoolNet file to core/poolnet.py (torch, lazily)."""
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    from tests.fixtures.poolnet_models import random_state_dict, save_pth
+    src = tmp_path / "saliency" / "poolnet_resnet50_final.pth"
+    sd = random_state_dict(0, num_batches_tracked=True)
+    save_pth(sd, str(src))
+    rc = models_cli.main(["convert", "poolnet-resnet50", "--models-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    dst = src.with_suffix(".safetensors")
+    assert f"wrote {dst}" in out
+    loaded = load_file(str(dst))
+    assert set(loaded) == {k for k in sd if not k.endswith("num_batches_tracked")}
+    k = "base.resnet.conv1.weight"
+    assert (loaded[k] == sd[k]).all()
+    assert sorted(p.name for p in dst.parent.iterdir()) == [src.name, dst.name]  # no temp left
