@@ -135,25 +135,46 @@ def _widget_layout(info: dict, *, force_input: bool, controls: bool, combo_filte
     return slots
 
 
+def _is_control(v: Any) -> bool:
+    # old workflows saved the seed control as a boolean ("randomize" on/off)
+    return isinstance(v, bool) or (isinstance(v, str) and v in CONTROL_VALUES)
+
+
 def _layout_fits(slots, values) -> bool:
     if len(slots) != len(values):
         return False
-    for (name, kind), v in zip(slots, values):
-        if kind == "control" and v not in CONTROL_VALUES:
-            return False
-        if kind == "value" and isinstance(v, str) and v in CONTROL_VALUES and name not in (None,):
-            # a control value sitting in a real widget slot means the layout is shifted
-            pass
-    return True
+    return all(_is_control(v) for (name, kind), v in zip(slots, values) if kind == "control")
+
+
+def widget_default(spec: Any) -> Any:
+    """The value a fresh frontend widget starts with (used when widgets_values is absent/short)."""
+    type_, opts = _input_spec(spec)
+    if _is_combo(type_):
+        if "default" in opts:
+            return opts["default"]
+        options = combo_options(spec) or [None]
+        return options[0] if options else None
+    if "default" in opts:
+        return opts["default"]
+    if type_ in ("INT", "FLOAT"):
+        return 0
+    if type_ == "STRING":
+        return ""
+    if type_ == "BOOLEAN":
+        return False
+    return None
 
 
 def map_widget_values(class_type: str, info: dict, values: Any, *, node_id: Any = None) -> dict[str, Any]:
     """widgets_values (list or dict) -> {widget input name: value}."""
+    defaults = {name: widget_default(node_inputs(info)[name])
+                for name, kind in _widget_layout(info, force_input=False, controls=False, combo_filter=False)
+                if name is not None}
     if values is None:
-        return {}
+        return defaults
     if isinstance(values, dict):  # some custom nodes save a name->value dict
         names = {n for n, _ in _widget_layout(info, force_input=True, controls=False, combo_filter=False) if n}
-        return {k: v for k, v in values.items() if k in names}
+        return {**defaults, **{k: v for k, v in values.items() if k in names}}
     if not isinstance(values, list):
         raise AtelierError(f"widgets_values of node {node_id} ({class_type}) is neither a list nor a dict",
                            node=class_type, fix="re-save the workflow from the ComfyUI editor")
@@ -173,13 +194,13 @@ def map_widget_values(class_type: str, info: dict, values: Any, *, node_id: Any 
         for name, kind in candidates[0]:
             if pos >= len(vals):
                 break
-            if kind == "control" and vals[pos] not in CONTROL_VALUES:
+            if kind == "control" and not _is_control(vals[pos]):
                 continue
-            if kind == "filter" and not (isinstance(vals[pos], str) and pos > 0 and vals[pos - 1] in CONTROL_VALUES):
+            if kind == "filter" and not (isinstance(vals[pos], str) and pos > 0 and _is_control(vals[pos - 1])):
                 continue
             chosen.append((name, kind))
             pos += 1
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(defaults)
     for (name, kind), v in zip(chosen, values):
         if name is not None and kind == "value":
             out[name] = v
@@ -304,7 +325,7 @@ def ui_to_api(workflow: dict, object_info: dict, *, extra_virtual: Iterable[str]
     # Widget values of every real node (also needed for %Node.widget% replacements).
     widget_vals: dict[Any, dict] = {}
     for nid, n in nodes.items():
-        if is_virtual(n):
+        if is_virtual(n) or n.get("type") not in object_info:
             continue
         widget_vals[nid] = map_widget_values(n["type"], object_info[n["type"]], n.get("widgets_values"), node_id=nid)
 
@@ -366,7 +387,8 @@ def ui_to_api(workflow: dict, object_info: dict, *, extra_virtual: Iterable[str]
                     and len(converted) < len(widget_vals[n["id"]]):
                 continue  # converted-to-input widget with nothing connected: the frontend leaves it out
             type_, opts = _input_spec(specs.get(name))
-            if isinstance(value, str) and type_ == "STRING" and opts.get("dynamicPrompts"):
+            dynamic = (opts.get("multiline") and opts.get("dynamicPrompts") is not False) or opts.get("dynamicPrompts")
+            if isinstance(value, str) and type_ == "STRING" and dynamic:
                 value = resolve_dynamic_prompt(value, rng)
             if ctype == "SaveImage" and name == "filename_prefix" and isinstance(value, str):
                 value = apply_text_replacements(value, workflow["nodes"], widget_vals, now)

@@ -1,0 +1,131 @@
+"""`atelier batch` bad-input handling that needs no server: clear message, non-zero exit."""
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfyui_atelier.client import batch
+from comfyui_atelier.client.batch import Manifest, output_valid, patch_prompt, resolve_bindings, seed_for, write_atomic
+from comfyui_atelier.client.dataset import Row
+from tests.fixtures.client_data import make_dataset
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args, timeout=60):
+    code = "import sys; from comfyui_atelier.client.batch import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def dead_server():
+    return f"http://127.0.0.1:{_free_port()}"
+
+
+def test_missing_captions_file(tmp_path, dead_server):
+    (tmp_path / "imgs").mkdir()
+    r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "imgs",
+             "--captions", tmp_path / "nope.csv", "--out", tmp_path / "out")
+    assert r.returncode == 2 and "captions file" in r.stderr and "does not exist" in r.stderr
+
+
+def test_duplicate_ids(tmp_path, dead_server):
+    cap = make_dataset(tmp_path / "d", ["1", "2"])
+    cap.write_text(cap.read_text() + "2,dup\n")
+    r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
+             "--out", tmp_path / "out")
+    assert r.returncode == 2 and "duplicate ids" in r.stderr and "id 2 on lines 3, 4" in r.stderr
+
+
+def test_missing_image_with_fail_policy(tmp_path, dead_server):
+    make_dataset(tmp_path / "d", ["1", "2", "3"], missing_images={"2"})
+    r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
+             "--out", tmp_path / "out", "--on-missing", "fail")
+    assert r.returncode == 2 and "no image file for id 2" in r.stderr
+
+
+def test_server_unreachable(tmp_path, dead_server):
+    make_dataset(tmp_path / "d", ["1"])
+    r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
+             "--out", tmp_path / "out")
+    assert r.returncode == 3 and "cannot reach any ComfyUI server" in r.stderr and dead_server in r.stderr
+
+
+def test_bad_workflow_file(tmp_path, dead_server):
+    make_dataset(tmp_path / "d", ["1"])
+    r = _cli("batch", tmp_path / "nope.json", "--server", dead_server, "--images", tmp_path / "d",
+             "--out", tmp_path / "out")
+    assert r.returncode in (2, 3)  # the server check may come first; either way a clear message
+    assert "error:" in r.stderr
+
+
+def test_convert_offline(tmp_path):
+    r = _cli("convert", DATA / "client_invert.json", "--object-info", DATA / "object_info_pinned.json",
+             "-o", tmp_path / "api.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "api.json").read_text()) == json.loads((DATA / "client_invert_api.json").read_text())
+
+
+# ----------------------------------------------------------------- scheduler building blocks
+
+INFO = json.loads((DATA / "object_info_pinned.json").read_text())
+DEFAULT_GRAPH = json.loads((DATA / "client_default_graph.json").read_text())
+
+
+def test_auto_bindings_follow_sampler_links():
+    from comfyui_atelier.client.convert import ui_to_api
+    api = ui_to_api(DEFAULT_GRAPH, INFO)
+    b = resolve_bindings(api, INFO, [])
+    assert b.get("prompt") == [("6", "text")] and b.get("negative") == [("7", "text")]
+    assert b.get("seed") == [("3", "seed")] and not b.get("image")
+    b2 = resolve_bindings(api, INFO, ["prompt=7.text", "steps=KSampler.steps"])
+    assert b2.get("prompt") == [("7", "text")] and b2.get("steps") == [("3", "steps")]
+    with pytest.raises(batch.AtelierError, match="has no input 'nope'"):
+        resolve_bindings(api, INFO, ["prompt=6.nope"])
+    with pytest.raises(batch.AtelierError, match="not in the workflow"):
+        resolve_bindings(api, INFO, ["prompt=99.text"])
+
+
+def test_patch_prompt_per_row():
+    from comfyui_atelier.client.convert import ui_to_api
+    api = ui_to_api(DEFAULT_GRAPH, INFO)
+    b = resolve_bindings(api, INFO, [])
+    row = Row("24807", None, "a red mug", {"seed": 5, "negative": "blurry", "3.steps": 4})
+    p, applied = patch_prompt(api, b, row, image_name=None, seed_mode="workflow", seed_base=0,
+                              server_prefix="atelier_batch", object_info=INFO)
+    assert p["6"]["inputs"]["text"] == "a red mug" and p["7"]["inputs"]["text"] == "blurry"
+    assert p["3"]["inputs"]["seed"] == 5 and p["3"]["inputs"]["steps"] == 4
+    assert p["9"]["inputs"]["filename_prefix"] == "atelier_batch/24807"
+    assert api["6"]["inputs"]["text"] != "a red mug"  # the template is untouched
+    p2, _ = patch_prompt(api, b, Row("24808", None, "x"), image_name=None, seed_mode="id", seed_base=0,
+                         server_prefix="", object_info=INFO)
+    assert p2["3"]["inputs"]["seed"] == seed_for("24808", 0) != seed_for("24807", 0)
+
+
+def test_manifest_ignores_torn_line_and_last_line_wins(tmp_path):
+    path = tmp_path / "m.jsonl"
+    write_atomic(str(tmp_path / "a.png"), (DATA.parent.parent / "examples/line2product_dataset/mug_001.png").read_bytes()
+                 if (DATA.parent.parent / "examples/line2product_dataset/mug_001.png").exists() else b"\x89PNG\r\n\x1a\nIEND")
+    size = (tmp_path / "a.png").stat().st_size
+    path.write_text(json.dumps({"id": "a", "status": "failed"}) + "\n"
+                    + json.dumps({"id": "a", "status": "done", "outputs": [{"path": "a.png", "size": size}]}) + "\n"
+                    + '{"id": "b", "stat')
+    m = Manifest(str(path))
+    assert m.bad_lines == 1 and set(m.records) == {"a"} and m.records["a"]["status"] == "done"
+    assert output_valid(m.records["a"], str(tmp_path))
+    m.write({"id": "b", "status": "failed"})
+    m.close()
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[-1]) == {"id": "b", "status": "failed"}  # starts on a fresh line
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # damaged output -> not done any more
+    assert not output_valid(m.records["a"], str(tmp_path))
+    assert not list(tmp_path.glob("*.atelier-tmp"))
