@@ -72,6 +72,7 @@ def test_required_models_are_listed():
         "control_v11p_sd15_lineart_fp16.safetensors": "controlnet",
         "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE": "aesthetic",
         "NotoSansCJKsc-Regular.otf": "fonts",
+        "NotoSansCJK-Regular.ttc": "fonts",
     }
     for filename, folder in want.items():
         e = m.find(filename, folder)
@@ -81,6 +82,7 @@ def test_required_models_are_listed():
     assert m.by_id("sd15-base").sha256.startswith("6ce0161689b3")
     assert m.by_id("sdxl-base").size == 6938078334
     assert m.by_id("aesthetic-laion-v2-linear").size == 3714759
+    assert m.by_id("font-noto-sans-cjk").size == 19484784 and m.by_id("font-noto-sans-cjk").verified
 
 
 def test_folders_of_pack_cover_issue_list():
