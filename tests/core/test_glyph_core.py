@@ -1,0 +1,289 @@
+"""Glyph renderer, font lookup, missing-glyph detection, box specs and the layout composer (no ComfyUI)."""
+from __future__ import annotations
+
+import json
+import shutil
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfyui_atelier.core import glyph as G
+from comfyui_atelier.core import layout as L
+from comfyui_atelier.core.errors import AtelierError
+
+CJK_TEXT = "键盘皮肤"
+
+
+@pytest.fixture(scope="module")
+def dirs():
+    return G.font_dirs()
+
+
+@pytest.fixture(scope="module")
+def latin_font(dirs):
+    """A font without CJK glyphs (DejaVu Sans ships with most Linux images)."""
+    for path in G.list_fonts(dirs).values():
+        if Path(path).name == "DejaVuSans.ttf":
+            return path
+    pytest.fail("DejaVuSans.ttf not found: install fonts-dejavu-core")
+
+
+@pytest.fixture(scope="module")
+def cjk_font(dirs):
+    try:
+        path, _ = G.choose_font("auto", CJK_TEXT, dirs)
+    except AtelierError:
+        pytest.fail("no CJK font installed: apt-get install fonts-noto-cjk (CI installs it)")
+    return path
+
+
+def _ink_outside(glyph: np.ndarray, mask: np.ndarray) -> int:
+    return int(((glyph > 0) & (mask == 0)).sum())
+
+
+# ------------------------------------------------------------------------------------- fonts
+
+def test_resolve_font_by_name_stem_and_face(dirs, latin_font, cjk_font):
+    assert G.resolve_font("DejaVuSans.ttf", dirs) == (latin_font, 0)
+    assert G.resolve_font("dejavusans", dirs) == (latin_font, 0)
+    name = Path(cjk_font).name
+    if name.lower().endswith(".ttc"):
+        assert G.resolve_font(f"{name}#1", dirs) == (cjk_font, 1)
+    assert G.resolve_font(cjk_font, dirs) == (str(Path(cjk_font).resolve()), 0)  # absolute inside a font dir
+
+
+def test_unknown_font_is_an_actionable_error(dirs):
+    with pytest.raises(AtelierError) as e:
+        G.resolve_font("NoSuchFont-Regular.ttf", dirs, node="Atelier Glyph Render")
+    msg = str(e.value)
+    assert "unknown font 'NoSuchFont-Regular.ttf'" in msg and "[Atelier Glyph Render]" in msg
+    assert "models/fonts" in msg and "DejaVuSans.ttf" in msg
+
+
+def test_explicit_path_outside_font_folders_is_refused(tmp_path, latin_font):
+    allowed = tmp_path / "fonts"
+    allowed.mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(latin_font, outside / "Mine.ttf")
+    shutil.copy(latin_font, allowed / "Inside.ttf")
+    (allowed / "sneaky.ttf").symlink_to(outside / "Mine.ttf")  # link escaping the folder
+    only = [allowed]
+    assert G.resolve_font(str(allowed / "Inside.ttf"), only)[0] == str((allowed / "Inside.ttf").resolve())
+    assert G.resolve_font("Inside", only)[0].endswith("Inside.ttf")
+    for bad in (str(outside / "Mine.ttf"), "../elsewhere/Mine.ttf", str(allowed / "sneaky.ttf"), "/etc/passwd"):
+        with pytest.raises(AtelierError, match="not a font file inside an allowed font folder"):
+            G.resolve_font(bad, only)
+
+
+def test_missing_glyph_detection_has_no_false_positives_or_negatives(latin_font, cjk_font):
+    latin1 = "".join(chr(c) for c in range(0x21, 0x7F)) + "".join(chr(c) for c in range(0xC0, 0x100))
+    assert G.missing_glyphs(latin_font, 0, latin1) == []
+    cjk = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 200))
+    assert G.missing_glyphs(latin_font, 0, cjk) == list(cjk)  # DejaVu has no Han characters
+    assert G.missing_glyphs(cjk_font, 0, cjk + string.ascii_letters) == []
+    assert G.missing_glyphs(latin_font, 0, "A B\tC") == []  # whitespace needs no glyph
+
+
+def test_font_without_the_needed_glyphs_is_reported_not_drawn_as_boxes(dirs, latin_font, cjk_font):
+    boxes = G.parse_text_boxes([{"text": "Key 键", "box": [10, 10, 300, 80]}])
+    with pytest.raises(AtelierError) as e:
+        G.render_glyphs(boxes, 320, 100, font="DejaVuSans.ttf", dirs=dirs, node="Atelier Glyph Render")
+    msg = str(e.value)
+    assert "has no glyph for '键' (U+952E)" in msg and "CJK font" in msg
+    assert Path(cjk_font).name in msg  # suggests a font that has it
+
+
+def test_auto_font_picks_a_cjk_font_for_chinese_and_latin_font_for_latin(dirs, cjk_font, latin_font):
+    assert G.choose_font("auto", CJK_TEXT, dirs)[0] == cjk_font
+    assert G.missing_glyphs(G.choose_font("auto", "Hello", dirs)[0], 0, "Hello") == []
+
+
+def test_auto_font_with_no_covering_font_says_what_to_install(tmp_path, latin_font):
+    d = tmp_path / "fonts"
+    d.mkdir()
+    shutil.copy(latin_font, d / "OnlyLatin.ttf")
+    with pytest.raises(AtelierError, match="fonts-noto-cjk"):
+        G.choose_font("auto", CJK_TEXT, [d])
+
+
+# ------------------------------------------------------------------------------------- specs
+
+def test_parse_json_line_and_polygon_forms():
+    js = G.parse_text_boxes('[{"text": "A", "box": [30, 10, 10, 40]}, {"text": "B", "rect": [0, 0, 20, 10], "size": 12},'
+                            ' {"text": "C", "polygon": [1, 2, 30, 2, 30, 20, 1, 20], "direction": "vertical"}]')
+    assert js[0]["polygon"] == [[10, 10], [30, 10], [30, 40], [10, 40]]
+    assert js[1]["polygon"][2] == [20, 10] and js[1]["size"] == 12
+    assert js[2]["direction"] == "vertical" and js[2]["polygon"][1] == [30, 2]
+    lines = G.parse_text_boxes("# comment\nHello | 10,10,200,60\n你好 | 10,70,120,120 | NotoSansCJK-Regular.ttc | 40\n")
+    assert [b["text"] for b in lines] == ["Hello", "你好"]
+    assert lines[1]["font"] == "NotoSansCJK-Regular.ttc" and lines[1]["size"] == 40
+    assert G.parse_text_boxes({"boxes": [{"text": "x", "box": [0, 0, 9, 9]}]})[0]["text"] == "x"
+    assert json.loads(json.dumps(G.make_glyphs([js], 64, 64)))["items"][0][0]["text"] == "A"
+
+
+@pytest.mark.parametrize("spec, match", [
+    ('[{"text": "", "box": [0, 0, 10, 10]}]', "empty text"),
+    ('[{"text": "   ", "box": [0, 0, 10, 10]}]', "empty text"),
+    ('[{"text": "A"}]', "no 'box', 'rect' or 'polygon'"),
+    ('[{"text": "A", "box": [1, 2, 3]}]', "box has 3 numbers"),
+    ('[{"text": "A", "box": [0, 0, 10, 10], "direction": "diagonal"}]', "unknown direction"),
+    ('[{"text": "A", "box": [0, 0, 10, 10],}]', "not valid JSON"),
+    ("Hello without a box", "has no box"),
+])
+def test_bad_specs_are_actionable_errors(spec, match):
+    with pytest.raises(AtelierError, match=match):
+        G.parse_text_boxes(spec, node="Atelier Text Boxes", input="spec")
+
+
+# ------------------------------------------------------------------------------------- rendering
+
+def test_render_shapes_polarity_and_mask(dirs):
+    boxes = G.parse_text_boxes([{"text": "Hello", "box": [20, 20, 220, 80]}, {"text": CJK_TEXT, "box": [20, 100, 300, 170]}])
+    g, m, info = G.render_glyphs(boxes, 320, 200, dirs=dirs)
+    assert g.shape == (200, 320) and g.dtype == np.uint8 and m.shape == (200, 320)
+    assert g.max() == 255 and g[0, 0] == 0  # white text on black
+    assert _ink_outside(g, m) == 0
+    assert m[50, 120] == 1 and m[190, 310] == 0
+    assert [i["direction"] for i in info] == ["horizontal", "horizontal"]
+    gi, mi, _ = G.render_glyphs(boxes, 320, 200, dirs=dirs, invert=True)
+    assert np.array_equal(gi, 255 - g) and np.array_equal(mi, m)  # black on white option
+
+
+def test_rotated_polygon_renders_inside_its_polygon(dirs):
+    c, s = np.cos(np.radians(25)), np.sin(np.radians(25))
+    w, h, cx, cy = 300, 70, 256, 256
+    corners = [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
+    poly = [[cx + x * c - y * s, cy + x * s + y * c] for x, y in corners]
+    g, m, info = G.render_glyphs(G.parse_text_boxes([{"text": "Rotated", "polygon": poly}]), 512, 512, dirs=dirs)
+    assert _ink_outside(g, m) == 0
+    ys, xs = np.nonzero(g > 128)
+    assert len(xs) > 500
+    # the ink is tilted like the box: its principal axis is at about 25 degrees
+    cov = np.cov(np.stack([xs, ys]).astype(float))
+    ang = np.degrees(0.5 * np.arctan2(2 * cov[0, 1], cov[0, 0] - cov[1, 1]))
+    assert abs(ang - 25) < 5
+
+
+def test_tall_narrow_box_renders_vertical_text_inside_it(dirs):
+    box = [100, 20, 160, 380]
+    g, m, info = G.render_glyphs(G.parse_text_boxes([{"text": "竖排文字", "box": box}]), 256, 400, dirs=dirs)
+    assert info[0]["direction"] == "vertical"
+    assert _ink_outside(g, m) == 0
+    rows = np.nonzero((g > 128).any(1))[0]
+    cols = np.nonzero((g > 128).any(0))[0]
+    assert rows.max() - rows.min() > 3 * (cols.max() - cols.min())  # a column of characters
+    # four separate characters stacked: four runs of inked rows
+    inked = (g > 128).any(1).astype(int)
+    assert int((np.diff(inked) == 1).sum()) + inked[0] == 4
+
+
+def test_text_too_long_for_its_box_is_shrunk_not_clipped(dirs):
+    box = [10, 10, 210, 70]
+    short = G.render_glyphs(G.parse_text_boxes([{"text": "Hi", "box": box}]), 220, 80, dirs=dirs)
+    long_text = "A much longer line of text"
+    g, m, info = G.render_glyphs(G.parse_text_boxes([{"text": long_text, "box": box, "size": 200}]), 220, 80, dirs=dirs)
+    assert info[0]["size"] < short[2][0]["size"]
+    assert _ink_outside(g, m) == 0
+    cols = np.nonzero((g > 64).any(0))[0]
+    assert cols.min() > 10 and cols.max() < 210  # margin kept on both ends: nothing cut off
+    # same ink as the text drawn at that size unclipped
+    from PIL import ImageDraw, Image
+    font = G.load_font(*G.choose_font("auto", long_text, dirs), info[0]["size"])
+    l, t, r, b = font.getbbox(long_text)
+    assert abs((cols.max() - cols.min() + 1) - (r - l)) <= 2
+
+
+def test_user_size_is_a_maximum(dirs):
+    g, m, info = G.render_glyphs(G.parse_text_boxes([{"text": "Hi", "box": [0, 0, 300, 100], "size": 20}]), 300, 100,
+                                 dirs=dirs)
+    assert info[0]["size"] == 20
+
+
+@pytest.mark.parametrize("item, match", [
+    ({"text": "Out", "box": [500, 500, 600, 560]}, "outside the 320x200 canvas"),
+    ({"text": "Half", "box": [250, 20, 400, 80]}, "outside the 320x200 canvas"),
+    ({"text": "Line", "polygon": [[10, 10], [100, 10], [200, 10], [300, 10]]}, "degenerate"),
+    ({"text": "Tiny", "box": [10, 10, 12, 12]}, "degenerate"),
+    ({"text": "Bow", "polygon": [[10, 10], [100, 60], [100, 10], [10, 60]]}, "degenerate"),
+    ({"text": "x" * 400, "box": [0, 0, 60, 20]}, "does not fit"),
+])
+def test_bad_boxes_are_actionable_errors(dirs, item, match):
+    with pytest.raises(AtelierError, match=match):
+        G.render_glyphs(G.parse_text_boxes([item]), 320, 200, dirs=dirs, node="Atelier Glyph Render")
+
+
+def test_reversed_corner_order_is_accepted(dirs):
+    cw = G.render_glyphs(G.parse_text_boxes([{"text": "Ok", "polygon": [[10, 10], [110, 10], [110, 60], [10, 60]]}]),
+                         128, 80, dirs=dirs)[0]
+    ccw = G.render_glyphs(G.parse_text_boxes([{"text": "Ok", "polygon": [[10, 10], [10, 60], [110, 60], [110, 10]]}]),
+                          128, 80, dirs=dirs)[0]
+    assert np.array_equal(cw, ccw)
+
+
+def test_compose_clears_under_text_and_overlays():
+    bg = np.zeros((50, 50, 3), np.uint8)
+    bg[:, 25] = 255  # an edge line crossing the text box
+    glyphs = np.zeros((50, 50), np.uint8)
+    glyphs[20:30, 10:20] = 255
+    mask = np.zeros((50, 50), np.uint8)
+    mask[15:35, 5:40] = 1
+    out = G.compose_glyphs(bg, glyphs, mask)
+    assert out[25, 15].tolist() == [255] * 3 and out[25, 25].tolist() == [0] * 3 and out[5, 25].tolist() == [255] * 3
+    kept = G.compose_glyphs(bg, glyphs, mask, clear_under_text=False)
+    assert kept[25, 25].tolist() == [255] * 3
+    inv = G.compose_glyphs(255 - bg, glyphs, mask, invert=True)
+    assert inv[25, 15].tolist() == [0] * 3 and inv[25, 25].tolist() == [255] * 3
+
+
+# ------------------------------------------------------------------------------------- layout
+
+def test_shipped_layouts_26_and_9_key():
+    shipped = L.shipped_layouts()
+    assert {"qwerty_26", "t9_9key"} <= set(shipped)
+    q = L.load_layout("qwerty_26")
+    letters = {r["label"] for r in q["regions"] if r["slot"] == "key" and r["label"] and len(r["label"]) == 1}
+    assert set(string.ascii_uppercase) <= letters
+    t9 = L.load_layout("t9_9key")
+    grid = [r["label"] for r in t9["regions"] if r["slot"] == "key" and r["label"] and r["label"].isalpha()
+            and r["label"].isascii()]
+    assert grid == ["ABC", "DEF", "GHI", "JKL", "MNO", "PQRS", "TUV", "WXYZ"]
+
+
+def test_layout_compose_places_elements_and_returns_label_boxes(dirs):
+    lay = L.load_layout("qwerty_26")
+    key = np.zeros((20, 20, 4), np.uint8)
+    key[..., 0] = 255  # opaque red key
+    key[:5, :, 3] = 0  # transparent top rows
+    key[5:, :, 3] = 255
+    img, mask, labels = L.compose_layout(lay, 1080, 720, {"key": key})
+    assert img.shape == (720, 1080, 3) and mask.shape == (720, 1080)
+    q = next(r for r in lay["regions"] if r["label"] == "Q")
+    x, y, w, h = (int(v) for v in q["rect"])
+    assert img[y + h - 5, x + w // 2].tolist() == [255, 0, 0]  # opaque part of the key image
+    assert img[y + 2, x + w // 2].tolist() == list(lay["colors"]["background"])  # transparent part shows the canvas
+    assert mask[y + h - 5, x + w // 2] == 1 and mask[50, 540] == 1  # function bar at the top
+    shift = next(r for r in lay["regions"] if r["label"] == "Shift")
+    sx, sy, sw, sh = (int(v) for v in shift["rect"])
+    assert img[sy + sh // 2, sx + 8].tolist() == list(lay["colors"]["function_key"])  # placeholder key
+    assert len(labels) == sum(1 for r in lay["regions"] if r["label"])
+    g, m, _ = G.render_glyphs(labels, 1080, 720, dirs=dirs)  # labels render inside their keys
+    assert _ink_outside(g, m) == 0 and g[y:y + h, x:x + w].max() == 255
+    small, _, small_labels = L.compose_layout(lay, 540, 360)  # scaled canvas
+    assert small.shape == (360, 540, 3) and small_labels[0]["polygon"][0][0] == pytest.approx(labels[0]["polygon"][0][0] / 2)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ('{"regions": []}', "canvas"),
+    ('{"canvas": [100, 100], "regions": []}', "no regions"),
+    ('{"canvas": [100, 100], "regions": [{"slot": "key", "rect": [90, 90, 20, 20]}]}', "outside the 100x100 canvas"),
+    ('{"canvas": [100, 100], "regions": [{"rect": [0, 0, 20, 20]}]}', "no slot name"),
+    ('{"canvas": [100, 100], "colors": {"key": "blue-ish"}, "regions": [{"slot": "key", "rect": [0, 0, 2, 2]}]}',
+     "not a colour"),
+    ("not a layout", "neither a shipped layout name nor valid JSON"),
+])
+def test_bad_layouts_are_actionable_errors(spec, match):
+    with pytest.raises(AtelierError, match=match):
+        L.load_layout(spec, node="Atelier Layout Compose")
