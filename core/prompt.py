@@ -491,7 +491,9 @@ def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, e
     if neg.dropped_conflicts:
         lines.append("left out of negative (the positive asks for it): " + join_phrases(neg.dropped_conflicts))
     if pos_rep is not None:
-        lines.append(f"tokens: positive {pos_rep.count}/{window}, negative {neg_rep.count}/{window}")
+        def fmt(rep):
+            return f"{rep.count}/{window}" + (f" ({rep.chunks} chunks)" if rep.chunks > 1 else "")
+        lines.append(f"tokens: positive {fmt(pos_rep)}, negative {fmt(neg_rep)}")
     report = "\n".join(warnings + lines)
     return PromptResult(inj.text, neg.text, report, warnings, pos_rep, neg_rep, neg.categories, style)
 

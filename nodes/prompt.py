@@ -147,11 +147,12 @@ def _optional_inputs() -> dict:
 
 
 def _validate_preset(preset) -> bool | str:
-    load = load_presets()
-    if preset in load.presets:
+    """True, or the error text ComfyUI shows when the prompt is queued (we replace ComfyUI's own
+    'value not in list' check so the message can also name preset files that failed to load)."""
+    if not isinstance(preset, str):  # linked from another node: checked when the node runs
         return True
     try:
-        core.get_preset(load, preset, node=None)
+        core.get_preset(load_presets(), preset)
     except AtelierError as exc:
         return str(exc)
     return True

@@ -188,7 +188,7 @@ def test_build_prompts_reports_tokens_and_warns(shipped):
     assert r.positive_tokens.count == words(r.positive) > 75
     assert any(w.startswith("WARNING: positive prompt is") for w in r.warnings)
     assert "detail79" in r.positive_tokens.overflow
-    assert f"tokens: positive {r.positive_tokens.count}/75" in r.report
+    assert f"tokens: positive {r.positive_tokens.count}/75 ({r.positive_tokens.chunks} chunks)" in r.report
     ok = P.build_prompts("a mug", eco, count_tokens=words)
     assert ok.warnings == [] and "WARNING" not in ok.report
 

@@ -169,7 +169,7 @@ def test_encode_produces_conditioning(nodes, sd15_clip):
     assert count(pos_text) == nodes.default_token_counter()(pos_text)
 
 
-def test_encode_long_prompt_two_chunks_and_warning(nodes, sd15_clip):
+def test_encode_long_prompt_extra_chunks_and_warning(nodes, sd15_clip):
     long_prompt = ", ".join(f"tiny detail number {i}" for i in range(30))
     out = encode_run(nodes, sd15_clip, long_prompt, "general negative", "preset default", "")
     pos = out["result"][0]
