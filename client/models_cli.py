@@ -159,7 +159,8 @@ def cmd_check(manifest: Manifest, args) -> int:
         else:
             print(f"{'MISSING' if not st.present else 'BAD':8s} {e.id:28s} {st.path}")
             for p in st.problems:
-                print(f"           {p}")
+                if p != f"missing {st.path}":  # the path is on the line above already
+                    print(f"           {p}")
             missing.append(e)
     print(f"\n{len(entries) - len(missing)} of {len(entries)} model(s) present"
           + (f" in {models_dir}" if entries else ""))
@@ -311,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(parser)
     args = parser.parse_args(argv)
-    return run(args)
+    try:
+        return run(args)
+    except BrokenPipeError:  # `atelier models list | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":  # python -m comfyui_atelier.client.models_cli

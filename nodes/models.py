@@ -131,7 +131,7 @@ def check_report(workflow: str = ALL_MODELS) -> tuple[str, int]:
     manifest = _manifest()
     if manifest is None:
         return "models_manifest.json could not be read; see the ComfyUI log.", 0
-    entries = list(manifest) if workflow == ALL_MODELS else manifest.for_workflow(workflow)
+    entries = list(manifest) if workflow == ALL_MODELS else _workflow_entries(manifest, workflow)
     lines, missing = [f"Atelier models for {workflow}:"], 0
     for e in entries:
         ok, where = entry_status(e)
@@ -149,9 +149,28 @@ def check_report(workflow: str = ALL_MODELS) -> tuple[str, int]:
 
 # ----------------------------------------------------------------------------- node
 
+WORKFLOWS_DIR = mf.DEFAULT_MANIFEST.parent / "workflows"
+
+
+def _workflow_entries(manifest: mf.Manifest, workflow: str) -> list[mf.ModelEntry]:
+    """The manifest's entries tagged with the workflow, plus those its shipped file lists."""
+    entries = manifest.for_workflow(workflow)
+    path = WORKFLOWS_DIR / f"{workflow}.json"
+    if path.is_file():
+        try:
+            found, _unknown = mf.entries_for_workflow_file(manifest, path)
+        except (OSError, ValueError) as exc:
+            log.warning("[Atelier] cannot read %s: %s", path, exc)
+            found = []
+        entries += [e for e in found if e not in entries]
+    return entries
+
+
 def _workflow_choices() -> list[str]:
     m = _manifest()
-    return [ALL_MODELS] + (m.workflows if m else [])
+    names = list(m.workflows) if m else []
+    names += sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json") if p.stem not in names)
+    return [ALL_MODELS] + names
 
 
 class AtelierModelCheck:

@@ -98,7 +98,7 @@ def test_lookups():
     assert m.find("SD1.5/control_v11p_sd15_canny_fp16.safetensors", "controlnet") is e  # subfolder in a widget
     assert m.find("control_v11p_sd15_canny_fp16.safetensors", "checkpoints") is None
     assert m.resolve("sd15-controlnet-canny") is e and m.resolve(e.filename, "controlnet") is e
-    assert e in m.for_workflow("lineart_product_sd15")
+    assert m.by_id("sd15-controlnet-lineart") in m.for_workflow("line2product")
     with pytest.raises(AtelierError, match="unknown model id 'sd15'.*sd15-base"):
         m.by_id("sd15")
 

@@ -78,7 +78,7 @@ def test_checker_accepts_a_consistent_workflow():
     wf = {"nodes": [_loader(1, "CheckpointLoaderSimple", e.filename,
                             [{"name": e.filename, "url": e.url, "directory": e.save_path}]),
                     {"id": 2, "type": "KSampler", "widgets_values": [1, "fixed", 20, 7.0, "euler", "normal", 1.0]}]}
-    assert workflow_problems(wf, "lineart_product_sd15", m) == []
+    assert workflow_problems(wf, "line2product", m) == []
 
 
 def test_checker_reports_each_kind_of_drift():
@@ -96,7 +96,7 @@ def test_checker_reports_each_kind_of_drift():
         "needs name, url and directory": [_loader(1, "ControlNetLoader", e.filename, [{"name": e.filename}])],
     }
     for expected, nodes in cases.items():
-        name = "mystery" if "mystery" in expected else "lineart_product_sd15"
+        name = "mystery" if "mystery" in expected else "line2product"
         problems = workflow_problems({"nodes": nodes}, name, m)
         assert any(expected in p for p in problems), (expected, problems)
 

@@ -115,22 +115,22 @@ def test_resolve_model_finds_files_and_directories(models, fp, tmp_path, restore
 def test_model_check_node(models, fp, tmp_path, restore_table):
     node_cls = models.NODE_CLASS_MAPPINGS["AtelierModelCheck"]
     spec = node_cls.INPUT_TYPES()["required"]["workflow"]
-    assert spec[1]["tooltip"] and models.ALL_MODELS in spec[0] and "lineart_product_sd15" in spec[0]
+    assert spec[1]["tooltip"] and models.ALL_MODELS in spec[0] and "line2product" in spec[0]
     assert node_cls.OUTPUT_NODE and node_cls.CATEGORY == "atelier/models"
     assert models.NODE_DISPLAY_NAME_MAPPINGS["AtelierModelCheck"].startswith("Atelier ")
 
-    out = node_cls().check("lineart_product_sd15")
+    out = node_cls().check("line2product")
     text = out["result"][0]
     assert out["ui"]["text"] == [text]
     assert "MISSING  sd15-base" in text and "atelier models download sd15-base" in text
     assert "sdxl-base" not in text  # not part of this workflow
-    before = node_cls.IS_CHANGED("lineart_product_sd15")
+    before = node_cls.IS_CHANGED("line2product")
 
     restore_table["checkpoints"] = (fp.get_folder_paths("checkpoints") + [str(tmp_path)],
                                     fp.folder_names_and_paths["checkpoints"][1])
     (tmp_path / "v1-5-pruned-emaonly.safetensors").write_bytes(b"\0")
-    text = node_cls().check("lineart_product_sd15")["result"][0]
+    text = node_cls().check("line2product")["result"][0]
     assert f"OK       sd15-base: {tmp_path / 'v1-5-pruned-emaonly.safetensors'}" in text
-    assert node_cls.IS_CHANGED("lineart_product_sd15") != before
+    assert node_cls.IS_CHANGED("line2product") != before
     with pytest.raises(AtelierError, match="unknown workflow"):
         node_cls().check("nope")
