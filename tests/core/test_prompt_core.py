@@ -288,3 +288,14 @@ def test_shipped_presets_fit_the_clip_window(shipped, clip_tokenizer):
 
 def test_strip_emphasis():
     assert P.strip_emphasis("a (red:1.2) car, ((shiny)), \\(logo\\)") == "a red car, shiny, (logo)"
+
+
+def test_category_keyed_by_style_id_from_input():
+    """Per-style negatives: a category whose keyword is a style id matches the id from style_id too."""
+    p = preset(template="{prompt}, {style}", negative="lowres",
+               categories={"watercolour": {"keywords": ["style03"], "negative": "photo, hard edges"},
+                           "ink": {"keywords": ["style04"], "negative": "color"}})
+    r = P.build_prompts("a heron", p, style_id="3")
+    assert r.categories == ["watercolour"]
+    assert r.negative == "lowres, photo, hard edges"
+    assert P.build_prompts("a heron, style4", p).categories == ["ink"]
