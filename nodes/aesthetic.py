@@ -196,6 +196,7 @@ class AtelierAestheticScorer:
                                                        "loaded a model folder, which has its own CLIP."}),
         }}
 
+    INPUT_IS_LIST = True  # a list of images (e.g. one VAE Decode run per prompt line) is scored as one set
     RETURN_TYPES = ("FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("scores", "report", "sorted_images")
     OUTPUT_IS_LIST = (True, False, False)
@@ -204,10 +205,14 @@ class AtelierAestheticScorer:
                        "The images sorted by score, best first.")
     FUNCTION = "score"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Scores each image with the LAION aesthetic predictor; the scores also appear on the node."
+    DESCRIPTION = ("Scores each image with the LAION aesthetic predictor; the scores also appear on the node. "
+                   "Several incoming batches (a list, e.g. one per prompt line) are scored as one set.")
 
     def score(self, aesthetic_model, images, clip_vision=None):
         node = "Atelier Aesthetic Scorer"
+        aesthetic_model = _one(aesthetic_model)
+        clip_vision = _one(clip_vision)
+        images = _cat_images(images, node)
         if not isinstance(aesthetic_model, core.AestheticModel):
             raise AtelierError("this is not an aesthetic model.", node=node, input="aesthetic_model",
                                fix="connect Atelier Aesthetic Loader.")
@@ -258,7 +263,7 @@ class AtelierAestheticFilter:
             "scores": ("FLOAT", {"forceInput": True, "tooltip": "The 'scores' output of Atelier Aesthetic Scorer."}),
             "mode": (["threshold", "top_k"], {"tooltip": "threshold: keep images scoring >= threshold. top_k: keep "
                                                          "the k best (kept in their original order)."}),
-            "threshold": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 10.0, "step": 0.05,
+            "threshold": ("FLOAT", {"default": 6.0, "min": -100.0, "max": 100.0, "step": 0.05,
                                     "tooltip": "Minimum LAION score to keep an image (mode threshold)."}),
             "top_k": ("INT", {"default": 4, "min": 1, "max": 4096, "tooltip": "How many to keep (mode top_k)."}),
             "if_none_pass": (["keep best", "stop with error"], {
@@ -314,7 +319,7 @@ class AtelierAestheticSetGate:
         return {"required": {
             "images": ("IMAGE", {"tooltip": "The set (passed through unchanged, so what you save waits for the gate)."}),
             "scores": ("FLOAT", {"forceInput": True, "tooltip": "The 'scores' output of Atelier Aesthetic Scorer."}),
-            "threshold": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 10.0, "step": 0.05,
+            "threshold": ("FLOAT", {"default": 6.0, "min": -100.0, "max": 100.0, "step": 0.05,
                                     "tooltip": "The set passes when its mean score is >= this (6.0: the story "
                                                "submission rule)."}),
             "on_fail": (["continue", "stop workflow"], {

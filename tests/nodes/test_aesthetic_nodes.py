@@ -110,6 +110,9 @@ def test_scorer_folder_model_scores_ui_and_sorting(env):
     assert resc == sorted(resc, reverse=True)
     assert "mean" in report and f"{max(scores):6.3f}" in report
     assert N.AtelierAestheticScorer.OUTPUT_IS_LIST == (True, False, False)
+    # as ComfyUI calls it (INPUT_IS_LIST): one batch per upstream run, merged into one set
+    listed = _call_listed(N.AtelierAestheticScorer, aesthetic_model=m, images=[imgs[:3], imgs[3:5], imgs[5:]])
+    assert listed["result"][0] == scores and torch.equal(listed["result"][2], sorted_images)
 
 
 def test_scorer_rgba_and_gray_batches(env):

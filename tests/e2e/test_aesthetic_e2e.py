@@ -1,0 +1,140 @@
+"""The story-set quality gate through a real ComfyUI server.
+
+The generation half of workflows/story_set.json (SDXL-class checkpoint + LoRA + KSampler) is too heavy for CI
+on a CPU, so these tests run its scoring half exactly as shipped in workflows/api/story_set.json (scorer ->
+gate -> grid -> SaveImage x2) and feed it a LoadImage of an 8-frame TIFF (LoadImage turns the frames into a
+batch). The aesthetic model is a tiny simple-aesthetics-predictor folder (tiny CLIP vision + LAION v2 head)
+in the server's models/aesthetic: ComfyUI's CLIPVisionLoader only accepts full-size CLIP vision models, so
+the tiny CLIP comes in through the model-folder path instead of a CLIP_VISION input.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_atelier.client import convert, runtime
+from comfyui_atelier.core import aesthetic as A
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = "tiny-aesthetics-predictor-v2-e2e"
+H, W = 64, 80
+
+
+def _fixtures():
+    name = "atelier_aesthetic_fixture_models"
+    if name not in sys.modules:
+        p = Path(__file__).resolve().parents[1] / "fixtures" / "aesthetic_models.py"
+        spec = importlib.util.spec_from_file_location(name, p)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+FX = _fixtures()
+
+
+@pytest.fixture(scope="module")
+def story(comfy_server, tmp_path_factory):
+    src = tmp_path_factory.mktemp("aesthetic-e2e")
+    hf = FX.build_hf_predictor(str(src / TINY), layout="linear", seed=21)
+    dest = Path(comfy_server.models_dir) / "aesthetic" / TINY
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(hf, dest)
+    frames = (FX.sample_images(8, H, W, seed=22).numpy() * 255).round().astype(np.uint8)
+    pil = [Image.fromarray(f) for f in frames]
+    name = "atelier_story_frames.tiff"
+    pil[0].save(Path(comfy_server.input_dir) / name, save_all=True, append_images=pil[1:])
+    expected = A.load_hf_predictor(hf).score(torch.from_numpy(frames.astype(np.float32) / 255.0)).tolist()
+    return {"frames": frames, "image": name, "expected": expected}
+
+
+def _scoring_half(image: str, threshold: float, on_fail: str = "stop workflow", prefix: str = "story_e2e") -> dict:
+    """The shipped API workflow's scoring half, with LoadImage instead of the sampler and the tiny model."""
+    api = json.loads((REPO / "workflows" / "api" / "story_set.json").read_text(encoding="utf-8"))
+    by_type = {n["class_type"]: k for k, n in api.items() if n["class_type"] != "SaveImage"}
+    keep = {by_type[t] for t in ("AtelierAestheticLoader", "AtelierAestheticScorer", "AtelierAestheticSetGate",
+                                 "AtelierImageGrid")}
+    saves = {k for k, n in api.items() if n["class_type"] == "SaveImage"}
+    prompt = {k: copy.deepcopy(api[k]) for k in keep | saves}
+    prompt["100"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    scorer = prompt[by_type["AtelierAestheticScorer"]]["inputs"]
+    scorer["images"] = ["100", 0]
+    scorer.pop("clip_vision", None)  # the tiny folder model has its own CLIP vision tower
+    prompt[by_type["AtelierAestheticLoader"]]["inputs"]["model_name"] = TINY
+    gate = prompt[by_type["AtelierAestheticSetGate"]]["inputs"]
+    gate["threshold"], gate["on_fail"] = threshold, on_fail
+    for k in saves:
+        prompt[k]["inputs"]["filename_prefix"] = prompt[k]["inputs"]["filename_prefix"].replace("story_set", prefix)
+    return prompt, by_type
+
+
+def test_story_scoring_half_passes_and_saves_grid_and_frames(comfy_server, story):
+    exp = story["expected"]
+    mean = sum(exp) / len(exp)
+    prompt, ids = _scoring_half(story["image"], threshold=round(mean - 0.25, 3), prefix="story_pass")
+    entry = comfy_server.run(prompt, timeout=240)
+    outs = entry["outputs"]
+    # scores shown on the scorer node (ui data), equal to the in-process core scores
+    got = outs[ids["AtelierAestheticScorer"]]["atelier_scores"]
+    assert len(got) == 8 and max(abs(a - b) for a, b in zip(got, exp)) <= 1e-4
+    gate = outs[ids["AtelierAestheticSetGate"]]["atelier_gate"][0]
+    assert gate["passed"] is True and gate["mean"] == pytest.approx(mean, abs=1e-4)
+    # the grid: 8 cells -> 2 rows x 4 columns, gap 16, a caption strip (scores) of 1.5 x font 24
+    saved = {Path(p).name: p for p in comfy_server.output_files(entry)}
+    grids = [p for n, p in saved.items() if n.startswith("grid")]
+    frames = sorted(p for n, p in saved.items() if n.startswith("frame"))
+    assert len(grids) == 1 and len(frames) == 8
+    g = np.asarray(Image.open(grids[0]).convert("RGB"))
+    assert g.shape == (16 + 2 * (H + 36 + 16), 16 + 4 * (W + 16), 3)
+    order = sorted(range(8), key=lambda i: -exp[i])  # the gate passes the scorer's sorted images on
+    for cell, i in enumerate(order):
+        r, c = divmod(cell, 4)
+        y, x = 16 + r * (H + 36 + 16), 16 + c * (W + 16)
+        assert np.abs(g[y:y + H, x:x + W].astype(int) - story["frames"][i]).max() <= 1
+    for k, path in enumerate(frames):
+        assert np.abs(np.asarray(Image.open(path).convert("RGB")).astype(int) - story["frames"][order[k]]).max() <= 1
+
+
+def test_story_gate_rejects_a_weak_set_and_saves_nothing(comfy_server, story):
+    exp = story["expected"]
+    mean = sum(exp) / len(exp)
+    prompt, ids = _scoring_half(story["image"], threshold=round(mean + 0.25, 3), prefix="story_reject")
+    with pytest.raises(runtime.PromptFailed) as e:
+        comfy_server.run(prompt, timeout=240)
+    msg = str(e.value)
+    assert "set rejected: mean aesthetic score" in msg and "[Atelier Aesthetic Set Gate]" in msg
+    assert not list(Path(comfy_server.output_dir).glob("story_reject*"))
+
+
+def test_shipped_story_workflow_matches_server_and_api_twin(comfy_server):
+    info = comfy_server.object_info()
+    for cid in ("AtelierAestheticLoader", "AtelierAestheticScorer", "AtelierAestheticFilter",
+                "AtelierAestheticSetGate", "AtelierImageGrid"):
+        assert cid in info, f"{cid} is not registered on the server"
+    assert info["AtelierAestheticSetGate"]["output"][1] == "BOOLEAN"
+    assert info["AtelierAestheticScorer"]["output_is_list"][0] is True
+    ui = json.loads((REPO / "workflows" / "story_set.json").read_text(encoding="utf-8"))
+    api = json.loads((REPO / "workflows" / "api" / "story_set.json").read_text(encoding="utf-8"))
+    assert ui["version"] == 0.4
+    assert convert.ui_to_api(ui, info) == api
+    # every link row is [id, from_node, from_slot, to_node, to_slot, type] and matches the nodes' slots
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for lid, a, aslot, b, bslot, typ in ui["links"]:
+        assert lid in nodes[a]["outputs"][aslot]["links"] and nodes[b]["inputs"][bslot]["link"] == lid
+        assert nodes[b]["inputs"][bslot]["type"] == typ
+    types = [n["type"] for n in ui["nodes"]]
+    assert {"CheckpointLoaderSimple", "LoraLoader", "KSampler", "AtelierAestheticScorer", "AtelierAestheticSetGate",
+            "AtelierImageGrid", "SaveImage"} <= set(types)
+    lines = next(n for n in ui["nodes"] if n["type"] == "AtelierPromptLines")["widgets_values"][0]
+    assert len([ln for ln in lines.splitlines() if ln.strip()]) == 8
