@@ -110,9 +110,30 @@ def _rapid_engine(node):
         return eng
 
 
+RAPID_MIN_SIDE = 736  # rapidocr's detector upscales the short side to this ("limit_type: min")
+
+
+def pad_to_min_side(img: np.ndarray, min_side: int = RAPID_MIN_SIDE) -> np.ndarray:
+    """Pad (bottom / right, with the border's median colour) so both sides are >= min_side.
+
+    rapidocr upscales a small image until its short side reaches 736 px; upscaled text lines are often
+    split at spaces and read with lower confidence. Padding keeps the text at its own scale and leaves
+    the coordinates unchanged.
+    """
+    h, w = img.shape[:2]
+    if h >= min_side and w >= min_side:
+        return img
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    out = np.empty((max(h, min_side), max(w, min_side)) + img.shape[2:], img.dtype)
+    out[:] = np.median(border, axis=0).astype(img.dtype)
+    out[:h, :w] = img
+    return out
+
+
 def _run_rapid(img: np.ndarray, node) -> OcrResult:
     kind, eng = _rapid_engine(node)
-    bgr = np.ascontiguousarray(img[..., ::-1])
+    h, w = img.shape[:2]
+    bgr = np.ascontiguousarray(pad_to_min_side(img)[..., ::-1])
     if kind == "v1":
         res, _ = eng(bgr, text_score=0.0)
         res = res or []
@@ -125,6 +146,8 @@ def _run_rapid(img: np.ndarray, node) -> OcrResult:
         texts = [str(t) for t in (out.txts or [])]
         scores = [float(s) for s in (out.scores or [])]
     quads = np.stack([_order_quad(p) for p in polys]) if polys else np.zeros((0, 4, 2), np.float32)
+    quads[..., 0] = np.clip(quads[..., 0], 0, w)
+    quads[..., 1] = np.clip(quads[..., 1], 0, h)
     return OcrResult(quads.astype(np.float32), texts, scores)
 
 

@@ -1,0 +1,172 @@
+"""Glyph nodes called with ComfyUI types, ComfyUI importable in-process (CPU)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_atelier.core import glyph as G
+from comfyui_atelier.core.errors import AtelierError
+
+
+@pytest.fixture(scope="module")
+def N(comfy):
+    from comfyui_atelier.nodes import glyph
+    return glyph
+
+
+@pytest.fixture(scope="module")
+def fonts_folder(comfy, N):
+    """A font copied into the `fonts` model folder under a name no system font has."""
+    import folder_paths
+    folder = Path(N.font_folder_paths()[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    src = next(p for p in G.list_fonts(G.system_font_dirs()).values() if Path(p).name == "DejaVuSans.ttf")
+    dst = folder / "AtelierTestSans.ttf"
+    shutil.copy(src, dst)
+    yield folder
+    dst.unlink(missing_ok=True)
+
+
+SPEC = json.dumps([{"text": "Atelier 2024", "box": [40, 40, 520, 120]},
+                   {"text": "键盘皮肤", "box": [40, 200, 400, 290]}], ensure_ascii=False)
+
+
+def test_mappings_follow_conventions(N):
+    assert set(N.NODE_CLASS_MAPPINGS) == {"AtelierOCRBoxes", "AtelierTextBoxes", "AtelierGlyphRender",
+                                          "AtelierGlyphCompose", "AtelierLayoutCompose"}
+    for cid, cls in N.NODE_CLASS_MAPPINGS.items():
+        assert N.NODE_DISPLAY_NAME_MAPPINGS[cid].startswith("Atelier ")
+        assert cls.CATEGORY == "atelier/glyph" and cls.DESCRIPTION
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
+        spec = cls.INPUT_TYPES()
+        for group in spec.values():
+            for name, (typ, *opts) in group.items():
+                assert opts and opts[0].get("tooltip"), f"{cid}.{name} has no tooltip"
+
+
+def test_font_list_uses_the_fonts_model_folder_and_validates(N, fonts_folder):
+    choices = N.font_choices()
+    assert choices[0] == "auto" and "AtelierTestSans.ttf" in choices
+    assert N.AtelierGlyphRender.VALIDATE_INPUTS(font="AtelierTestSans.ttf") is True
+    msg = N.AtelierGlyphRender.VALIDATE_INPUTS(font="Missing.ttf")
+    assert isinstance(msg, str) and "unknown font 'Missing.ttf'" in msg
+    outside = fonts_folder.parent.parent / "stray.ttf"
+    shutil.copy(fonts_folder / "AtelierTestSans.ttf", outside)
+    try:
+        assert "not a font file inside an allowed font folder" in N.AtelierGlyphRender.VALIDATE_INPUTS(font=str(outside))
+    finally:
+        outside.unlink()
+    (glyphs,) = N.AtelierTextBoxes().build("Hello | 10,10,200,60 | AtelierTestSans.ttf", 256, 128)
+    img, mask, info = N.AtelierGlyphRender().render(glyphs)
+    assert json.loads(info)[0][0]["font"] == "AtelierTestSans.ttf"
+
+
+def test_text_boxes_then_render(N):
+    (glyphs,) = N.AtelierTextBoxes().build(SPEC, 640, 320)
+    assert glyphs["width"] == 640 and len(glyphs["items"]) == 1 and len(glyphs["items"][0]) == 2
+    json.dumps(glyphs)  # serialisable
+    img, mask, info = N.AtelierGlyphRender().render(glyphs)
+    assert img.shape == (1, 320, 640, 3) and img.dtype == torch.float32 and mask.shape == (1, 320, 640)
+    assert float(img.max()) == 1.0 and float(img[0, 0, 0, 0]) == 0.0
+    assert float((img[0, ..., 0] > 0).logical_and(mask[0] == 0).sum()) == 0
+    inv, _, _ = N.AtelierGlyphRender().render(glyphs, polarity="black_on_white")
+    assert torch.allclose(inv, 1 - img)
+    big, bmask, _ = N.AtelierGlyphRender().render(glyphs, width=1280, height=640)  # boxes scale with the canvas
+    assert big.shape == (1, 640, 1280, 3) and float(bmask[0, 160, 100]) == 1.0 and float(bmask[0, 160, 1200]) == 0.0
+
+
+def test_text_box_outside_canvas_is_reported_by_the_editor_node(N):
+    with pytest.raises(AtelierError, match=r"\[Atelier Text Boxes\] input 'spec': text box #1 \('Far'\) lies outside"):
+        N.AtelierTextBoxes().build('[{"text": "Far", "box": [900, 10, 1000, 60]}]', 512, 512)
+
+
+def test_ocr_node_batch_rgba_gray_and_round_trip(N):
+    (glyphs,) = N.AtelierTextBoxes().build(SPEC, 640, 320)
+    img, _, _ = N.AtelierGlyphRender().render(glyphs, fit="stretch")
+    rgba = torch.cat([1 - img, torch.ones_like(img[..., :1])], -1)  # black on white, opaque alpha
+    batch = torch.cat([img, rgba[..., :3]], 0)
+    found, preview, spec = N.AtelierOCRBoxes().detect(batch)
+    assert preview.shape == (2, 320, 640, 3) and len(found["items"]) == 2
+    for item in found["items"]:
+        assert sorted(b["text"].replace(" ", "") for b in item) == ["Atelier2024", "键盘皮肤"]
+        assert all(b["score"] >= 0.98 for b in item)
+    found_rgba, _, _ = N.AtelierOCRBoxes().detect(rgba)
+    found_gray, _, _ = N.AtelierOCRBoxes().detect(img[..., :1])
+    assert len(found_rgba["items"][0]) == len(found_gray["items"][0]) == 2
+    # the boxes_json output is a spec the text-box editor accepts
+    (again,) = N.AtelierTextBoxes().build(spec, 640, 320)
+    assert [b["text"] for b in again["items"][0]] == [b["text"] for b in found["items"][0]]
+
+
+def test_ocr_node_paddle_missing_names_extra(N):
+    import importlib.util
+    if importlib.util.find_spec("paddleocr") is not None:
+        pytest.skip("paddleocr is installed here")
+    with pytest.raises(AtelierError, match=r'pip install "comfyui-atelier\[paddle\]"'):
+        N.AtelierOCRBoxes().detect(torch.zeros(1, 64, 64, 3), backend="paddleocr")
+
+
+def _edges(h: int, w: int, b: int = 1) -> torch.Tensor:
+    bg = torch.zeros(b, h, w, 3)
+    bg[:, ::40, :, :] = 1.0  # horizontal edge lines everywhere, also through the text boxes
+    return bg
+
+
+def test_compose_draws_glyphs_on_edges_and_clears_under_text(N):
+    (glyphs,) = N.AtelierTextBoxes().build(SPEC, 640, 320)
+    out, mask = N.AtelierGlyphCompose().compose(_edges(320, 640), glyphs)
+    assert out.shape == (1, 320, 640, 3) and mask.shape == (1, 320, 640)
+    assert float(out[0, 0, 600, 0]) == 1.0  # edge kept outside the text
+    assert float(out[0, 240, 300, 0]) == 0.0 or float(mask[0, 240, 300]) == 0  # edge line cleared under text
+    found, _, _ = N.AtelierOCRBoxes().detect(out, min_confidence=0.9)
+    assert {b["text"].replace(" ", "") for b in found["items"][0]} >= {"Atelier2024", "键盘皮肤"}
+    # batch: 3 backgrounds share one glyph set; glyphs sized for another canvas are scaled
+    out3, mask3 = N.AtelierGlyphCompose().compose(_edges(640, 1280, 3), glyphs)
+    assert out3.shape == (3, 640, 1280, 3) and torch.equal(mask3[0], mask3[2])
+    assert float(mask3[0, 160, 100]) == 1.0
+
+
+def test_compose_follows_pad_info(N):
+    (glyphs,) = N.AtelierTextBoxes().build(SPEC, 640, 320)
+    pad = {"orig_h": 320, "orig_w": 640, "scaled_h": 256, "scaled_w": 512, "top": 128, "bottom": 128,
+           "left": 0, "right": 0}
+    out, mask = N.AtelierGlyphCompose().compose(_edges(512, 512), glyphs, pad_info=pad)
+    ys = torch.nonzero(mask[0].any(1)).flatten()
+    assert int(ys.min()) >= 128 + 40 * 256 // 320 - 1 and int(ys.max()) <= 128 + 290 * 256 // 320 + 1
+    with pytest.raises(AtelierError, match="pad_info describes a 512x512 image but the background is 640x320"):
+        N.AtelierGlyphCompose().compose(_edges(320, 640), glyphs, pad_info=pad)
+
+
+def test_compose_batch_mismatch_and_bad_glyphs(N):
+    (glyphs,) = N.AtelierTextBoxes().build(SPEC, 640, 320)
+    two = dict(glyphs, items=glyphs["items"] * 2)
+    with pytest.raises(AtelierError, match="batch sizes do not match"):
+        N.AtelierGlyphCompose().compose(_edges(320, 640, 3), two)
+    with pytest.raises(AtelierError, match="not an ATELIER_GLYPHS value"):
+        N.AtelierGlyphRender().render({"boxes": []})
+
+
+def test_layout_compose_with_key_image_and_labels(N):
+    key = torch.zeros(1, 32, 32, 4)
+    key[..., 1] = 1.0
+    key[..., 3] = 1.0
+    img, mask, labels = N.AtelierLayoutCompose().compose("qwerty_26", width=1080, height=720, key=key)
+    assert img.shape == (1, 720, 1080, 3) and mask.shape == (1, 720, 1080)
+    texts = [b["text"] for b in labels["items"][0]]
+    assert "Q" in texts and "Enter" in texts
+    out, tmask = N.AtelierGlyphCompose().compose(img, labels)
+    assert out.shape == img.shape and float(tmask.sum()) > 0
+    img9, _, labels9 = N.AtelierLayoutCompose().compose("t9_9key", width=960, height=640,
+                                                         key=torch.rand(1, 16, 16))  # grayscale key image
+    assert "空格" in [b["text"] for b in labels9["items"][0]]
+    with pytest.raises(AtelierError, match="layout_json is empty"):
+        N.AtelierLayoutCompose().compose(N.AtelierLayoutCompose.CUSTOM, layout_json="")
+    custom = json.dumps({"canvas": [100, 50], "regions": [{"slot": "key", "rect": [10, 10, 30, 30], "label": "A"}]})
+    img_c, _, lab_c = N.AtelierLayoutCompose().compose(N.AtelierLayoutCompose.CUSTOM, layout_json=custom,
+                                                       width=200, height=100)
+    assert lab_c["items"][0][0]["polygon"][0][0] == pytest.approx(20 + 60 * 0.2)
