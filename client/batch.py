@@ -86,8 +86,13 @@ def parse_bind(spec: str, prompt: dict, titles: dict[str, str]) -> tuple[str, li
     return name.strip(), out
 
 
-def _upstream_text(prompt: dict, object_info: dict, start: list, depth: int = 8) -> tuple[str, str] | None:
-    """Follow a CONDITIONING link upstream to the first literal prompt text input."""
+def _upstream_text(prompt: dict, object_info: dict, start: list, depth: int = 8,
+                   key: str | None = None) -> tuple[str, str] | None:
+    """Follow a CONDITIONING link upstream to the first literal prompt text input.
+
+    Through nodes that carry both conditionings (ControlNetApplyAdvanced...), only the input
+    named like the sampler's (``key`` = positive/negative) is followed.
+    """
     frontier, seen = [start], set()
     for _ in range(depth):
         nxt = []
@@ -108,7 +113,11 @@ def _upstream_text(prompt: dict, object_info: dict, start: list, depth: int = 8)
                         for n2, v2 in src.get("inputs", {}).items():
                             if isinstance(v2, str):
                                 return val[0], n2
-            for val in node.get("inputs", {}).values():
+            ins = node.get("inputs", {})
+            if key and isinstance(ins.get(key), list):
+                nxt.append(ins[key])
+                continue
+            for val in ins.values():
                 if isinstance(val, list) and len(val) == 2 and isinstance(val[0], str):
                     nxt.append(val)
         frontier = nxt
@@ -136,7 +145,7 @@ def auto_bindings(prompt: dict, object_info: dict) -> Bindings:
         for key, acc in (("positive", pos), ("negative", neg)):
             ref = ins.get(key)
             if isinstance(ref, list) and len(ref) == 2:
-                hit = _upstream_text(prompt, object_info, ref)
+                hit = _upstream_text(prompt, object_info, ref, key=key)
                 if hit and hit not in acc:
                     acc.append(hit)
     if pos:
@@ -310,6 +319,7 @@ class Job:
     not_before: float = 0.0
     avoid: set = field(default_factory=set)
     last_error: str | None = None
+    moved_from: set = field(default_factory=set)
 
 
 @dataclass
@@ -494,7 +504,8 @@ class Runner:
             outs = self.download(srv, entry, row, applied)
             rec = {"id": row.id, "status": "done", "server": srv.url, "prompt_id": prompt_id, "outputs": outs,
                    "seconds": round(time.monotonic() - t0, 3), "error": None, "attempt": job.attempts,
-                   "seed": applied.get("seed"), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                   "seed": applied.get("seed"), "moved_from": sorted(job.moved_from),
+                   "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             self.finish(job, rec)
         except _Stopped:
             with self.cond:
@@ -504,6 +515,7 @@ class Runner:
             job.attempts -= 1  # not the row's fault
             job.moves += 1
             job.avoid.add(srv.url)
+            job.moved_from.add(srv.url)
             self.mark_down(st, str(e)[:120])
             if job.moves > 50:
                 self.fail(job, srv, prompt_id, t0, f"gave up after {job.moves} server failures: {e}")
@@ -649,12 +661,13 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
         log(f"warning: {u} is not reachable now ({e}); it will be used when it comes up")
     object_info = up[0].object_info
     prompt, ui = _load_workflow(cfg, object_info)
-    problems = _convert.validate_api(prompt, object_info, check_combos=True)
+    bindings = resolve_bindings(prompt, object_info, cfg.binds, ui)
+    bound = {t for targets in bindings.targets.values() for t in targets}
+    problems = _convert.validate_api(prompt, object_info, check_combos=True, skip=bound)
     for st in up[1:]:
         missing = sorted({n["class_type"] for n in prompt.values() if n["class_type"] not in st.object_info})
         if missing:
             problems.append(f"server {st.server.url} lacks node types {missing}")
-    bindings = resolve_bindings(prompt, object_info, cfg.binds, ui)
     problems += [f"binding: {n}" for n in bindings.notes]
     if any(r.image for r in ds.rows) and not bindings.get("image"):
         problems.append("the dataset has images but no node receives them: add --bind image=NODE.image "

@@ -420,9 +420,11 @@ def to_api(workflow: Any, object_info: dict, **kw) -> dict:
 
 # --------------------------------------------------------------------------- validation
 
-def validate_api(prompt: dict, object_info: dict, *, check_combos: bool = True) -> list[str]:
+def validate_api(prompt: dict, object_info: dict, *, check_combos: bool = True,
+                 skip: Iterable[tuple[str, str]] = ()) -> list[str]:
     """Problems that would make the server reject the prompt, as readable lines (empty = OK)."""
     problems: list[str] = []
+    skip = set(skip)
     has_output = False
     for nid, node in prompt.items():
         ctype = node.get("class_type")
@@ -447,6 +449,8 @@ def validate_api(prompt: dict, object_info: dict, *, check_combos: bool = True) 
             if name not in specs:
                 continue
             opts = combo_options(specs[name])
+            if (nid, name) in skip or _input_spec(specs[name])[1].get("image_upload"):
+                continue  # filled per row / uploaded by the client
             if check_combos and opts is not None and value not in opts:
                 shown = ", ".join(map(str, opts[:8])) + (" ..." if len(opts) > 8 else "")
                 problems.append(f"node {nid} ({ctype}): input '{name}' = {value!r} is not available on the server "
