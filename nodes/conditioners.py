@@ -6,6 +6,7 @@ preallocated output tensor (no per-image float copies, no stack).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -63,6 +64,20 @@ def as_image_batch(image, node: str, input: str = "image") -> torch.Tensor:
     return x
 
 
+_U8_TO_FLOAT = (np.arange(256, dtype=np.float32) / 255.0).reshape(1, 256)
+
+
+def _to_float_outputs(lines: np.ndarray, mask_out: np.ndarray, image_out: np.ndarray) -> None:
+    """uint8 ``[H,W]`` -> float ``mask_out`` ``[H,W]`` and 3-channel ``image_out`` ``[H,W,3]``, written in place
+    (one table lookup, one channel merge: ~3x cheaper than torch's convert + broadcast copy)."""
+    m = cv2.LUT(lines, _U8_TO_FLOAT, dst=mask_out)
+    if not np.shares_memory(m, mask_out):  # OpenCV reallocated (never expected): copy
+        mask_out[...] = m
+    im = cv2.merge([mask_out, mask_out, mask_out], dst=image_out)
+    if not np.shares_memory(im, image_out):
+        image_out[...] = im
+
+
 def run_batch(x: torch.Tensor, fn, node: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Apply ``fn(float32 HxWxC ndarray) -> (uint8 HxW map, PadInfo)`` to every image of the batch.
 
@@ -79,8 +94,7 @@ def run_batch(x: torch.Tensor, fn, node: str) -> tuple[torch.Tensor, torch.Tenso
             h, w = lines.shape
             mask = torch.empty((b, h, w), dtype=torch.float32)
             image = torch.empty((b, h, w, 3), dtype=torch.float32)
-        torch.div(torch.from_numpy(lines), 255, out=mask[i])
-        image[i].copy_(mask[i].unsqueeze(-1))
+        _to_float_outputs(lines, mask[i].numpy(), image[i].numpy())
         if pbar is not None:
             pbar.update(1)
     return image, mask, dict(info)
