@@ -1,0 +1,191 @@
+"""`atelier demo`: the main job end to end — line2product on the shipped example line drawing.
+
+1. Find a ComfyUI (`--comfyui`, else $COMFYUI_PATH, else the pinned offline runtime).
+2. Check the models the workflow needs (its loader nodes' `properties.models`, matched to
+   models_manifest.json) in the models folder; download missing ones, verified.
+3. Run `workflows/api/line2product.json` on a private ComfyUI server over a workspace copy,
+   with the caption and the example drawing, and copy the result to `--out`.
+
+When a model cannot be had (offline, no space, manual-only), it says which and runs the same
+workflow on generated tiny models instead, under a banner: a plumbing check, not real images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ..core import manifest as mf
+from . import runtime
+
+PACK = runtime.PACK_DIR
+WORKFLOW_UI = PACK / "workflows" / "line2product.json"
+WORKFLOW_API = PACK / "workflows" / "api" / "line2product.json"
+EXAMPLE_IMAGE = PACK / "examples" / "line_drawing_mug.png"
+EXAMPLE_CAPTION = "a white ceramic coffee mug with a round handle"
+
+# Loader input that names each model folder's file in the API prompt.
+LOADER_INPUTS = {
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "ControlNetLoader": ("control_net_name", "controlnet"),
+    "LoraLoader": ("lora_name", "loras"),
+}
+# Inputs set to TINY_SIZE for the plumbing check.
+TINY_SIZE = 256
+TINY_SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "AtelierLineart": ("resolution",)}
+BANNER = """
+############################################################################
+#  PLUMBING CHECK, NOT REAL IMAGES                                         #
+#  The real models are missing, so line2product runs on generated tiny     #
+#  random models. The graph, the nodes and ComfyUI are real; the picture   #
+#  is noise. Put the models listed above in place for a real product shot. #
+############################################################################
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="run line2product on the example line drawing through a real ComfyUI",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", help="ComfyUI checkout to use (default: $COMFYUI_PATH, else the pinned runtime)")
+    p.add_argument("--models-dir", help="ComfyUI models folder holding/receiving the real models "
+                   "(default: <COMFYUI_PATH>/models, else ./models in the pack)")
+    p.add_argument("--image", default=str(EXAMPLE_IMAGE), help="line drawing to render (default: the shipped mug)")
+    p.add_argument("--caption", default=EXAMPLE_CAPTION, help="product caption")
+    p.add_argument("--offline", action="store_true", help="do not try to download; use what is there or tiny models")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps for the real models (tiny models use 2)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", default="output/demo", help="folder for the result (default: output/demo)")
+    p.set_defaults(func=run)
+
+
+def _models_dir(args) -> Path:
+    if args.models_dir:
+        return Path(args.models_dir).expanduser().resolve()
+    base = args.comfyui or os.environ.get("COMFYUI_PATH")
+    return (Path(base) / "models") if base else PACK / "models"
+
+
+def _bar(spec):
+    start = time.monotonic()
+
+    def update(done: int, total: int | None):
+        rate = done / max(time.monotonic() - start, 1e-6) / 1e6
+        pct = f"{100 * done / total:5.1f}%" if total else "  ?  "
+        print(f"\r  {Path(spec.relpath).name}: {pct} {done / 1e6:8.1f} MB  {rate:6.1f} MB/s", end="", file=sys.stderr)
+        if total and done >= total:
+            print(file=sys.stderr)
+    return update
+
+
+def ensure_models(models_dir: Path, offline: bool) -> list[str]:
+    """Check (and unless offline, download) the workflow's models; return the ids still missing."""
+    manifest = mf.load_manifest()
+    entries, unknown = mf.entries_for_workflow_file(manifest, WORKFLOW_UI)
+    missing = []
+    for item in unknown:
+        print(f"  ! workflow model {item.get('name')} is not in the manifest", file=sys.stderr)
+    for entry in entries:
+        if mf.check_entry(entry, models_dir).ok:
+            print(f"  ok      {entry.id:28s} {entry.target(models_dir)}")
+            continue
+        if offline:
+            print(f"  missing {entry.id:28s} (offline: not downloading)")
+            missing.append(entry.id)
+            continue
+        print(f"  fetch   {entry.id:28s} -> {models_dir / entry.save_path}")
+        try:
+            mf.download_entry(entry, models_dir, progress_factory=_bar)
+        except mf.DownloadError as exc:
+            print(f"  missing {entry.id:28s} {exc}", file=sys.stderr)
+            missing.append(entry.id)
+    return missing
+
+
+def bypass(prompt: dict, node_id: str, passthrough: dict[int, str]) -> None:
+    """Remove a node, wiring each consumer of output slot i to what fed input `passthrough[i]`."""
+    node = prompt.pop(node_id)
+    for other in prompt.values():
+        for name, value in other["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id:
+                other["inputs"][name] = node["inputs"][passthrough[value[1]]]
+
+
+def prepare_prompt(prompt: dict, *, image_name: str, caption: str, seed: int, steps: int,
+                   model_files: dict[str, str] | None, models_dir: Path | None) -> dict:
+    """Patch the API twin: inputs, seed/steps, and model files (tiny ones, or drop a missing LoRA)."""
+    for nid, node in list(prompt.items()):
+        ct, inputs = node["class_type"], node["inputs"]
+        if ct == "LoadImage":
+            inputs["image"] = image_name
+        elif ct == "AtelierSystemPrompt":
+            inputs["prompt"] = caption
+        elif ct == "KSampler":
+            inputs.update(seed=seed, steps=steps)
+        if model_files is not None and ct in TINY_SIZE_INPUTS:
+            # Tiny random models make noise at any size: keep the plumbing check quick.
+            inputs.update({k: TINY_SIZE for k in TINY_SIZE_INPUTS[ct]})
+        if ct in LOADER_INPUTS:
+            key, folder = LOADER_INPUTS[ct]
+            if model_files is not None:
+                inputs[key] = model_files[folder]
+            elif ct == "LoraLoader" and not (models_dir / folder / inputs[key]).is_file():
+                # The shipped LoRA slot is for the user's own product LoRA: run without it.
+                print(f"  note: LoRA {inputs[key]} not found in {models_dir / folder}; running without the LoRA")
+                bypass(prompt, nid, {0: "model", 1: "clip"})
+    return prompt
+
+
+def run(args) -> int:
+    comfy_src = runtime.find_comfyui(args.comfyui)
+    models_dir = _models_dir(args)
+    image = Path(args.image).expanduser().resolve()
+    if not image.is_file():
+        print(f"atelier demo: --image {image} does not exist", file=sys.stderr)
+        return 2
+    print(f"ComfyUI: {comfy_src}\nmodels:  {models_dir}\nchecking the models line2product needs:")
+    missing = ensure_models(models_dir, args.offline)
+    tiny = bool(missing)
+
+    workspace = PACK / ".cache" / "demo"
+    root = runtime.prepare_workspace(workspace, comfy_src, extra_model_dirs=None if tiny else [models_dir])
+    model_files = None
+    if tiny:
+        print(BANNER)
+        print("missing: " + ", ".join(missing) + f"\n(download later with: atelier models download {' '.join(missing)})")
+        from ..core import tiny_models  # torch needed only here
+
+        built = tiny_models.build_all(PACK / ".cache" / "tiny-models")
+        for folder, path in built.items():
+            (root / "models" / folder).mkdir(parents=True, exist_ok=True)
+            (root / "models" / folder / path.name).symlink_to(path)
+        model_files = {folder: path.name for folder, path in built.items()}
+    shutil.copy(image, root / "input" / image.name)
+    prompt = prepare_prompt(json.loads(WORKFLOW_API.read_text()), image_name=image.name, caption=args.caption,
+                            seed=args.seed, steps=2 if tiny else args.steps, model_files=model_files,
+                            models_dir=models_dir)
+
+    server = runtime.ComfyServer(root)
+    print(f"starting ComfyUI on {server.url} (log: {server.log_path})")
+    server.start()
+    try:
+        t0 = time.monotonic()
+        entry = server.run(prompt, timeout=3600)
+        files = server.output_files(entry)
+    except (runtime.PromptRejected, runtime.PromptFailed) as exc:
+        print(f"atelier demo: the workflow failed: {exc}\n--- server log ---\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        dest = out / (f"{image.stem}{'_PLUMBING_CHECK' if tiny else ''}{f.suffix}")
+        shutil.copy(f, dest)
+        print(f"wrote {dest} ({time.monotonic() - t0:.1f}s)")
+    if tiny:
+        print("plumbing check passed: every node ran in a real ComfyUI; the image is not a real render.")
+    return 0 if files else 1
