@@ -1,0 +1,93 @@
+"""Keyboard-skin workflow through a real ComfyUI server.
+
+The shipped workflows/api/keyboard_skin.json is validated whole against the live /object_info, and its
+conditioning half (LoadImage -> AtelierCanny + AtelierOCRBoxes -> AtelierGlyphCompose -> SaveImage) is
+run for real on a generated reference skin. The SDXL half (checkpoint, SDXL canny ControlNet, KSampler)
+is not run: a ComfyUI-loadable SDXL-shaped checkpoint needs the full-size OpenCLIP-bigG text encoder
+(~700 M parameters) and an SDXL ControlNet, far beyond CI time on these CPUs; the control image is the
+part this family is responsible for.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfyui_atelier.client import convert
+from comfyui_atelier.core import glyph as G
+from comfyui_atelier.core import layout as L
+from comfyui_atelier.core import ocr as O
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW = ROOT / "workflows" / "api" / "keyboard_skin.json"
+CONTROL_SAVE = "8"  # SaveImage of the control image in the shipped workflow
+
+
+def _ancestors(api: dict, nid: str) -> set[str]:
+    seen, todo = set(), [nid]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo += [v[0] for v in api[n]["inputs"].values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)]
+    return seen
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A 1216x832 9-key skin with white key legends (Chinese and Latin) on mid-grey keys over black."""
+    lay = L.load_layout("t9_9key")
+    lay["colors"].update(background=(0, 0, 0), function_bar=(70, 70, 90), key=(96, 104, 120), function_key=(120, 96, 104))
+    img, _, labels = L.compose_layout(lay, 1216, 832)
+    glyphs, _, _ = G.render_glyphs(labels, 1216, 832, dirs=G.font_dirs())
+    return np.maximum(img, glyphs[..., None])
+
+
+def test_keyboard_workflow_is_valid_for_the_server(comfy_server):
+    api = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    info = comfy_server.object_info()
+    assert convert.validate_api(api, info, check_combos=False) == []
+    assert "keyboard skin" in info["AtelierSystemPrompt"]["input"]["required"]["preset"][0]
+    types = {n["class_type"] for n in api.values()}
+    assert {"CheckpointLoaderSimple", "ControlNetLoader", "ControlNetApplyAdvanced", "AtelierCanny", "AtelierOCRBoxes",
+            "AtelierGlyphCompose", "AtelierSystemPrompt"} <= types
+    assert api["12"]["inputs"]["image"] == ["6", 0]  # the ControlNet gets the glyph-composed control image
+
+
+def test_keyboard_control_image_contains_the_rendered_glyphs(comfy_server, reference):
+    api = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    keep = _ancestors(api, CONTROL_SAVE)
+    assert {api[k]["class_type"] for k in keep} == {"LoadImage", "AtelierCanny", "AtelierOCRBoxes",
+                                                     "AtelierGlyphCompose", "SaveImage"}
+    prompt = {k: json.loads(json.dumps(api[k])) for k in keep}
+    Image.fromarray(reference).save(comfy_server.input_dir / "atelier_glyph_e2e_reference.png")
+    load = next(k for k in keep if api[k]["class_type"] == "LoadImage")
+    prompt[load]["inputs"]["image"] = "atelier_glyph_e2e_reference.png"
+    prompt[CONTROL_SAVE]["inputs"]["filename_prefix"] = "atelier_glyph_e2e"
+
+    files = comfy_server.output_files(comfy_server.run(prompt, timeout=300), CONTROL_SAVE)
+    assert len(files) == 1
+    control = np.asarray(Image.open(files[0]).convert("RGB"))
+    assert control.shape == (832, 1216, 3)  # 832 short side at resolution 832: no scaling, no padding
+
+    # what the server's OCR node kept (same backend, same threshold) ...
+    expected = O.run_ocr(reference, min_confidence=api["5"]["inputs"]["min_confidence"])
+    assert len(expected) >= 8, expected.texts
+    # ... is drawn crisply inside its boxes: inside every polygon the control image equals our rendering
+    boxes = expected.to_boxes()
+    glyphs, mask, _ = G.render_glyphs(boxes, 1216, 832, dirs=G.font_dirs(), fit=api["6"]["inputs"]["fit"],
+                                      padding=api["6"]["inputs"]["padding"])
+    inside = mask > 0
+    assert np.abs(control[..., 0][inside].astype(int) - glyphs[inside].astype(int)).max() <= 1
+    assert (control[..., 0][inside] > 128).sum() > 1000  # real ink, not an empty box
+    # outside the text the Canny edges of the keys remain
+    assert (control[..., 0][~inside] > 128).sum() > 5000
+    # and the text reads back from the control image itself
+    got = O.run_ocr(control, min_confidence=0.9)
+    read = {t.replace(" ", "") for t in got.texts}
+    want = {t.replace(" ", "") for t in expected.texts}
+    assert len(want & read) >= 0.8 * len(want), (sorted(want), sorted(read))
