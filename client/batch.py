@@ -227,10 +227,11 @@ def patch_prompt(prompt: dict, bindings: Bindings, row: Row, *, image_name: str 
 # ============================================================================ manifest
 
 class Manifest:
-    """Append-only JSONL, one complete line per write (under a lock, flushed and fsynced)."""
+    """Append-only JSONL, one complete line per write (under a lock, flushed; fsynced with fsync=True)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fsync: bool = False):
         self.path = path
+        self.fsync = fsync
         self.lock = threading.Lock()
         self.closed = False
         self.records: dict[str, dict] = {}
@@ -259,8 +260,9 @@ class Manifest:
             if self.closed:
                 return
             self._f.write(line)
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            self._f.flush()  # a whole line reaches the OS at once: a killed process never tears it
+            if self.fsync:
+                os.fsync(self._f.fileno())
             self.records[str(rec["id"])] = rec
 
     def close(self) -> None:
@@ -293,13 +295,19 @@ def output_valid(rec: dict, out_dir: str, *, verify_hash: bool = False) -> bool:
     return True
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes, fsync: bool = False) -> None:
+    """Temp file + rename: readers (and a re-run) see the old file or the whole new one.
+
+    Without fsync a power cut can still leave a short file; resume re-validates every output
+    (size from the manifest + image header/trailer), so such a file is redone, not trusted.
+    """
     tmp = f"{path}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -346,6 +354,7 @@ class BatchConfig:
     use_ws: bool = True
     poll: float = 0.5
     verify_hash: bool = False
+    fsync: bool = False
     dry_run: bool = False
     progress: bool = True
     stream: Any = None
@@ -562,7 +571,7 @@ class Runner:
             data = srv.view(f["filename"], f["subfolder"], f["type"])
             if not data:
                 raise ServerUnavailable(f"empty download of {f['filename']}")
-            write_atomic(os.path.join(self.cfg.out_dir, name), data)
+            write_atomic(os.path.join(self.cfg.out_dir, name), data, fsync=self.cfg.fsync)
             outs.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                          "server_file": f"{f['subfolder']}/{f['filename']}".lstrip("/")})
         return outs
@@ -701,7 +710,7 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
         return BatchResult(EXIT_OK, results, ds, prompt, bindings)
 
     _clean_tmp(cfg.out_dir)
-    manifest = Manifest(manifest_path)
+    manifest = Manifest(manifest_path, fsync=cfg.fsync)
     todo = []
     for r in rows:
         prev = manifest.records.get(r.id)
@@ -781,6 +790,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, help="only the first N rows")
     p.add_argument("--no-ws", action="store_true", help="poll /history instead of following /ws")
     p.add_argument("--verify-hash", action="store_true", help="on resume, check outputs' sha256, not just size")
+    p.add_argument("--fsync", action="store_true",
+                   help="fsync every output and manifest line (survives power cuts; slower on slow disks)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate dataset, workflow and bindings against the server's /object_info; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -812,7 +823,7 @@ def main_batch(args) -> int:
                       retries=args.retries, backoff=args.backoff, job_timeout=args.timeout,
                       server_wait=args.server_wait, on_missing=args.on_missing, seed_mode=args.seed_mode,
                       seed_base=args.seed_base, id_column=args.id_column, prompt_column=args.prompt_column,
-                      use_ws=not args.no_ws, verify_hash=args.verify_hash, dry_run=args.dry_run,
+                      use_ws=not args.no_ws, verify_hash=args.verify_hash, fsync=args.fsync, dry_run=args.dry_run,
                       progress=not args.quiet, limit=args.limit)
 
     def go(_):

@@ -241,6 +241,7 @@ class ComfyServer:
         deadline = time.monotonic() + timeout
         missing_since = None
         last_queue_check = time.monotonic()
+        finished_since = None  # ws said it finished, /history may lag by a few ms
         try:
             while True:
                 entry = self.history(prompt_id)
@@ -259,8 +260,16 @@ class ComfyServer:
                     else:
                         missing_since = None
                 if ev is not None and ws.connected:
-                    ev.wait(min(poll * 5, 5.0))
-                    ev.clear()
+                    if ev.is_set():
+                        finished_since = finished_since or now
+                        if now - finished_since < 2.0:
+                            time.sleep(0.005 if now - finished_since < 0.1 else 0.05)
+                            continue
+                        ev.clear()
+                        finished_since = None
+                    ev.wait(min(5.0, max(0.01, deadline - now)))
+                elif ws is not None and now - ws.started < 3.0:
+                    time.sleep(0.02)  # the socket is still connecting: poll briskly meanwhile
                 else:
                     time.sleep(poll)
         finally:
@@ -279,11 +288,15 @@ class _WSFollower(threading.Thread):
         self._lock = threading.Lock()
         self._watch: dict[str, tuple[threading.Event, Callable | None]] = {}
         self._sock: socket.socket | None = None
+        self._recent: dict[str, bool] = {}  # prompt ids seen finishing (insertion ordered, capped)
+        self.started = time.monotonic()
 
     def watch(self, prompt_id: str, on_progress=None) -> threading.Event:
         ev = threading.Event()
         with self._lock:
             self._watch[prompt_id] = (ev, on_progress)
+            if prompt_id in self._recent:  # finished before we started watching
+                ev.set()
         return ev
 
     def unwatch(self, prompt_id: str) -> None:
@@ -413,11 +426,18 @@ class _WSFollower(threading.Thread):
             return
         kind, d = msg.get("type"), msg.get("data") or {}
         pid = d.get("prompt_id")
+        if not pid:
+            return
+        finished = kind in ("execution_success", "execution_error", "execution_interrupted") or \
+            (kind == "executing" and d.get("node") is None)
         with self._lock:
-            target = self._watch.get(pid) if pid else None
+            if finished:
+                self._recent[pid] = True
+                if len(self._recent) > 2000:
+                    for k in list(self._recent)[:1000]:
+                        del self._recent[k]
+            target = self._watch.get(pid)
         if target is None:
-            if kind == "status":  # queue changed: cheap to let everybody re-check
-                self._wake_all()
             return
         ev, on_progress = target
         if kind == "progress" and on_progress is not None:
@@ -425,7 +445,5 @@ class _WSFollower(threading.Thread):
                 on_progress(int(d.get("value", 0)), int(d.get("max", 0)))
             except Exception:
                 pass
-        if kind in ("executing", "execution_success", "execution_error", "execution_interrupted",
-                    "execution_cached", "executed"):
-            if kind != "executing" or d.get("node") is None:
-                ev.set()
+        if finished:
+            ev.set()

@@ -1,0 +1,140 @@
+"""Benchmark: the batch client's per-job overhead and multi-server scaling.
+
+    python bench/client.py [--jobs 200] [--repeats 3] [--slow-jobs 40] [--server URL --server URL]
+
+1. Overhead: JOBS jobs of a trivial workflow (LoadImage -> ImageInvert -> SaveImage, 16x16 input)
+   against one server, same run, alternating:
+   - a minimal hand-written loop: upload, POST /prompt, poll /history every 10 ms, GET /view;
+   - `atelier batch` (run_batch) with --inflight 1 (serial, like the loop) and --inflight 2 (default).
+   Reported as median seconds per job and the ratio to the minimal loop (target <= 1.2x).
+2. Scaling: SLOW_JOBS jobs of a server-bound workflow (ImageScale 384 + ImageBlur 15) with
+   `atelier batch` on 1 server vs 2 servers (target >= 1.7x throughput). When the bench starts
+   its own servers each is limited to one CPU thread (OMP/MKL_NUM_THREADS=1), so a server is a
+   fixed unit of capacity like one GPU; on a shared machine the second server only helps if a
+   second core is free, which the table states.
+
+Without --server it starts two pinned ComfyUI servers itself (client/runtime.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # for fixtures.client_data (bench helper only)
+
+from comfyui_atelier.client import runtime  # noqa: E402
+from comfyui_atelier.client.batch import BatchConfig, run_batch  # noqa: E402
+from comfyui_atelier.client.comfy_api import ComfyServer  # noqa: E402
+from fixtures.client_data import make_dataset  # noqa: E402
+
+INVERT = json.loads((ROOT / "tests" / "data" / "client_invert_api.json").read_text())
+SLOW = json.loads((ROOT / "tests" / "data" / "client_slow_api.json").read_text())
+
+
+def minimal_loop(url: str, images: list[Path], out: Path) -> float:
+    """The simplest correct client: one job at a time, poll /history."""
+    srv = ComfyServer(url)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for img in images:
+        up = srv.upload_image(str(img), f"min_{img.name}", subfolder="bench_min", overwrite=True)
+        prompt = json.loads(json.dumps(INVERT))
+        prompt["1"]["inputs"]["image"] = f"{up['subfolder']}/{up['name']}"
+        prompt["3"]["inputs"]["filename_prefix"] = f"bench_min/{img.stem}"
+        pid = srv.queue_prompt(prompt)
+        while True:
+            h = srv.history(pid)
+            if h is not None and h.get("outputs"):
+                break
+            time.sleep(0.01)
+        f = h["outputs"]["3"]["images"][0]
+        (out / f"{img.stem}.png").write_bytes(srv.view(f["filename"], f["subfolder"], f["type"]))
+    return time.perf_counter() - t0
+
+
+def ours(urls: list[str], ds: Path, out: Path, workflow: dict, inflight: int) -> float:
+    t0 = time.perf_counter()
+    res = run_batch(BatchConfig(workflow=workflow, servers=urls, out_dir=str(out), images=str(ds),
+                                inflight=inflight, progress=False, stream=open(os.devnull, "w")))
+    dt = time.perf_counter() - t0
+    assert res.exit_code == 0 and res.count("done") == len(res.dataset.rows), res.results
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--slow-jobs", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--server", action="append", default=[])
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="atelier-bench-client-"))
+    started = []
+    try:
+        urls = list(args.server)
+        if len(urls) < 2:
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
+            os.environ.setdefault("MKL_NUM_THREADS", "1")
+            for k in range(2 - len(urls)):
+                root = runtime.prepare_workspace(work / f"comfy{k}")
+                started.append(runtime.ComfyServer(root).start())
+                urls.append(started[-1].url)
+        ids = [f"j{k:04d}" for k in range(args.jobs)]
+        ds = work / "ds"
+        make_dataset(ds, ids)
+        images = [ds / f"{i}.png" for i in ids]
+        # warm-up (imports, first prompt, ws connect) on every server
+        wds = work / "wds"
+        make_dataset(wds, ["w0", "w1", "w2"])
+        for u in urls:
+            minimal_loop(u, [wds / "w0.png"], work / "warm")
+            ours([u], wds, work / f"warm-{uuid.uuid4().hex[:6]}", SLOW, 2)
+
+        per = {"minimal loop": [], "atelier inflight=1": [], "atelier inflight=2": []}
+        for r in range(args.repeats):
+            per["minimal loop"].append(minimal_loop(urls[0], images, work / f"min{r}") / args.jobs)
+            per["atelier inflight=1"].append(ours(urls[:1], ds, work / f"o1_{r}", INVERT, 1) / args.jobs)
+            per["atelier inflight=2"].append(ours(urls[:1], ds, work / f"o2_{r}", INVERT, 2) / args.jobs)
+        base = statistics.median(per["minimal loop"])
+        print(f"\nOverhead: {args.jobs} jobs of LoadImage->ImageInvert->SaveImage, 1 server, "
+              f"median of {args.repeats}")
+        print(f"{'client':<22} {'s/job (median)':>15} {'min':>8} {'max':>8} {'vs minimal':>11}")
+        for k, v in per.items():
+            m = statistics.median(v)
+            print(f"{k:<22} {m:>15.4f} {min(v):>8.4f} {max(v):>8.4f} {m / base:>10.2f}x")
+
+        sids = [f"s{k:04d}" for k in range(args.slow_jobs)]
+        sds = work / "sds"
+        make_dataset(sds, sids)
+        thr = {"1 server": [], "2 servers": []}
+        for r in range(args.repeats):
+            thr["1 server"].append(args.slow_jobs / ours(urls[:1], sds, work / f"s1_{r}", SLOW, 2))
+            thr["2 servers"].append(args.slow_jobs / ours(urls[:2], sds, work / f"s2_{r}", SLOW, 2))
+        b1 = statistics.median(thr["1 server"])
+        print(f"\nScaling: {args.slow_jobs} jobs of ImageScale(384)+ImageBlur(15)+Invert, inflight 2 per server, "
+              f"median of {args.repeats}" + (" (bench-started servers: 1 CPU thread each)" if started else ""))
+        print(f"{'servers':<22} {'jobs/s (median)':>15} {'min':>8} {'max':>8} {'vs 1 server':>11}")
+        for k, v in thr.items():
+            m = statistics.median(v)
+            print(f"{k:<22} {m:>15.3f} {min(v):>8.3f} {max(v):>8.3f} {m / b1:>10.2f}x")
+        print(f"\nmachine: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
+              f"client peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    finally:
+        for s in started:
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
