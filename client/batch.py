@@ -413,10 +413,10 @@ class Runner:
                     return None
                 now = time.monotonic()
                 ready = [j for j in self.queue if j.not_before <= now]
-                others_up = any(s.up and s is not st for s in self.servers)
-                pick = next((j for j in ready if st.server.url not in j.avoid), None)
-                if pick is None and ready and not others_up:
-                    pick = ready[0]
+                up_urls = {s.server.url for s in self.servers if s.up} | {st.server.url}
+                # prefer a job that has not failed here; take one that failed everywhere that is up
+                pick = next((j for j in ready if st.server.url not in j.avoid), None) or \
+                    next((j for j in ready if up_urls <= j.avoid), None)
                 if pick is not None:
                     self.queue.remove(pick)
                     self.active += 1
@@ -591,16 +591,12 @@ class Runner:
                     break
                 if not any(s.up for s in self.servers) and \
                         time.monotonic() - self.last_server_up > self.cfg.server_wait:
-                    for job in list(self.queue):
-                        self.queue.remove(job)
-                        self.active += 1
-                        self.cond.release()
-                        try:
-                            self.fail(job, self.servers[0].server, None, time.monotonic(),
-                                      f"no server reachable for {self.cfg.server_wait:.0f}s"
-                                      + (f" (last error: {job.last_error})" if job.last_error else ""))
-                        finally:
-                            self.cond.acquire()
+                    stranded, self.queue = list(self.queue), []
+                    self.active += len(stranded)
+                    for job in stranded:  # the condition's lock is re-entrant: finish() may take it
+                        self.fail(job, self.servers[0].server, None, time.monotonic(),
+                                  f"no server reachable for {self.cfg.server_wait:.0f}s"
+                                  + (f" (last error: {job.last_error})" if job.last_error else ""))
                     if self.active == 0:
                         break
                 self.cond.wait(0.5)
@@ -700,6 +696,11 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
         log(f"bindings: {bindings.describe() or '(none)'}")
         for p in ds.problems:
             log(f"  skip {p.id}: {p.reason}")
+        known = {"seed", "negative", "negative_prompt"} | set(bindings.targets)
+        for col in sorted({k for r in rows for k in r.overrides}):
+            if col not in known and not ("." in col and col.rsplit(".", 1)[0] in prompt):
+                log(f"  note: column '{col}' is not bound to any node input (ignored); "
+                    f"use --bind {col}=NODE.INPUT or name the column NODE.INPUT")
         if rows:
             sample, _ = patch_prompt(prompt, bindings, rows[0], image_name="x.png" if rows[0].image else None,
                                      seed_mode=cfg.seed_mode, seed_base=cfg.seed_base, server_prefix=cfg.server_prefix,

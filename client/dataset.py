@@ -166,13 +166,15 @@ def find_captions(folder: str) -> str | None:
 
 def load_dataset(images_dir: str | None, captions: str | None = None, *, id_column: str = "id",
                  prompt_column: str = "prompt", image_column: str = "image", on_problem: str = "skip",
-                 require_images: bool = True, check_images: bool = True) -> Dataset:
+                 require_images: bool | None = None, check_images: bool = True) -> Dataset:
     """Match captions rows and image files by id.
 
     ``on_problem``: "skip" reports a row without image / image without row / unreadable image and
     leaves it out; "fail" raises AtelierError listing all of them. Duplicate ids, an empty id or
     a missing captions file always raise.
     """
+    if require_images is None:  # a captions-only dataset (text to image) needs no images
+        require_images = images_dir is not None
     if on_problem not in ("skip", "fail"):
         raise ValueError("on_problem must be 'skip' or 'fail'")
     if images_dir is not None and not os.path.isdir(images_dir):

@@ -129,3 +129,25 @@ def test_manifest_ignores_torn_line_and_last_line_wins(tmp_path):
     (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # damaged output -> not done any more
     assert not output_valid(m.records["a"], str(tmp_path))
     assert not list(tmp_path.glob("*.atelier-tmp"))
+
+
+def test_scheduler_hands_out_a_job_that_failed_everywhere():
+    from comfyui_atelier.client.batch import Bindings, Runner, _ServerState
+    from comfyui_atelier.client.comfy_api import ComfyServer
+    from comfyui_atelier.client.progress import ProgressBar
+    a, b = _ServerState(ComfyServer("http://127.0.0.1:1")), _ServerState(ComfyServer("http://127.0.0.1:2"))
+    a.up = b.up = True
+    cfg = batch.BatchConfig(workflow={}, servers=[], out_dir=".")
+    r = Runner(cfg, [Row("x", None, None), Row("y", None, None)], {}, Bindings(), [a, b], None,
+               ProgressBar(2, enabled=False), {}, {}, print)
+    r.queue[0].avoid = {a.server.url, b.server.url}
+    r.queue[1].avoid = {a.server.url}
+    assert r.next_job(a).row.id == "x"  # y prefers b; x failed on every server that is up
+    assert r.next_job(b).row.id == "y"
+
+
+def test_text_only_dataset(tmp_path):
+    from comfyui_atelier.client.dataset import load_dataset
+    (tmp_path / "c.jsonl").write_text('{"id": "1", "prompt": "a"}\n{"id": "2", "prompt": "b"}\n')
+    ds = load_dataset(None, str(tmp_path / "c.jsonl"))
+    assert ds.ids == ["1", "2"] and all(r.image is None for r in ds.rows) and not ds.problems
