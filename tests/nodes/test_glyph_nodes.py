@@ -170,3 +170,22 @@ def test_layout_compose_with_key_image_and_labels(N):
     img_c, _, lab_c = N.AtelierLayoutCompose().compose(N.AtelierLayoutCompose.CUSTOM, layout_json=custom,
                                                        width=200, height=100)
     assert lab_c["items"][0][0]["polygon"][0][0] == pytest.approx(20 + 60 * 0.2)
+
+
+def test_no_boxes_leave_the_background_unchanged(N):
+    (empty,) = N.AtelierTextBoxes().build("", 320, 160)
+    assert empty["items"] == [[]]
+    bg = _edges(160, 320)
+    out, mask = N.AtelierGlyphCompose().compose(bg, empty)
+    assert torch.equal(out, bg) and float(mask.sum()) == 0
+    img, m, _ = N.AtelierGlyphRender().render(empty)
+    assert img.shape == (1, 160, 320, 3) and float(img.sum()) == 0
+
+
+def test_direction_override_draws_vertically(N):
+    (glyphs,) = N.AtelierTextBoxes().build('[{"text": "竖排", "box": [100, 10, 180, 300], "direction": "horizontal"}]',
+                                           320, 320)
+    _, _, info_box = N.AtelierGlyphRender().render(glyphs)
+    _, _, info_override = N.AtelierGlyphRender().render(glyphs, direction="vertical")
+    assert json.loads(info_box)[0][0]["direction"] == "horizontal"
+    assert json.loads(info_override)[0][0]["direction"] == "vertical"
