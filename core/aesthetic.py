@@ -192,13 +192,16 @@ def to_uint8_rgb(images: torch.Tensor | np.ndarray) -> np.ndarray:
     the same in the graph as the PNG it is saved to. C=1 is expanded, C=2 (gray+alpha) and C=4 are
     composited on white with the 8-bit alpha (as transformers' convert_to_rgb does).
     """
-    a = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    # numpy (single-threaded, called per image from a thread pool): small torch ops would start
+    # OpenMP parallel regions, which cost more than they save on a busy CPU
+    a = images.detach().to("cpu").numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if a.dtype != np.uint8:
+        a = a.astype(np.float32, copy=False) * np.float32(255.0)
+        a = np.clip(a, 0, 255, out=a).astype(np.uint8)
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4:
         raise _err(f"image array has shape {a.shape}.", expected="[B,H,W,C]")
-    if a.dtype != np.uint8:
-        a = np.clip(255.0 * a.astype(np.float32), 0, 255).astype(np.uint8)
     c = a.shape[-1]
     if c == 1:
         return np.repeat(a, 3, axis=-1)
@@ -215,44 +218,74 @@ def to_uint8_rgb(images: torch.Tensor | np.ndarray) -> np.ndarray:
     raise _err(f"image has {c} channels.", expected="1, 3 or 4 channels")
 
 
+def _crop_one(f: np.ndarray, size: int, n: int = 0) -> np.ndarray:
+    h, w = f.shape[:2]
+    if h <= w:
+        nh, nw = size, int(size * w / h)
+    else:
+        nh, nw = int(size * h / w), size
+    if (nh, nw) != (h, w):
+        f = np.asarray(Image.fromarray(f).resize((nw, nh), resample=Image.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    if top < 0 or left < 0 or nh < size or nw < size:
+        raise _err(f"image {n} ({w}x{h}) cannot be cropped to {size}x{size}.")
+    return f[top:top + size, left:left + size]
+
+
+_POOL = None
+
+
+def _pool():
+    """Threads for the per-image resizes (PIL and torch release the GIL, so they run in parallel)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
+                                   thread_name_prefix="atelier-clip-crop")
+    return _POOL
+
+
 def clip_crops(images, size: int = 224) -> torch.Tensor:
     """Resize (short side `size`, PIL bicubic) and centre-crop like CLIPProcessor.
 
     images: IMAGE tensor [B,H,W,C] 0..1, a uint8 array, or a list of those / of PIL images
-    (mixed sizes allowed). Returns uint8 crops [B,size,size,3] as a torch tensor.
+    (mixed sizes allowed). Returns uint8 crops [B,size,size,3] as a torch tensor. Images are
+    converted and resized in parallel threads (the result does not depend on it).
     """
     if isinstance(images, (list, tuple)):
-        arrs = []
+        items = []
         for im in images:
             if isinstance(im, Image.Image):
-                arrs.append(np.asarray(im.convert("RGB"))[None])
+                items.append(np.asarray(im.convert("RGB")))
+            elif getattr(im, "ndim", 0) == 4:
+                items.extend(im[i] for i in range(im.shape[0]))
             else:
-                arrs.append(to_uint8_rgb(im))
-        frames = [f for a in arrs for f in a]
+                items.append(im)
     else:
-        frames = list(to_uint8_rgb(images))
-    out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
-    for n, f in enumerate(frames):
-        h, w = f.shape[:2]
-        if h <= w:
-            nh, nw = size, int(size * w / h)
-        else:
-            nh, nw = int(size * h / w), size
-        if (nh, nw) != (h, w):
-            f = np.asarray(Image.fromarray(f).resize((nw, nh), resample=Image.BICUBIC))
-        top, left = (nh - size) // 2, (nw - size) // 2
-        if top < 0 or left < 0:  # cannot happen with short side == size; kept for odd sizes
-            raise _err(f"image {n} ({w}x{h}) is too small to crop to {size}.")
-        out[n] = f[top:top + size, left:left + size]
-    return torch.from_numpy(out)
+        if getattr(images, "ndim", 0) == 3:
+            images = images[None]
+        items = [images[i] for i in range(images.shape[0])]
+
+    def one(n_item):
+        n, item = n_item
+        f = item if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[-1] == 3 \
+            else to_uint8_rgb(item)[0]
+        return _crop_one(f, size, n)
+
+    threads = min(len(items), torch.get_num_threads(), os.cpu_count() or 1)
+    if threads > 1:
+        crops = list(_pool().map(one, enumerate(items)))
+    else:
+        crops = [one(x) for x in enumerate(items)]
+    return torch.from_numpy(np.stack(crops)) if crops else torch.empty((0, size, size, 3), dtype=torch.uint8)
 
 
 def normalize_crops(crops_u8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """uint8 [B,S,S,3] -> normalised pixel_values [B,3,S,S] (CLIP mean/std)."""
-    x = crops_u8.to(torch.float32).mul_(1.0 / 255.0).permute(0, 3, 1, 2)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous().to(dtype)
+    a = crops_u8.numpy() if isinstance(crops_u8, torch.Tensor) else np.asarray(crops_u8)
+    x = a.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dtype)
 
 
 def clip_pixel_values(images, size: int = 224) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""Aesthetic scoring throughput: ours vs simple-aesthetics-predictor, same models, same images, same run.
+
+    python bench/aesthetic.py [--sizes tiny,vitl] [--batches 1,8] [--image 1024] [--repeats 5]
+
+Both sides start from a ComfyUI IMAGE tensor [B,H,W,3] float 0..1, as a node would: ours scores it
+directly; the peer converts it to 8-bit PIL images the way ComfyUI's SaveImage does, pre-processes them
+with transformers' classic (PIL) CLIP image processor and runs AestheticsPredictorV2Linear under
+torch.no_grad(). Models are random but real-shaped
+(tiny CLIP, and CLIP ViT-L/14 = 304M vision parameters), written once to --cache in the
+simple-aesthetics-predictor layout and loaded from disk by both. Prints median seconds per call,
+images/s, ratio ours/peer (>= 1.0 means we are at least as fast), the max score difference and peak RSS.
+CPU only (set --threads to pin torch's thread count).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from comfyui_atelier.core import aesthetic as A
+
+HERE = Path(__file__).resolve().parent
+
+
+def _fixtures():
+    p = HERE.parent / "tests" / "fixtures" / "aesthetic_models.py"
+    spec = importlib.util.spec_from_file_location("atelier_aesthetic_fixture_models", p)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _peer_processor():
+    try:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as P
+    except ImportError:
+        from transformers import CLIPImageProcessor as P
+    return P()
+
+
+def _time_pair(fa, fb, repeats: int):
+    """Median seconds of fa and fb, measured alternately (a shared machine's load hits both alike)."""
+    out_a, out_b = fa(), fb()  # warm-up (also the results we compare)
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, acc in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb), out_a, out_b
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="tiny,vitl")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--image", type=int, default=1024, help="square input side in pixels (SDXL renders 1024)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--vitl-repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "atelier-bench-aesthetic"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        from aesthetics_predictor import AestheticsPredictorV2Linear
+    except ImportError:
+        print("peer missing: pip install --no-deps simple-aesthetics-predictor", file=sys.stderr)
+        return 2
+    FX = _fixtures()
+    proc = _peer_processor()
+    batches = [int(b) for b in args.batches.split(",")]
+    imgs = FX.sample_images(max(batches), args.image, args.image, seed=0)
+
+    rows = []
+    for size in args.sizes.split(","):
+        path = FX.build_hf_predictor(os.path.join(args.cache, f"{size}-linear"), layout="linear", size=size, seed=0)
+        ours = A.load_hf_predictor(path)
+        peer = AestheticsPredictorV2Linear.from_pretrained(path).float().eval()
+        reps = args.repeats if size == "tiny" else args.vitl_repeats
+        for b in batches:
+            x = imgs[:b]
+
+            def run_ours():
+                return ours.score(x, batch_size=b)
+
+            def run_peer():
+                # a ComfyUI node built on the peer must first turn the IMAGE tensor into PIL images
+                p = [Image.fromarray(np.clip(255.0 * i.cpu().numpy(), 0, 255).astype(np.uint8)) for i in x]
+                with torch.no_grad():
+                    pv = proc(images=p, return_tensors="pt")["pixel_values"]
+                    return peer(pixel_values=pv).logits[:, 0]
+
+            t_ours, t_peer, s_ours, s_peer = _time_pair(run_ours, run_peer, reps)
+            diff = (s_ours - s_peer).abs().max().item()
+            rows.append((size, b, t_ours, t_peer, b / t_ours, b / t_peer, t_peer / t_ours, diff, _peak_rss_mb()))
+        del ours, peer
+
+    print(f"\naesthetic scoring, CPU ({torch.get_num_threads()} threads), {args.image}x{args.image} RGB inputs, "
+          f"torch {torch.__version__}")
+    head = (f"{'model':<6} {'batch':>5} {'ours s':>9} {'peer s':>9} {'ours img/s':>11} {'peer img/s':>11} "
+            f"{'ours/peer':>9} {'max |d score|':>14} {'peak RSS MB':>12}")
+    print(head)
+    print("-" * len(head))
+    for size, b, to, tp, io, ip, ratio, diff, rss in rows:
+        print(f"{size:<6} {b:>5} {to:>9.4f} {tp:>9.4f} {io:>11.2f} {ip:>11.2f} {ratio:>8.2f}x {diff:>14.2e} {rss:>12.0f}")
+    print("(medians; ratio = peer time / our time, >= 1.0 means at least as fast; parity target max |d| <= 1e-4)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
