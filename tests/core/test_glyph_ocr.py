@@ -143,3 +143,50 @@ def test_paddleocr_selected_but_not_installed_names_the_extra():
 def test_bad_ocr_arguments(kwargs, match):
     with pytest.raises(AtelierError, match=match):
         O.run_ocr(np.zeros((64, 64, 3), np.uint8), **kwargs)
+
+
+def test_paddle_adapter_reads_the_3x_predict_structure(monkeypatch, tmp_path):
+    """PaddleOCR itself cannot be installed with its models offline here, so a stand-in module with the
+    3.x result structure (dict-like results, .json == {"res": {...}}, rec_polys / rec_texts / rec_scores)
+    checks our adapter: constructor flags, model dirs, BGR input, corner order and the score filter."""
+    import sys
+    import types
+
+    seen = {}
+
+    class Result(dict):
+        @property
+        def json(self):
+            return {"res": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.items()}}
+
+    class PaddleOCR:
+        def __init__(self, **kwargs):
+            seen["kwargs"] = kwargs
+
+        def predict(self, img):
+            seen["pixel"] = img[0, 0].tolist()
+            polys = [np.array([[90, 30], [10, 30], [10, 10], [90, 10]]), np.array([[5, 40], [60, 40], [60, 60], [5, 60]])]
+            return [Result(rec_polys=polys, rec_texts=["KEY", "low"], rec_scores=np.array([0.995, 0.4]))]
+
+    mod = types.ModuleType("paddleocr")
+    mod.PaddleOCR = PaddleOCR
+    monkeypatch.setitem(sys.modules, "paddleocr", mod)
+    monkeypatch.delenv("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", raising=False)
+    det = tmp_path / "det"
+    det.mkdir()
+    img = np.zeros((64, 96, 3), np.uint8)
+    img[0, 0] = [255, 0, 0]  # red in RGB
+    try:
+        res = O.run_ocr(img, backend="paddleocr", det_model_dir=str(det))
+        assert seen["kwargs"]["text_detection_model_dir"] == str(det)
+        assert seen["kwargs"]["use_doc_unwarping"] is False and seen["kwargs"]["use_textline_orientation"] is False
+        import os
+        assert os.environ["PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK"] == "True"  # offline: no model-hoster check
+        assert seen["pixel"] == [0, 0, 255]  # PaddleOCR gets BGR like cv2.imread
+        assert res.texts == ["KEY"] and res.scores == [0.995]
+        assert res.polygons[0].tolist() == [[10, 10], [90, 10], [90, 30], [10, 30]]
+        with pytest.raises(AtelierError, match="PaddleOCR model folder .* does not exist"):
+            O.run_ocr(img, backend="paddleocr", rec_model_dir=str(tmp_path / "nope"))
+    finally:
+        for k in [k for k in O._ENGINES if k[0] == "paddleocr"]:
+            del O._ENGINES[k]
