@@ -11,7 +11,9 @@
    `atelier batch` on 1 server vs 2 servers (target >= 1.7x throughput). When the bench starts
    its own servers each is limited to one CPU thread (OMP/MKL_NUM_THREADS=1), so a server is a
    fixed unit of capacity like one GPU; on a shared machine the second server only helps if a
-   second core is free, which the table states.
+   second core is free, which the table states. A third table repeats the scaling run with a
+   bench-only node that holds the server for a fixed time without host CPU (a stand-in for GPU
+   time), which isolates the client's scheduling from the host's core count.
 
 Without --server it starts two pinned ComfyUI servers itself (client/runtime.py).
 """
@@ -36,6 +38,23 @@ from comfyui_atelier.client import runtime  # noqa: E402
 from comfyui_atelier.client.batch import BatchConfig, run_batch  # noqa: E402
 from comfyui_atelier.client.comfy_api import ComfyServer  # noqa: E402
 from fixtures.client_data import make_dataset  # noqa: E402
+
+# Bench-only custom node, written into the bench's own temporary ComfyUI workspaces (never shipped):
+# holds the server for a fixed time without using the host CPU, like a job waiting on its GPU.
+SLEEP_NODE = """
+import time
+class AtelierBenchSleep:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.2, "min": 0, "max": 60})}}
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "bench"
+    def run(self, image, seconds):
+        time.sleep(seconds)
+        return (image,)
+NODE_CLASS_MAPPINGS = {"AtelierBenchSleep": AtelierBenchSleep}
+"""
 
 INVERT = json.loads((ROOT / "tests" / "data" / "client_invert_api.json").read_text())
 SLOW = json.loads((ROOT / "tests" / "data" / "client_slow_api.json").read_text())
@@ -76,6 +95,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--slow-jobs", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gpu-seconds", type=float, default=0.25, help="server time per job of the simulated-GPU workload")
     ap.add_argument("--server", action="append", default=[])
     args = ap.parse_args()
 
@@ -88,6 +108,7 @@ def main():
             os.environ.setdefault("MKL_NUM_THREADS", "1")
             for k in range(2 - len(urls)):
                 root = runtime.prepare_workspace(work / f"comfy{k}")
+                (root / "custom_nodes" / "atelier_bench_sleep.py").write_text(SLEEP_NODE)
                 started.append(runtime.ComfyServer(root).start())
                 urls.append(started[-1].url)
         ids = [f"j{k:04d}" for k in range(args.jobs)]
@@ -128,6 +149,21 @@ def main():
         for k, v in thr.items():
             m = statistics.median(v)
             print(f"{k:<22} {m:>15.3f} {min(v):>8.3f} {max(v):>8.3f} {m / b1:>10.2f}x")
+        if started:  # the simulated-GPU workload needs the bench's sleep node
+            gpu = json.loads(json.dumps(INVERT))
+            gpu["4"] = {"class_type": "AtelierBenchSleep", "inputs": {"image": ["1", 0], "seconds": args.gpu_seconds}}
+            gpu["2"]["inputs"]["image"] = ["4", 0]
+            thr = {"1 server": [], "2 servers": []}
+            for r in range(args.repeats):
+                thr["1 server"].append(args.slow_jobs / ours(urls[:1], sds, work / f"g1_{r}", gpu, 2))
+                thr["2 servers"].append(args.slow_jobs / ours(urls[:2], sds, work / f"g2_{r}", gpu, 2))
+            b1 = statistics.median(thr["1 server"])
+            print(f"\nScaling, simulated GPU: {args.slow_jobs} jobs that hold the server {args.gpu_seconds}s each "
+                  f"without host CPU (bench-only sleep node), inflight 2 per server, median of {args.repeats}")
+            print(f"{'servers':<22} {'jobs/s (median)':>15} {'min':>8} {'max':>8} {'vs 1 server':>11}")
+            for k, v in thr.items():
+                m = statistics.median(v)
+                print(f"{k:<22} {m:>15.3f} {min(v):>8.3f} {max(v):>8.3f} {m / b1:>10.2f}x")
         print(f"\nmachine: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
               f"client peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     finally:

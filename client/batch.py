@@ -506,7 +506,8 @@ class Runner:
                 raise _Stopped()
             prompt_id = srv.queue_prompt(p, extra_data={"atelier": {"id": row.id}})
             st.prompt_ids.add(prompt_id)
-            entry = srv.wait(prompt_id, timeout=cfg.job_timeout, poll=cfg.poll, use_ws=cfg.use_ws)
+            entry = srv.wait(prompt_id, timeout=cfg.job_timeout, poll=cfg.poll, use_ws=cfg.use_ws,
+                             on_progress=lambda v, m: self.bar.set_note(f"{row.id} step {v}/{m}"))
             err = history_error(entry)
             if err:
                 raise ExecutionFailed(err)
