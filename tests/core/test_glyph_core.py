@@ -190,7 +190,6 @@ def test_text_too_long_for_its_box_is_shrunk_not_clipped(dirs):
     cols = np.nonzero((g > 64).any(0))[0]
     assert cols.min() > 10 and cols.max() < 210  # margin kept on both ends: nothing cut off
     # same ink as the text drawn at that size unclipped
-    from PIL import ImageDraw, Image
     font = G.load_font(*G.choose_font("auto", long_text, dirs), info[0]["size"])
     l, t, r, b = font.getbbox(long_text)
     assert abs((cols.max() - cols.min() + 1) - (r - l)) <= 2

@@ -5,7 +5,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,7 +21,6 @@ def N(comfy):
 @pytest.fixture(scope="module")
 def fonts_folder(comfy, N):
     """A font copied into the `fonts` model folder under a name no system font has."""
-    import folder_paths
     folder = Path(N.font_folder_paths()[0])
     folder.mkdir(parents=True, exist_ok=True)
     src = next(p for p in G.list_fonts(G.system_font_dirs()).values() if Path(p).name == "DejaVuSans.ttf")
