@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+import time
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -94,7 +95,8 @@ def _scan(dirs: tuple[str, ...], stamp: tuple[float, ...]) -> dict[str, str]:
 def list_fonts(dirs: Sequence[str | os.PathLike]) -> dict[str, str]:
     """Map of font names (file name and path relative to its folder) to absolute paths."""
     dirs_t = tuple(str(Path(d)) for d in dirs)
-    stamp = tuple(os.stat(d).st_mtime if os.path.isdir(d) else 0.0 for d in dirs_t)
+    # folder mtimes catch files added at the top level; the 30 s bucket catches ones added in subfolders
+    stamp = tuple(os.stat(d).st_mtime if os.path.isdir(d) else 0.0 for d in dirs_t) + (time.monotonic() // 30,)
     return dict(_scan(dirs_t, stamp))
 
 
