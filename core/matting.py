@@ -151,52 +151,74 @@ def run_at_working_size(image: torch.Tensor, predict: Callable[[torch.Tensor], t
 # ----------------------------------------------------------------------------------------- alpha ops
 
 def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over a (2r+1)^2 window, windows clipped at the border. x: [N,C,H,W]."""
+    """Mean over a (2r+1)^2 window, windows clipped at the border (separable). x: [N,C,H,W]."""
     if r <= 0:
         return x
-    return F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False) if r < min(x.shape[-2:]) \
-        else _box_filter_cumsum(x, r)
+    h, w = x.shape[-2:]
+    rh, rw = min(r, h - 1), min(r, w - 1)
+    if rh > 0:
+        x = F.avg_pool2d(x, (2 * rh + 1, 1), stride=1, padding=(rh, 0), count_include_pad=False)
+    if rw > 0:
+        x = F.avg_pool2d(x, (1, 2 * rw + 1), stride=1, padding=(0, rw), count_include_pad=False)
+    return x
 
 
-def _box_filter_cumsum(x: torch.Tensor, r: int) -> torch.Tensor:
-    def along(t, dim):
-        n = t.shape[dim]
-        c = torch.cumsum(t, dim)
-        c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim)
-        idx = torch.arange(n, device=t.device)
-        hi = (idx + r + 1).clamp(max=n)
-        lo = (idx - r).clamp(min=0)
-        shape = [1] * t.ndim
-        shape[dim] = n
-        return (c.index_select(dim, hi) - c.index_select(dim, lo)) / (hi - lo).view(shape).to(t.dtype)
-    return along(along(x, 2), 3)
+def _inv_sym3(a11, a12, a13, a22, a23, a33):
+    """Elementwise inverse of symmetric 3x3 matrices given by their 6 entries (adjugate / det)."""
+    c11 = a22 * a33 - a23 * a23
+    c12 = a13 * a23 - a12 * a33
+    c13 = a12 * a23 - a13 * a22
+    c22 = a11 * a33 - a13 * a13
+    c23 = a12 * a13 - a11 * a23
+    c33 = a11 * a22 - a12 * a12
+    det = a11 * c11 + a12 * c12 + a13 * c13
+    return [t / det for t in (c11, c12, c13, c22, c23, c33)]
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int = 8, eps: float = 1e-3) -> torch.Tensor:
     """Colour guided filter (He, Sun, Tang 2010). guide [B,H,W,3] 0..1, src [B,H,W] -> [B,H,W].
 
-    Edges of ``src`` snap to edges of the guide image; flat regions are smoothed."""
+    Edges of ``src`` move onto edges of the guide image; flat regions are smoothed. Vectorised, with
+    the per-pixel 3x3 (covariance + eps) systems solved in closed form."""
     if radius <= 0:
         return src
-    I = guide.permute(0, 3, 1, 2).double()
-    p = src[:, None].double()
-    mean_I = box_filter(I, radius)
-    mean_p = box_filter(p, radius)
-    mean_Ip = box_filter(I * p, radius)
-    cov_Ip = mean_Ip - mean_I * mean_p  # [B,3,H,W]
-    # 3x3 covariance of the guide per pixel
-    var = torch.empty(I.shape[0], I.shape[2], I.shape[3], 3, 3, dtype=I.dtype, device=I.device)
-    for i in range(3):
-        for j in range(i, 3):
-            v = box_filter(I[:, i:i + 1] * I[:, j:j + 1], radius)[:, 0] - mean_I[:, i] * mean_I[:, j]
-            var[..., i, j] = v
-            var[..., j, i] = v
-    var = var + eps * torch.eye(3, dtype=I.dtype, device=I.device)
-    a = torch.linalg.solve(var, cov_Ip.permute(0, 2, 3, 1)[..., None])[..., 0]  # [B,H,W,3]
-    a = a.permute(0, 3, 1, 2)
-    b = mean_p - (a * mean_I).sum(1, keepdim=True)
-    q = (box_filter(a, radius) * I).sum(1, keepdim=True) + box_filter(b, radius)
-    return q[:, 0].float().clamp(0, 1)
+    a, b = guided_coefficients(guide, src, radius, eps)
+    q = (a * guide.permute(0, 3, 1, 2).float()).sum(1, keepdim=True) + b
+    return q[:, 0].clamp(0, 1)
+
+
+def guided_coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = 1e-3):
+    """Per-pixel linear model of the guided filter: (a [B,3,H,W], b [B,1,H,W]), averaged over windows,
+    such that output = sum(a * I) + b."""
+    I = guide.permute(0, 3, 1, 2).float()
+    p = src[:, None].float()
+    mI = box_filter(I, radius)
+    mp = box_filter(p, radius)
+    cov = box_filter(I * p, radius) - mI * mp
+    prods = torch.cat([I[:, 0:1] * I[:, 0:1], I[:, 0:1] * I[:, 1:2], I[:, 0:1] * I[:, 2:3],
+                       I[:, 1:2] * I[:, 1:2], I[:, 1:2] * I[:, 2:3], I[:, 2:3] * I[:, 2:3]], 1)
+    mprods = box_filter(prods, radius)
+    pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+    var = [mprods[:, k] - mI[:, i] * mI[:, j] + (eps if i == j else 0.0) for k, (i, j) in enumerate(pairs)]
+    i11, i12, i13, i22, i23, i33 = _inv_sym3(*var)
+    c0, c1, c2 = cov[:, 0], cov[:, 1], cov[:, 2]
+    a = torch.stack([i11 * c0 + i12 * c1 + i13 * c2,
+                     i12 * c0 + i22 * c1 + i23 * c2,
+                     i13 * c0 + i23 * c1 + i33 * c2], 1)
+    b = mp - (a * mI).sum(1, keepdim=True)
+    return box_filter(a, radius), box_filter(b, radius)
+
+
+def guided_upsample(guide_hr: torch.Tensor, guide_lr: torch.Tensor, src_lr: torch.Tensor, radius: int = 2,
+                    eps: float = 1e-3) -> torch.Tensor:
+    """Fast guided filter (He & Sun 2015): fit the linear model at low resolution, upsample its
+    coefficients bilinearly and apply them to the full-resolution image. -> [B,H,W] at guide_hr's size."""
+    a, b = guided_coefficients(guide_lr, src_lr, radius, eps)
+    size = guide_hr.shape[1:3]
+    a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+    b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
+    q = (a * guide_hr.permute(0, 3, 1, 2).float()).sum(1) + b[:, 0]
+    return q.clamp(0, 1)
 
 
 def threshold_alpha(alpha: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -358,3 +380,154 @@ def _classical_one(rgb: np.ndarray, tol: float, iters: int) -> np.ndarray:
         except cv2.error:
             return fg0.astype(np.float32)
     return ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- backends
+
+CLASSICAL_NAME = "classical (no weights: border flood fill + GrabCut)"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class OnnxSaliency:
+    """A salient-object ONNX model (e.g. BiRefNet, MIT licence, exported to ONNX), run with onnxruntime
+    if it is installed (optional, never a hard dependency).
+
+    Contract: one image input [N,3,H,W] RGB normalised with ImageNet mean/std; the last output is the
+    saliency [N,1,H,W] (logits or probabilities: a sigmoid is applied when values leave 0..1). A fixed
+    H, W in the graph (BiRefNet exports use 1024x1024) is honoured; otherwise sides are rounded to
+    multiples of 32."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise AtelierError(f"'{path}' is an ONNX model, which needs the optional package onnxruntime",
+                               input="model_name", fix="pip install onnxruntime (or onnxruntime-gpu) into "
+                               "ComfyUI's Python, or pick a PoolNet .pth/.safetensors model") from exc
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(path, providers=providers)
+        except Exception as exc:
+            raise AtelierError(f"onnxruntime cannot open '{path}': {str(exc).splitlines()[0]}",
+                               input="model_name", expected="a complete salient-object .onnx model",
+                               fix="download/export the model again") from exc
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 4:
+            raise AtelierError(f"'{path}' takes an input of rank {len(shape)}", input="model_name",
+                               expected="one image input [N,3,H,W]")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.fixed_size = (shape[2], shape[3]) if isinstance(shape[2], int) and isinstance(shape[3], int) else None
+
+    def predict(self, rgb: torch.Tensor, batch_size: int = 4, progress=None) -> torch.Tensor:
+        b, h, w, _ = rgb.shape
+        size = self.fixed_size or (max(32, round(h / 32) * 32), max(32, round(w / 32) * 32))
+        step = self.fixed_batch or max(1, batch_size)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        outs = []
+        for i in range(0, b, step):
+            x = rgb[i:i + step].permute(0, 3, 1, 2).float().cpu()
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = ((x - mean) / std).numpy().astype(np.float32)
+            y = torch.from_numpy(np.asarray(self.session.run(None, {self.input_name: x})[-1], dtype=np.float32))
+            y = y.reshape(y.shape[0], -1, *y.shape[-2:])[:, 0]
+            if y.min() < 0 or y.max() > 1:
+                y = torch.sigmoid(y)
+            outs.append(F.interpolate(y[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0])
+            if progress is not None:
+                progress(x.shape[0])
+        return torch.cat(outs, 0).clamp(0, 1)
+
+
+class SaliencyModel:
+    """What the loader hands to the matting node (ComfyUI type ATELIER_SALIENCY).
+
+    kind: 'poolnet' (PoolNet-ResNet50 w/o edge, .pth/.safetensors), 'onnx' (e.g. BiRefNet ONNX) or
+    'classical' (no weights). ``predict(rgb [B,H,W,3]) -> [B,H,W]`` runs at the given size, which must
+    respect ``min_side``."""
+
+    def __init__(self, kind: str, name: str, path: str | None = None, net=None, device: str = "cpu"):
+        self.kind, self.name, self.path, self.net, self.device = kind, name, path, net, device
+        from . import poolnet as _pn
+        self.min_side = _pn.MIN_SIDE if kind == "poolnet" else (32 if kind == "onnx" else 3)
+
+    def __repr__(self):
+        return f"SaliencyModel({self.kind}, {self.name!r})"
+
+    def predict(self, rgb: torch.Tensor, batch_size: int = 4, progress=None) -> torch.Tensor:
+        if self.kind == "poolnet":
+            from .poolnet import predict_saliency
+            return predict_saliency(self.net, rgb, batch_size=batch_size, progress=progress)
+        if self.kind == "onnx":
+            return self.net.predict(rgb, batch_size=batch_size, progress=progress)
+        return classical_alpha(rgb, work_side=0, progress=progress)
+
+
+def load_saliency_model(path: str | None, device: str = "cpu") -> SaliencyModel:
+    """.pth/.safetensors -> PoolNet, .onnx -> ONNX salient-object model, None -> classical."""
+    if path is None:
+        return SaliencyModel("classical", CLASSICAL_NAME)
+    import os
+    name = os.path.basename(path)
+    if path.lower().endswith(".onnx"):
+        return SaliencyModel("onnx", name, path, OnnxSaliency(path, device), device)
+    from .poolnet import load_poolnet
+    return SaliencyModel("poolnet", name, path, load_poolnet(path, device=device), device)
+
+
+def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(1.0, 1.0, 1.0),
+                      mask: torch.Tensor | None = None, alpha_mode: str = "soft", threshold: float = 0.5,
+                      grow: int = 0, feather_px: float = 0.0, refine: str = "guided_filter",
+                      refine_radius: int = 0, max_side: int = 1024, small_input: str = "upscale",
+                      batch_size: int = 4, progress=None, node: str | None = None):
+    """The whole matting step. image: IMAGE [B,H,W,C] (C 1/3/4). Returns
+    (composite [B,H,W,3], alpha [B,H,W], rgba [B,H,W,4], saliency [B,H,W]).
+
+    saliency is the model's own output (or the external ``mask``) at full size; alpha is the refined,
+    thresholded/grown/feathered, snapped alpha used for the composite and the cut-out.
+    With ``max_side`` > 0 the model runs with the longer side at most max_side and the result is
+    brought back with a fast guided filter (refine='guided_filter') or bilinear resizing."""
+    rgb = to_rgb(image, background)
+    b, h, w, _ = rgb.shape
+    if h < 1 or w < 1 or b < 1:
+        raise AtelierError(f"image batch has shape {tuple(image.shape)}", node=node, input="image",
+                           expected="at least one image of at least 1x1 pixel")
+    refine = refine or "none"
+    if refine not in ("none", "guided_filter"):
+        raise AtelierError(f"unknown edge refinement '{refine}'", node=node, input="refine_edges",
+                           expected="'none' or 'guided_filter'")
+    if mask is not None:
+        sal = match_mask(mask, b, h, w, node=node, input="mask")
+        low = None
+    else:
+        wh, ww, _, _ = working_size(h, w, max_side, model.min_side, small_input)
+        holder = {}
+
+        def predict(x):
+            y = model.predict(x, batch_size=batch_size, progress=progress)
+            holder["lr"] = (x, y)
+            return y
+        sal = run_at_working_size(rgb, predict, max_side, model.min_side, small_input)
+        down = wh < h and ww < w
+        low = None
+        if down and refine == "guided_filter" and "lr" in holder and holder["lr"][0].shape[1:3] == (wh, ww):
+            low = holder["lr"]
+    r = refine_radius or max(2, round(max(h, w) / 100))
+    if refine == "guided_filter" and low is not None:
+        # coefficients at the working size, applied at full size (fast guided filter)
+        scale = max(h, w) / max(low[0].shape[1:3])
+        lr_radius = max(1, round(r / scale))
+        alpha = guided_upsample(rgb, low[0], low[1], lr_radius)
+        alpha = refine_alpha(rgb, alpha, mode=alpha_mode, threshold=threshold, grow=grow, feather_px=feather_px,
+                             refine="none")
+    else:
+        alpha = refine_alpha(rgb, sal, mode=alpha_mode, threshold=threshold, grow=grow, feather_px=feather_px,
+                             refine=refine, refine_radius=r)
+    if image.ndim == 4 and image.shape[-1] in (2, 4):  # keep the input's own transparency
+        alpha = alpha * image[..., -1].float().clamp(0, 1)
+    return composite(rgb, alpha, background), alpha, rgba_cutout(rgb, alpha), sal

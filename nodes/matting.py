@@ -1,0 +1,224 @@
+"""Matting family: saliency model loader and background remover (ComfyUI wrappers over core/matting.py).
+
+Model files live in ComfyUI/models/saliency/:
+- PoolNet-ResNet50 w/o edge: the released ``final.pth`` (manifest id ``poolnet-resnet50``, saved as
+  poolnet_resnet50_final.pth) or its .safetensors conversion (`atelier models convert poolnet-resnet50`);
+- optionally a stronger salient-object model exported to ONNX (e.g. BiRefNet, MIT), which needs the
+  optional package onnxruntime;
+- or no file at all: the "classical" entry (border flood fill + GrabCut) for near-white studio shots.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from ..core import matting as core
+from ..core.errors import AtelierError, MissingModelError
+
+FOLDER = "saliency"
+SALIENCY_TYPE = "ATELIER_SALIENCY"
+CATEGORY = "atelier/matting"
+EXTENSIONS = (".pth", ".pt", ".safetensors", ".onnx")
+DEFAULT_ID = "poolnet-resnet50"
+LOADER = "Atelier Saliency Loader"
+REMOVER = "Atelier Remove Background"
+
+if FOLDER not in folder_paths.folder_names_and_paths:  # the models family normally registers it
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+
+try:  # the models family's resolver (manifest-aware); optional so this family loads on its own
+    from .models import resolve_model as _resolve_model
+except Exception:  # pragma: no cover - exercised only when the models family is broken
+    _resolve_model = None
+
+
+def saliency_files() -> list[str]:
+    try:
+        names = folder_paths.get_filename_list(FOLDER)
+    except Exception:
+        names = []
+    return sorted((n for n in names if n.lower().endswith(EXTENSIONS)), key=str.lower)
+
+
+def _manifest_entry(name: str):
+    try:
+        from ..core.manifest import load_manifest
+        for e in load_manifest():
+            if e.folder == FOLDER and (e.filename == os.path.basename(name) or e.id == name):
+                return e
+    except Exception:
+        pass
+    return None
+
+
+def resolve_saliency(name: str, node: str = LOADER, input: str = "model_name") -> str | None:
+    """Selector value -> full path, None for the classical backend; MissingModelError names the
+    manifest id and the folder."""
+    if name == core.CLASSICAL_NAME:
+        return None
+    if _resolve_model is not None:
+        try:
+            return _resolve_model(FOLDER, name, node=node, input=input)
+        except MissingModelError:
+            raise
+        except AtelierError:
+            pass  # unknown to the manifest: raise ours below, which points at the PoolNet entry
+    else:
+        found = folder_paths.get_full_path(FOLDER, name)
+        if found:
+            return found
+    entry = _manifest_entry(name) or _manifest_entry(DEFAULT_ID)
+    if entry is not None and (entry.filename == os.path.basename(name) or entry.id == name):
+        raise MissingModelError(entry.id, entry.filename, FOLDER, node=node, input=input,
+                                url=None if getattr(entry, "manual_only", False) else entry.url)
+    raise MissingModelError(DEFAULT_ID if entry is None else entry.id, name, FOLDER, node=node, input=input,
+                            url=None)
+
+
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+def load_cached(path: str | None, device: str) -> core.SaliencyModel:
+    if path is None:
+        return core.load_saliency_model(None)
+    key = (os.path.realpath(path), os.path.getmtime(path), str(device))
+    with _LOCK:
+        m = _CACHE.get(key)
+        if m is None:
+            for k in [k for k in _CACHE if k[0] == key[0]]:
+                del _CACHE[k]
+            m = core.load_saliency_model(path, device=str(device))
+            _CACHE[key] = m
+    return m
+
+
+def _renode(exc: AtelierError, node: str, input: str | None = None) -> AtelierError:
+    if exc.node is None:
+        return AtelierError(exc.problem, node=node, input=exc.input or input, expected=exc.expected, fix=exc.fix)
+    return exc
+
+
+class AtelierSaliencyLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (saliency_files() + [core.CLASSICAL_NAME], {
+                "tooltip": "From ComfyUI/models/saliency: PoolNet-ResNet50 w/o edge (the released final.pth, "
+                           "manifest id 'poolnet-resnet50', or its .safetensors conversion), or a salient-object "
+                           ".onnx model such as BiRefNet (needs onnxruntime). The last entry needs no file: a "
+                           "classical border-colour flood fill + GrabCut, only for near-white/plain backgrounds."}),
+        }}
+
+    RETURN_TYPES = (SALIENCY_TYPE,)
+    RETURN_NAMES = ("saliency_model",)
+    OUTPUT_TOOLTIPS = ("ATELIER_SALIENCY: a loaded salient-object model (PoolNet, ONNX) or the classical "
+                       "backend. Connect to Atelier Remove Background.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads the saliency model that decides what is product and what is background. PoolNet "
+                   "weights load strictly (official key names), safely (tensors only) and are cached.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        # checked here rather than by ComfyUI's list check, so a missing file names its manifest entry
+        try:
+            resolve_saliency(model_name)
+        except AtelierError as exc:
+            return str(exc)
+        return True
+
+    def load(self, model_name):
+        try:
+            path = resolve_saliency(model_name)
+            return (load_cached(path, comfy.model_management.get_torch_device()),)
+        except AtelierError as exc:
+            raise _renode(exc, LOADER, "model_name") from exc
+
+
+class AtelierRemoveBackground:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "saliency_model": (SALIENCY_TYPE, {
+                    "tooltip": "From Atelier Saliency Loader (PoolNet, an ONNX model, or the classical backend)."}),
+                "image": ("IMAGE", {"tooltip": "Product image batch (RGB, RGBA or grayscale)."}),
+                "background": ("STRING", {"default": "#FFFFFF", "tooltip":
+                               "Colour the background becomes: '#RRGGBB' or 'R,G,B' (0..255). #FFFFFF = pure white."}),
+                "alpha_mode": (["soft", "threshold"], {"default": "soft", "tooltip":
+                               "soft: keep the model's soft edges; threshold: hard 0/1 alpha at 'threshold'."}),
+                "threshold": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                              "Saliency level that counts as product when alpha_mode is 'threshold'."}),
+                "grow_shrink": ("INT", {"default": 0, "min": -256, "max": 256, "step": 1, "tooltip":
+                                "Grow (+) or shrink (-) the product mask by this many pixels."}),
+                "feather": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip":
+                            "Soften the mask edge by this many pixels (Gaussian)."}),
+                "refine_edges": (["guided_filter", "none"], {"default": "guided_filter", "tooltip":
+                                 "guided_filter: move the mask edge onto the image's own edges (also used to "
+                                 "bring a reduced-resolution mask back to full size); none: the model's mask as is."}),
+                "refine_radius": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip":
+                                  "Guided-filter radius in pixels; 0 = automatic (about 1% of the longer side)."}),
+                "max_side": ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 16, "tooltip":
+                             "Run the model with the longer side at most this many pixels and resize the mask "
+                             "back (much faster on big images). 0 = full resolution (the published model's exact "
+                             "output)."}),
+                "small_input": (["upscale", "pad"], {"default": "upscale", "tooltip":
+                                "Images smaller than the network's minimum side (111 px for PoolNet): upscale "
+                                "them, or pad them (edge pixels repeated) and crop the mask."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Optional external mask (1 = product) used instead of the model's "
+                                  "saliency; a single mask is used for the whole batch."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask", "rgba", "saliency")
+    OUTPUT_TOOLTIPS = (
+        "The image composited onto the background colour (RGB).",
+        "The final alpha used for the composite (refined, thresholded, grown/shrunk, feathered; values within "
+        "1/255 of 0 or 1 are snapped so the background is exactly the colour).",
+        "RGBA cut-out: the RGB image with the final alpha as 4th channel (save it as PNG for transparency).",
+        "The model's raw soft saliency at full size (PoolNet: sigmoid of the logits), before any refinement.",
+    )
+    FUNCTION = "remove"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Decides what is product with a salient-object model and forces everything else to a flat "
+                   "background colour (pure white by default). Outputs the composite, the mask, an RGBA cut-out "
+                   "and the raw saliency.")
+
+    def remove(self, saliency_model, image, background="#FFFFFF", alpha_mode="soft", threshold=0.5,
+               grow_shrink=0, feather=0.0, refine_edges="guided_filter", refine_radius=0, max_side=1024,
+               small_input="upscale", mask=None):
+        if not isinstance(saliency_model, core.SaliencyModel):
+            raise AtelierError(f"got {type(saliency_model).__name__}", node=REMOVER, input="saliency_model",
+                               expected="ATELIER_SALIENCY from Atelier Saliency Loader",
+                               fix="connect Atelier Saliency Loader's output")
+        if image is None or image.ndim not in (3, 4) or image.shape[0] == 0:
+            raise AtelierError(f"image has shape {None if image is None else tuple(image.shape)}", node=REMOVER,
+                               input="image", expected="IMAGE [batch, height, width, channels]")
+        try:
+            color = core.parse_color(background, node=REMOVER)
+            bar = comfy.utils.ProgressBar(int(image.shape[0]))
+            out, alpha, rgba, sal = core.remove_background(
+                saliency_model, image, background=color, mask=mask, alpha_mode=alpha_mode, threshold=threshold,
+                grow=grow_shrink, feather_px=feather, refine=refine_edges, refine_radius=refine_radius,
+                max_side=max_side, small_input=small_input, progress=bar.update, node=REMOVER)
+        except AtelierError as exc:
+            raise _renode(exc, REMOVER) from exc
+        return (out.cpu(), alpha.cpu(), rgba.cpu(), sal.cpu())
+
+
+NODE_CLASS_MAPPINGS = {
+    "AtelierSaliencyLoader": AtelierSaliencyLoader,
+    "AtelierRemoveBackground": AtelierRemoveBackground,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AtelierSaliencyLoader": "Atelier Saliency Loader",
+    "AtelierRemoveBackground": "Atelier Remove Background",
+}

@@ -1,0 +1,212 @@
+"""Matting nodes called with ComfyUI types inside a real (in-process) ComfyUI."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+try:
+    from tests.fixtures import poolnet_models as PM
+except ImportError:  # rootdir not on sys.path: go through the editable install
+    from comfyui_atelier.tests.fixtures import poolnet_models as PM
+
+RANDOM_NAME = "atelier-test-poolnet.pth"
+CENTRE_NAME = "atelier-test-poolnet-centre.pth"
+ST_NAME = "atelier-test-poolnet.safetensors"
+
+
+@pytest.fixture(scope="session")
+def poolnet_files(tmp_path_factory):
+    return PM.build_poolnet_files(str(tmp_path_factory.getbasetemp() / "poolnet_models"))
+
+
+@pytest.fixture(scope="module")
+def env(comfy, poolnet_files):
+    import folder_paths
+    from comfyui_atelier.core import poolnet as P
+    from comfyui_atelier.nodes import matting as N
+    folder = Path(folder_paths.get_folder_paths("saliency")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, key in ((RANDOM_NAME, "official"), (CENTRE_NAME, "centre")):
+        if not (folder / name).exists():
+            os.symlink(poolnet_files[key], folder / name)
+    if not (folder / ST_NAME).exists():
+        P.convert_pth_to_safetensors(poolnet_files["official"], str(folder / ST_NAME))
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop("saliency", None)
+    return N
+
+
+def load(N, name):
+    return N.AtelierSaliencyLoader().load(name)[0]
+
+
+def product_shot(h=160, w=200):
+    img = torch.full((1, h, w, 3), 0.98)
+    img[0, h // 4:3 * h // 4, w // 4:3 * w // 4] = torch.tensor([0.8, 0.3, 0.1])
+    truth = torch.zeros(1, h, w)
+    truth[0, h // 4:3 * h // 4, w // 4:3 * w // 4] = 1
+    return img, truth
+
+
+def run(N, model, image, **kw):
+    args = dict(background="#FFFFFF", alpha_mode="soft", threshold=0.5, grow_shrink=0, feather=0.0,
+                refine_edges="none", refine_radius=0, max_side=1024, small_input="upscale")
+    args.update(kw)
+    return N.AtelierRemoveBackground().remove(model, image, **args)
+
+
+def test_node_api_is_complete(env):
+    N = env
+    for cls in N.NODE_CLASS_MAPPINGS.values():
+        spec = cls.INPUT_TYPES()
+        for section in spec.values():
+            for name, (typ, *opts) in section.items():
+                assert opts and opts[0].get("tooltip"), (cls.__name__, name)
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
+        assert cls.CATEGORY == "atelier/matting" and cls.DESCRIPTION
+    names = N.AtelierSaliencyLoader.INPUT_TYPES()["required"]["model_name"][0]
+    assert RANDOM_NAME in names and ST_NAME in names and names[-1].startswith("classical")
+    assert all(v.startswith("Atelier ") for v in N.NODE_DISPLAY_NAME_MAPPINGS.values())
+
+
+def test_loader_loads_strictly_and_caches(env):
+    N = env
+    m1, m2 = load(N, RANDOM_NAME), load(N, RANDOM_NAME)
+    assert m1 is m2 and m1.kind == "poolnet"
+    st = load(N, ST_NAME)
+    for k, v in m1.net.state_dict().items():
+        assert torch.equal(v, st.net.state_dict()[k]), k
+    classical = load(N, N.core.CLASSICAL_NAME)
+    assert classical.kind == "classical"
+
+
+def test_missing_model_names_manifest_id_and_folder(env):
+    N = env
+    msg = N.AtelierSaliencyLoader.VALIDATE_INPUTS("poolnet_resnet50_final.pth")
+    assert isinstance(msg, str) and "poolnet-resnet50" in msg and "'saliency'" in msg
+    assert N.AtelierSaliencyLoader.VALIDATE_INPUTS(RANDOM_NAME) is True
+    from comfyui_atelier.core.errors import MissingModelError
+    with pytest.raises(MissingModelError) as e:
+        N.AtelierSaliencyLoader().load("poolnet_resnet50_final.pth")
+    assert e.value.model_id == "poolnet-resnet50" and e.value.folder == "saliency"
+    assert "Atelier Saliency Loader" in str(e.value)
+
+
+def test_bad_weights_file_in_folder_gives_clear_error(env, tmp_path):
+    import folder_paths
+    N = env
+    folder = Path(folder_paths.get_folder_paths("saliency")[0])
+    bad = folder / "atelier-test-truncated.pth"
+    bad.write_bytes(Path(folder / RANDOM_NAME).read_bytes()[:5000])
+    try:
+        with pytest.raises(N.AtelierError if hasattr(N, "AtelierError") else ValueError) as e:
+            load(N, bad.name)
+        assert "truncated" in str(e.value) and "Atelier Saliency Loader" in str(e.value)
+    finally:
+        bad.unlink()
+
+
+def test_remove_background_outputs_and_white_border(env):
+    N = env
+    model = load(N, CENTRE_NAME)
+    img = torch.rand(2, 160, 200, 3, generator=torch.Generator().manual_seed(0))
+    out, alpha, rgba, sal = run(N, model, img)
+    assert out.shape == (2, 160, 200, 3) and alpha.shape == sal.shape == (2, 160, 200)
+    assert rgba.shape == (2, 160, 200, 4) and torch.equal(rgba[..., 3], alpha)
+    frame = torch.cat([out[:, :3].reshape(-1), out[:, -3:].reshape(-1), out[:, :, :3].reshape(-1),
+                       out[:, :, -3:].reshape(-1)])
+    assert torch.equal(frame, torch.ones_like(frame))              # border forced to pure white
+    assert torch.equal(out[:, 40:120, 40:160], img[:, 40:120, 40:160])  # product pixels untouched
+    from comfyui_atelier.core.poolnet import predict_saliency
+    assert torch.allclose(sal, predict_saliency(model.net, img), atol=1e-6)  # raw model output
+    green, _, _, _ = run(N, model, img, background="0,255,0")
+    assert torch.equal(green[0, 0, 0], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_batch_equals_singles_through_the_node(env):
+    N = env
+    model = load(N, RANDOM_NAME)
+    imgs = torch.rand(3, 112, 120, 3, generator=torch.Generator().manual_seed(1))
+    batch = run(N, model, imgs, refine_edges="guided_filter")
+    singles = [run(N, model, imgs[i:i + 1], refine_edges="guided_filter") for i in range(3)]
+    for k in range(4):
+        assert torch.allclose(batch[k], torch.cat([s[k] for s in singles]), atol=1e-5)
+
+
+def test_bad_and_odd_inputs(env):
+    N = env
+    model = load(N, RANDOM_NAME)
+    # 1x1 image: upscaled (or padded) to the network's minimum, mask back at 1x1
+    for mode in ("upscale", "pad"):
+        out, alpha, rgba, sal = run(N, model, torch.rand(1, 1, 1, 3), small_input=mode)
+        assert out.shape == (1, 1, 1, 3) and alpha.shape == (1, 1, 1) and torch.isfinite(out).all()
+    # RGBA: transparent pixels are background, the input's alpha is kept in the cut-out
+    rgba_in = torch.rand(1, 120, 120, 4)
+    rgba_in[..., 3] = 0.0
+    out, alpha, rgba, _ = run(N, model, rgba_in)
+    assert torch.equal(alpha, torch.zeros_like(alpha)) and torch.equal(out, torch.ones_like(out))
+    # grayscale
+    assert run(N, model, torch.rand(1, 120, 130, 1))[0].shape == (1, 120, 130, 3)
+    # external mask: batch 1 broadcasts, a mismatched batch is a clear error
+    img = torch.rand(3, 120, 120, 3)
+    out, alpha, _, sal = run(N, model, img, mask=torch.ones(1, 60, 60))
+    assert torch.equal(out, img) and torch.equal(sal, torch.ones(3, 120, 120))
+    with pytest.raises(ValueError) as e:
+        run(N, model, img, mask=torch.ones(2, 120, 120))
+    msg = str(e.value)
+    assert "[Atelier Remove Background]" in msg and "'mask'" in msg and "2 masks" in msg
+    with pytest.raises(ValueError, match="#RRGGBB"):
+        run(N, model, img, background="whiteish")
+    with pytest.raises(ValueError, match="ATELIER_SALIENCY"):
+        run(N, "not a model", img)
+
+
+def test_alpha_options(env):
+    N = env
+    model = load(N, CENTRE_NAME)
+    img = torch.rand(1, 160, 200, 3, generator=torch.Generator().manual_seed(2))
+    _, soft, _, sal = run(N, model, img)
+    _, hard, _, _ = run(N, model, img, alpha_mode="threshold", threshold=0.5)
+    assert set(torch.unique(hard).tolist()) <= {0.0, 1.0}
+    assert torch.equal(hard, (sal >= 0.5).float())
+    # the same saliency fed back as an external mask: only the alpha options differ
+    _, again, _, _ = run(N, model, img, alpha_mode="threshold", mask=sal)
+    assert torch.equal(again, hard)
+    _, grown, _, _ = run(N, model, img, alpha_mode="threshold", grow_shrink=4, mask=sal)
+    _, shrunk, _, _ = run(N, model, img, alpha_mode="threshold", grow_shrink=-4, mask=sal)
+    assert grown.sum() > hard.sum() > shrunk.sum()
+    _, feathered, _, _ = run(N, model, img, alpha_mode="threshold", feather=6.0, mask=sal)
+    assert ((feathered > 0) & (feathered < 1)).sum() > ((hard > 0) & (hard < 1)).sum()
+
+
+def test_max_side_matches_full_resolution(env):
+    # the classical backend is scale-stable, so it isolates the resize + guided-upsampling path
+    N = env
+    model = load(N, N.core.CLASSICAL_NAME)
+    img, truth = product_shot(480, 640)
+    full = run(N, model, img, max_side=0, refine_edges="guided_filter")
+    small = run(N, model, img, max_side=160, refine_edges="guided_filter")
+    plain = run(N, model, img, max_side=160, refine_edges="none")
+    assert small[1].shape == full[1].shape == plain[1].shape == (1, 480, 640)
+    assert small[3].shape == (1, 480, 640)
+    from comfyui_atelier.core.matting import alpha_iou
+    assert alpha_iou(small[1], full[1]) > 0.99
+    # guided upsampling puts the edge back on the image edge better than bilinear resizing
+    err = lambda a: (a - truth).abs().mean().item()  # noqa: E731
+    assert err(small[1]) < err(plain[1])
+
+
+def test_classical_backend_through_the_node(env):
+    N = env
+    model = load(N, N.core.CLASSICAL_NAME)
+    img, truth = product_shot(160, 200)
+    out, alpha, _, _ = run(N, model, img, refine_edges="guided_filter")
+    from comfyui_atelier.core.matting import alpha_iou
+    assert alpha_iou(alpha, truth) > 0.97
+    assert torch.equal(out[0, :5], torch.ones_like(out[0, :5]))
+    assert torch.equal(out[0, 50:110, 60:140], img[0, 50:110, 60:140])
