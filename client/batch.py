@@ -697,7 +697,7 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
         log(f"bindings: {bindings.describe() or '(none)'}")
         for p in ds.problems:
             log(f"  skip {p.id}: {p.reason}")
-        known = {"seed", "negative", "negative_prompt"} | set(bindings.targets)
+        known = set(bindings.targets) | ({"negative_prompt"} if bindings.get("negative") else set())
         for col in sorted({k for r in rows for k in r.overrides}):
             if col not in known and not ("." in col and col.rsplit(".", 1)[0] in prompt):
                 log(f"  note: column '{col}' is not bound to any node input (ignored); "
