@@ -225,13 +225,15 @@ def test_trainer_outputs_load_in_nodes_and_lora_loader(N, comfy, sd15, cat_cond,
     m2, c2 = comfy_nodes.LoraLoader().load_lora(model, clip, "nodetest_lora.safetensors", 1.0, 1.0)
     key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
     assert key in m2.patches
+    import comfy.model_management as mm
+    mm.unload_all_models()  # start from unpatched weights, whichever patcher loaded them last
     before = model.model.state_dict()[key].clone()
     with torch.no_grad():
-        m2.patch_model()
+        mm.load_models_gpu([m2])  # the path KSampler takes: patches the weights
         try:
             after = m2.model.state_dict()[key].clone()
         finally:
-            m2.unpatch_model()
+            mm.unload_all_models()
     assert not torch.equal(before, after)
     te_key = "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
     assert any(te_key in k for k in c2.patcher.patches)
