@@ -38,17 +38,27 @@ step "installing ComfyUI's requirements (torch left as it is)"
 grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY_REQ" > .venv/comfy-requirements.txt
 "${PIP[@]}" -r .venv/comfy-requirements.txt
 
-step "installing comfyui-atelier (editable) with its test and OCR extras"
-"${PIP[@]}" -e ".[dev,ocr]"
+step "installing comfyui-atelier (editable) with its test extras"
+"${PIP[@]}" -e ".[dev,train]"
+# OCR backend: rapidocr_onnxruntime declares opencv-python, which would sit beside the headless
+# opencv ComfyUI environments use (two cv2 packages). Install it without deps, then what it needs.
+if ! .venv/bin/python -c "import rapidocr_onnxruntime" 2>/dev/null; then
+  step "installing the rapidocr OCR backend (its PP-OCR ONNX models ship in the wheel)"
+  "${PIP[@]}" --no-deps "rapidocr_onnxruntime==1.4.4"
+  "${PIP[@]}" onnxruntime pyclipper shapely six
+fi
 
-# A CJK font for glyph rendering tests (OFL); only where we may install system packages.
-if ! fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then
+# Fonts for the glyph tests: a CJK font (Noto Sans CJK, OFL) and a Latin-only one (DejaVu).
+CJK_FONT=/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
+LATIN_FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+if [ ! -f "$CJK_FONT" ] || [ ! -f "$LATIN_FONT" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    step "installing a CJK font (fonts-wqy-zenhei)"
-    (apt-get install -y -q fonts-wqy-zenhei >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q fonts-wqy-zenhei >/dev/null; }) \
-      || echo "warning: could not install fonts-wqy-zenhei; CJK glyph tests will say so"
+    step "installing fonts (fonts-noto-cjk, fonts-dejavu-core)"
+    apt-get install -y -q fonts-noto-cjk fonts-dejavu-core >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q fonts-noto-cjk fonts-dejavu-core >/dev/null; } \
+      || echo "warning: could not install fonts-noto-cjk / fonts-dejavu-core; the CJK glyph tests will fail"
   else
-    echo "note: no CJK font found; install fonts-wqy-zenhei or fonts-noto-cjk for the CJK glyph tests"
+    echo "note: install fonts-noto-cjk and fonts-dejavu-core (or copy a CJK font into ComfyUI/models/fonts) for the glyph tests"
   fi
 fi
 step "environment ready: .venv"
