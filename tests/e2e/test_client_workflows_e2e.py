@@ -42,12 +42,20 @@ def test_line2product_rows_get_their_prompt_and_seed(comfy_server, tiny_sd15, li
         pytest.skip("line2product workflow not shipped")
     api = convert.to_api(str(ROOT / "workflows" / "line2product.json"), live_info)
     by_type = {v["class_type"]: k for k, v in api.items()}
-    api[by_type["CheckpointLoaderSimple"]]["inputs"]["ckpt_name"] = tiny_sd15["checkpoints"].name
-    api[by_type["ControlNetLoader"]]["inputs"]["control_net_name"] = tiny_sd15["controlnet"].name
-    api[by_type["LoraLoader"]]["inputs"]["lora_name"] = tiny_sd15["loras"].name
-    api[by_type["KSampler"]]["inputs"]["steps"] = 1
-    api[by_type["EmptyLatentImage"]]["inputs"].update(width=64, height=64)
-    api[by_type["AtelierLineart"]]["inputs"]["resolution"] = 64
+    tiny = {"ckpt_name": tiny_sd15["checkpoints"].name, "control_net_name": tiny_sd15["controlnet"].name,
+            "lora_name": tiny_sd15["loras"].name}
+    for nid, node in api.items():  # tiny models, tiny sizes, and whatever the test server offers elsewhere
+        specs = convert.node_inputs(live_info[node["class_type"]])
+        for name, value in list(node["inputs"].items()):
+            opts = convert.combo_options(specs.get(name))
+            if name in tiny:
+                node["inputs"][name] = tiny[name]
+            elif opts and value not in opts and name != "image":
+                node["inputs"][name] = opts[0]
+            elif name in ("resolution", "width", "height") and isinstance(value, int):
+                node["inputs"][name] = 64
+            elif name == "steps" and isinstance(value, int):
+                node["inputs"][name] = 1
     ids = ["24806", "24807", "24808"]
     make_dataset(tmp_path / "ds", ids, extra_cols={i: {"seed": 100 + k} for k, i in enumerate(ids)})
     res = run_batch(BatchConfig(workflow=api, servers=[comfy_server.url], out_dir=str(tmp_path / "out"),
