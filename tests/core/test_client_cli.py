@@ -151,3 +151,11 @@ def test_text_only_dataset(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"id": "1", "prompt": "a"}\n{"id": "2", "prompt": "b"}\n')
     ds = load_dataset(None, str(tmp_path / "c.jsonl"))
     assert ds.ids == ["1", "2"] and all(r.image is None for r in ds.rows) and not ds.problems
+
+
+def test_unreadable_image_reported_and_fatal_with_fail_policy(tmp_path, dead_server):
+    make_dataset(tmp_path / "d", ["1", "2"])
+    (tmp_path / "d" / "2.png").write_bytes(b"GIF? no, just text")
+    r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
+             "--out", tmp_path / "out", "--on-missing", "fail")
+    assert r.returncode == 2 and "2: image" in r.stderr and "unrecognised header" in r.stderr

@@ -104,6 +104,27 @@ def test_unknown_node_and_dry_run(two_servers, tmp_path):
     assert _history_count(two_servers[0].url) == before and not (tmp_path / "o2" / "manifest.jsonl").exists()
 
 
+def test_execution_error_is_retried_then_reported(two_servers, tmp_path):
+    ids = ["e1", "e2", "e3", "e4"]
+    make_dataset(tmp_path / "ds", ids)
+    png = (tmp_path / "ds" / "e3.png").read_bytes()
+    # PNG signature and IEND intact (passes the client's header check) but the pixel data is garbage:
+    # the server's LoadImage fails while executing
+    (tmp_path / "ds" / "e3.png").write_bytes(png[:16] + b"\x00" * 40 + png[-12:])
+    out = tmp_path / "out"
+    cfg = BatchConfig(workflow=INVERT, servers=[s.url for s in two_servers], out_dir=str(out),
+                      images=str(tmp_path / "ds"), retries=2, backoff=0.1, progress=False)
+    res = run_batch(cfg)
+    assert res.exit_code == 1
+    bad = res.results["e3"]
+    assert bad["status"] == "failed" and bad["attempt"] == 3 and "LoadImage" in bad["error"]
+    _check_outputs(out, ["e1", "e2", "e4"])
+    before = _manifest(out)
+    res2 = run_batch(cfg)  # only the failed id is tried again
+    assert res2.count("already done") == 3 and res2.results["e3"]["status"] == "failed"
+    assert [r["id"] for r in _manifest(out)[len(before):]] == ["e3"]
+
+
 def test_ctrl_c_leaves_consistent_manifest_then_resume(two_servers, tmp_path):
     ids = [f"p{k:03d}" for k in range(16)]
     make_dataset(tmp_path / "ds", ids)
