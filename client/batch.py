@@ -832,6 +832,10 @@ def main_batch(args) -> int:
         res = run_batch(cfg)
         if not cfg.dry_run:
             print(summary_table(res.results), file=sys.stderr)
+            print(f"\noutputs: {os.path.abspath(cfg.out_dir)}  manifest: "
+                  f"{os.path.abspath(cfg.manifest or os.path.join(cfg.out_dir, 'manifest.jsonl'))}", file=sys.stderr)
+            if res.exit_code != EXIT_OK:
+                print("run the same command again to retry failed/pending ids (done ids are skipped)", file=sys.stderr)
         else:
             print("dry run OK", file=sys.stderr)
         return res.exit_code

@@ -78,8 +78,11 @@ class ProgressBar:
                 self.stream.flush()
                 self._last_draw = now
         elif force or now - self._last_draw > self.log_every:
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
+            text = self.line()
+            if text.split(" elapsed")[0] != getattr(self, "_last_text", None):  # no repeated identical lines
+                self.stream.write(text + "\n")
+                self.stream.flush()
+                self._last_text = text.split(" elapsed")[0]
             self._last_draw = now
 
     def message(self, text: str) -> None:
