@@ -530,14 +530,17 @@ def match_latent_stats(latent: torch.Tensor, target_mean: torch.Tensor, target_s
     x = latent.float()
     dims = tuple(range(2, x.ndim))
     shape = (1, C) + (1,) * (x.ndim - 2)
-    m = x.mean(dim=dims, keepdim=True)
-    s = x.std(dim=dims, keepdim=True, unbiased=False)
+    s, m = torch.std_mean(x, dim=dims, keepdim=True, correction=0)
     tm = target_mean.to(x).reshape(shape)
     ts = target_std.to(x).reshape(shape)
-    flat = s < eps
-    normed = torch.where(flat, torch.zeros_like(x), (x - m) / torch.where(flat, torch.ones_like(s), s))
-    matched = normed * ts + tm
-    out = matched if strength == 1 else x + float(strength) * (matched - x)
+    # matched = (x - m) / s * ts + tm = x * scale + (tm - m * scale); a flat channel gets scale 0 (-> tm)
+    scale = torch.where(s < eps, torch.zeros_like(s), ts / s.clamp_min(eps))
+    shift = tm - m * scale
+    st = float(strength)
+    if st != 1.0:  # x + st * (matched - x), folded into one scale and shift
+        scale = (1.0 - st) + st * scale
+        shift = st * shift
+    out = torch.addcmul(shift, x, scale)
     return out.to(latent.dtype)
 
 
