@@ -272,6 +272,11 @@ def train_style(cfg: TrainConfig, components: dict | None = None,
         components = load_components(cfg.model)
     unet, vae, te = components["unet"], components["vae"], components["text_encoder"]
     tok, sched = components["tokenizer"], components["scheduler"]
+    if getattr(unet.config, "addition_embed_type", None) or components.get("text_encoder_2") is not None:
+        raise AtelierError("this trainer handles SD1.x/SD2.x-style models (one text encoder, no added "
+                           "time/text embeddings); the base model looks like SDXL", input="model",
+                           expected="a diffusers SD1.5 / SD2.x model folder",
+                           fix="train on SD1.5 or SD2.x; the nodes accept SDXL adapters (width 2048) from other trainers")
     device = _device(cfg.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
