@@ -667,7 +667,11 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
         log(f"warning: {u} is not reachable now ({e}); it will be used when it comes up")
     object_info = up[0].object_info
     prompt, ui = _load_workflow(cfg, object_info)
-    bindings = resolve_bindings(prompt, object_info, cfg.binds, ui)
+    declared = ((ui or {}).get("extra") or {}).get("atelier", {}).get("bindings") or {}
+    if not isinstance(declared, dict):
+        raise AtelierError("workflow extra.atelier.bindings must be an object like {\"prompt\": \"5.prompt\"}")
+    binds = [f"{k}={v if isinstance(v, str) else ','.join(v)}" for k, v in declared.items()] + list(cfg.binds)
+    bindings = resolve_bindings(prompt, object_info, binds, ui)
     bound = {t for targets in bindings.targets.values() for t in targets}
     problems = _convert.validate_api(prompt, object_info, check_combos=True, skip=bound)
     for st in up[1:]:

@@ -104,6 +104,19 @@ def test_unknown_node_and_dry_run(two_servers, tmp_path):
     assert _history_count(two_servers[0].url) == before and not (tmp_path / "o2" / "manifest.jsonl").exists()
 
 
+def test_polling_fallback_and_declared_bindings(two_servers, tmp_path):
+    ids = ["w1", "w2", "w3"]
+    make_dataset(tmp_path / "ds", ids)
+    wf = json.loads(Path(INVERT).read_text())
+    wf["extra"] = {"atelier": {"bindings": {"image": "1.image"}}}  # bindings declared by the workflow
+    (tmp_path / "wf.json").write_text(json.dumps(wf))
+    res = run_batch(BatchConfig(workflow=str(tmp_path / "wf.json"), servers=[two_servers[0].url],
+                                out_dir=str(tmp_path / "out"), images=str(tmp_path / "ds"), use_ws=False, poll=0.05,
+                                progress=False))
+    assert res.exit_code == 0 and res.bindings.get("image") == [("1", "image")]
+    _check_outputs(tmp_path / "out", ids)
+
+
 def test_execution_error_is_retried_then_reported(two_servers, tmp_path):
     ids = ["e1", "e2", "e3", "e4"]
     make_dataset(tmp_path / "ds", ids)
