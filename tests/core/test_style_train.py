@@ -107,3 +107,10 @@ def test_bad_inputs(tmp_path):
         T.load_dataset(tmp_path / "empty")
     with pytest.raises(AtelierError, match="not a diffusers model folder"):
         T.load_components(tmp_path)
+
+
+def test_sdxl_type_model_refused(tmp_path):
+    comps = tiny_diffusers_components(tmp_path)
+    comps["unet"].register_to_config(addition_embed_type="text_time")
+    with pytest.raises(AtelierError, match="looks like SDXL"):
+        T.train_style(_cfg(tmp_path, steps=1), comps)
