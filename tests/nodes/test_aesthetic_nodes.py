@@ -259,3 +259,31 @@ def test_grid_node_default_layout_captions_rgba(env):
     from comfyui_atelier.core.errors import AtelierError
     with pytest.raises(AtelierError, match=r"\[Atelier Image Grid\]"):
         _call_listed(N.AtelierImageGrid, images=imgs, rows=1, cols=3, gap=8, background="#fff", font_size=12)
+
+
+@pytest.mark.slow
+def test_head_with_real_clip_vision_loader_full_size_vitl(env):
+    """Path (b) through ComfyUI's own CLIPVisionLoader: a full-size random ViT-L/14 file (the loader only
+    accepts real ViT-L/H/G shapes) + a 768-wide LAION v2 head, scored against a direct computation."""
+    import folder_paths
+    import nodes as comfy_nodes
+    import comfy.clip_vision
+    N = env["N"]
+    cv_dir = Path(folder_paths.get_folder_paths("clip_vision")[0])
+    name = "atelier-random-vit-l-14.safetensors"
+    FX.build_comfy_vitl_clip_vision(str(cv_dir / name), seed=1)
+    (clip_vision,) = comfy_nodes.CLIPVisionLoader().load_clip(name)
+    assert isinstance(clip_vision, comfy.clip_vision.ClipVisionModel)
+    head_name = "test-vitl-head-linearMSE.safetensors"
+    FX.save_head(str(env["folder"] / head_name), "linear", in_dim=768, seed=12)
+    (h,) = N.AtelierAestheticLoader().load(head_name)
+    imgs = _images(2, 160, 200, seed=13)
+    scores = N.AtelierAestheticScorer().score([h], [imgs], clip_vision=[clip_vision])["result"][0]
+    from comfyui_atelier.core import aesthetic as A
+    emb = clip_vision.encode_image(A.clip_crops(imgs).float() / 255.0)["image_embeds"].float()
+    assert emb.shape == (2, 768)
+    direct = A.head_from_state_dict(FX.head_state_dict("linear", 768, seed=12))(emb)
+    assert max(abs(a - b) for a, b in zip(scores, direct.tolist())) <= 1e-4
+    # the tiny CLIP cannot come through the loader: ComfyUI finds no config for it
+    tiny_sd = FX.clip_vision_state_dict(env["hf"])
+    assert comfy.clip_vision.load_clipvision_from_sd(tiny_sd) is None
