@@ -70,6 +70,13 @@ def _manifest_id(name: str) -> tuple[str, str | None]:
 
 
 def resolve_aesthetic(name: str, node: str, input: str = "model_name") -> str:
+    """Path of a head file or model folder; a missing one raises MissingModelError naming the manifest entry."""
+    try:
+        from .models import resolve_model  # the pack's shared resolver (manifest ids, directories)
+    except ImportError:
+        resolve_model = None
+    if resolve_model is not None:
+        return resolve_model(FOLDER, name, node=node, input=input)
     for root in _folders():
         p = os.path.join(root, name)
         if os.path.isdir(p) and core.is_hf_predictor_dir(p) or os.path.isfile(p):
