@@ -185,6 +185,15 @@ class AtelierAestheticLoader:
     DESCRIPTION = ("Loads the LAION aesthetic predictor v2 (sac+logos+ava1-l14-linearMSE by default) or v1 head. "
                    "Scores are on LAION's ~1-10 scale.")
 
+    @classmethod
+    def IS_CHANGED(cls, model_name):
+        """Re-run when the file (or the folder's weights) changes on disk."""
+        try:
+            path = resolve_aesthetic(model_name, "Atelier Aesthetic Loader")
+            return f"{os.path.realpath(path)}:{_stamp(path)}"
+        except Exception:
+            return model_name  # the run itself reports the missing model
+
     def load(self, model_name):
         node = "Atelier Aesthetic Loader"
         path = resolve_aesthetic(model_name, node)

@@ -83,6 +83,10 @@ def test_loader_lists_folders_and_heads_and_explains_missing(env):
     (m,) = N.AtelierAestheticLoader().load(HF_NAME)
     assert m.has_clip and m.head.layout == "v2_linear"
     assert N.AtelierAestheticLoader().load(HF_NAME)[0] is m  # cached by path + mtime
+    stamp = N.AtelierAestheticLoader.IS_CHANGED(HEAD_NAME)
+    assert stamp == N.AtelierAestheticLoader.IS_CHANGED(HEAD_NAME)
+    os.utime(env["head"], (1, 1))
+    assert N.AtelierAestheticLoader.IS_CHANGED(HEAD_NAME) != stamp
     (h,) = N.AtelierAestheticLoader().load(HEAD_NAME)
     assert not h.has_clip and h.head.layout == "v2_relu"
     from comfyui_atelier.core.errors import MissingModelError
