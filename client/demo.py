@@ -33,7 +33,11 @@ LOADER_INPUTS = {
     "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
     "ControlNetLoader": ("control_net_name", "controlnet"),
     "LoraLoader": ("lora_name", "loras"),
+    "AtelierSaliencyLoader": ("model_name", "saliency"),
 }
+# Missing models in these folders have a fallback (no LoRA; the classical matting backend), so
+# they never force the tiny-model plumbing check.
+OPTIONAL_FOLDERS = {"loras", "saliency"}
 # Inputs set to TINY_SIZE for the plumbing check.
 TINY_SIZE = 256
 TINY_SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "AtelierLineart": ("resolution",)}
@@ -82,13 +86,16 @@ def _bar(spec):
 
 
 def ensure_models(models_dir: Path, offline: bool) -> list[str]:
-    """Check (and unless offline, download) the workflow's models; return the ids still missing."""
+    """Check (and unless offline, download) the workflow's required models; return the ids still missing."""
     manifest = mf.load_manifest()
     entries, unknown = mf.entries_for_workflow_file(manifest, WORKFLOW_UI)
     missing = []
     for item in unknown:
         print(f"  ! workflow model {item.get('name')} is not in the manifest", file=sys.stderr)
     for entry in entries:
+        if entry.save_path in OPTIONAL_FOLDERS and not mf.check_entry(entry, models_dir).ok:
+            print(f"  absent  {entry.id:28s} (optional: a fallback is used; see `atelier models check`)")
+            continue
         if mf.check_entry(entry, models_dir).ok:
             print(f"  ok      {entry.id:28s} {entry.target(models_dir)}")
             continue
@@ -116,7 +123,7 @@ def bypass(prompt: dict, node_id: str, passthrough: dict[int, str]) -> None:
 
 def prepare_prompt(prompt: dict, *, image_name: str, caption: str, seed: int, steps: int,
                    model_files: dict[str, str] | None, models_dir: Path | None) -> dict:
-    """Patch the API twin: inputs, seed/steps, and model files (tiny ones, or drop a missing LoRA)."""
+    """Patch the API twin: inputs, seed/steps, and model files (tiny ones; fallbacks for optional ones)."""
     for nid, node in list(prompt.items()):
         ct, inputs = node["class_type"], node["inputs"]
         if ct == "LoadImage":
@@ -128,14 +135,22 @@ def prepare_prompt(prompt: dict, *, image_name: str, caption: str, seed: int, st
         if model_files is not None and ct in TINY_SIZE_INPUTS:
             # Tiny random models make noise at any size: keep the plumbing check quick.
             inputs.update({k: TINY_SIZE for k in TINY_SIZE_INPUTS[ct]})
-        if ct in LOADER_INPUTS:
-            key, folder = LOADER_INPUTS[ct]
-            if model_files is not None:
-                inputs[key] = model_files[folder]
-            elif ct == "LoraLoader" and not (models_dir / folder / inputs[key]).is_file():
-                # The shipped LoRA slot is for the user's own product LoRA: run without it.
-                print(f"  note: LoRA {inputs[key]} not found in {models_dir / folder}; running without the LoRA")
-                bypass(prompt, nid, {0: "model", 1: "clip"})
+        if ct not in LOADER_INPUTS:
+            continue
+        key, folder = LOADER_INPUTS[ct]
+        if model_files is not None and folder in model_files:
+            inputs[key] = model_files[folder]
+        elif model_files is None and (models_dir / folder / inputs[key]).is_file():
+            continue  # the user's own file is in place
+        elif ct == "LoraLoader":
+            # The shipped LoRA slot is for the user's own product LoRA: run without it.
+            print(f"  note: no LoRA {inputs[key]}; running without the LoRA")
+            bypass(prompt, nid, {0: "model", 1: "clip"})
+        elif ct == "AtelierSaliencyLoader":
+            from ..core.matting import CLASSICAL_NAME  # torch needed only here
+
+            print(f"  note: no PoolNet weights ({inputs[key]}); the matting step uses the classical backend")
+            inputs[key] = CLASSICAL_NAME
     return prompt
 
 

