@@ -530,7 +530,10 @@ def match_latent_stats(latent: torch.Tensor, target_mean: torch.Tensor, target_s
     x = latent.float()
     dims = tuple(range(2, x.ndim))
     shape = (1, C) + (1,) * (x.ndim - 2)
-    s, m = torch.std_mean(x, dim=dims, keepdim=True, correction=0)
+    # two-pass mean / variance (torch.std_mean is far slower on CPU builds for this layout)
+    m = x.mean(dim=dims, keepdim=True)
+    d = x - m
+    s = (d * d).mean(dim=dims, keepdim=True).sqrt()
     tm = target_mean.to(x).reshape(shape)
     ts = target_std.to(x).reshape(shape)
     # matched = (x - m) / s * ts + tm = x * scale + (tm - m * scale); a flat channel gets scale 0 (-> tm)
