@@ -260,6 +260,13 @@ class AtelierStyleAdapterLoader:
     def VALIDATE_INPUTS(cls, adapter_name):
         return True  # load() gives the full message (manifest id, folder)
 
+    @classmethod
+    def IS_CHANGED(cls, adapter_name):
+        try:  # a retrained file under the same name is reloaded
+            return os.path.getmtime(resolve_model(ADAPTER_FOLDER, adapter_name))
+        except Exception:
+            return float("nan")
+
     def load(self, adapter_name):
         return (load_adapter_cached(adapter_name),)
 
