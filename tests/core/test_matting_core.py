@@ -337,3 +337,33 @@ def test_classical_backend_on_near_white_product_shot():
     # degenerate inputs do not crash
     assert M.classical_alpha(torch.ones(1, 1, 1, 3)).shape == (1, 1, 1)
     assert M.classical_alpha(torch.ones(1, 20, 20, 3)).sum() == 0
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_onnx_backend_selected_by_file(tmp_path, fixed):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    path = PM.save_tiny_onnx_saliency(str(tmp_path / "tiny_birefnet.onnx"), fixed=fixed)
+    model = M.load_saliency_model(path)
+    assert model.kind == "onnx" and model.min_side == 32
+    img, truth = product_shot(120, 150)
+    img = torch.cat([img, img.flip(2)])  # a batch of 2 (the fixed export takes one at a time)
+    truth = torch.cat([truth, truth.flip(2)])
+    out, alpha, rgba, sal = M.remove_background(model, img, max_side=0, refine="guided_filter")
+    assert sal.shape == alpha.shape == (2, 120, 150)
+    assert M.alpha_iou(alpha, truth) > 0.95
+    assert torch.equal(out[:, :3], torch.ones_like(out[:, :3]))
+
+
+def test_onnx_backend_without_onnxruntime_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_ort(name, *a, **k):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    (tmp_path / "m.onnx").write_bytes(b"not really onnx")
+    with pytest.raises(AtelierError, match="pip install onnxruntime"):
+        M.load_saliency_model(str(tmp_path / "m.onnx"))

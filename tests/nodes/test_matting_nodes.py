@@ -210,3 +210,26 @@ def test_classical_backend_through_the_node(env):
     assert alpha_iou(alpha, truth) > 0.97
     assert torch.equal(out[0, :5], torch.ones_like(out[0, :5]))
     assert torch.equal(out[0, 50:110, 60:140], img[0, 50:110, 60:140])
+
+
+def test_onnx_model_file_is_listed_and_loaded(env):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import folder_paths
+    N = env
+    folder = Path(folder_paths.get_folder_paths("saliency")[0])
+    name = "atelier-test-birefnet-tiny.onnx"
+    PM.save_tiny_onnx_saliency(str(folder / name))
+    try:
+        cache = getattr(folder_paths, "filename_list_cache", None)
+        if isinstance(cache, dict):
+            cache.pop("saliency", None)
+        assert name in N.AtelierSaliencyLoader.INPUT_TYPES()["required"]["model_name"][0]
+        model = load(N, name)
+        assert model.kind == "onnx"
+        img, truth = product_shot(120, 160)
+        out, alpha, _, _ = run(N, model, img, refine_edges="guided_filter")
+        from comfyui_atelier.core.matting import alpha_iou
+        assert alpha_iou(alpha, truth) > 0.95 and torch.equal(out[0, :3], torch.ones_like(out[0, :3]))
+    finally:
+        (folder / name).unlink()
