@@ -48,6 +48,12 @@ if ! .venv/bin/python -c "import rapidocr_onnxruntime" 2>/dev/null; then
   "${PIP[@]}" onnxruntime pyclipper shapely six
 fi
 
+# Parity peer for the aesthetic tests and benchmark: it caps transformers<5 but works with 5, so no deps.
+if ! .venv/bin/python -c "import aesthetics_predictor" 2>/dev/null; then
+  step "installing simple-aesthetics-predictor (test peer, no deps)"
+  "${PIP[@]}" --no-deps "simple-aesthetics-predictor==0.1.2"
+fi
+
 # Fonts for the glyph tests: a CJK font (Noto Sans CJK, OFL) and a Latin-only one (DejaVu).
 CJK_FONT=/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
 LATIN_FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
