@@ -384,6 +384,7 @@ def _classical_one(rgb: np.ndarray, tol: float, iters: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- backends
 
+PIXEL_BUDGET = 2 * 1024 * 1024  # pixels per forward pass when the batch is chunked automatically
 CLASSICAL_NAME = "classical (no weights: border flood fill + GrabCut)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -484,14 +485,16 @@ def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(
                       mask: torch.Tensor | None = None, alpha_mode: str = "soft", threshold: float = 0.5,
                       grow: int = 0, feather_px: float = 0.0, refine: str = "guided_filter",
                       refine_radius: int = 0, max_side: int = 1024, small_input: str = "upscale",
-                      batch_size: int = 4, progress=None, node: str | None = None):
+                      batch_size: int | None = None, progress=None, node: str | None = None):
     """The whole matting step. image: IMAGE [B,H,W,C] (C 1/3/4). Returns
     (composite [B,H,W,3], alpha [B,H,W], rgba [B,H,W,4], saliency [B,H,W]).
 
     saliency is the model's own output (or the external ``mask``) at full size; alpha is the refined,
     thresholded/grown/feathered, snapped alpha used for the composite and the cut-out.
     With ``max_side`` > 0 the model runs with the longer side at most max_side and the result is
-    brought back with a fast guided filter (refine='guided_filter') or bilinear resizing."""
+    brought back with a fast guided filter (refine='guided_filter') or bilinear resizing.
+    ``batch_size`` None: as many images per forward pass as fit PIXEL_BUDGET (PoolNet's decoder needs
+    about 1.3 GB per 1024x1024 image in fp32)."""
     rgb = to_rgb(image, background)
     b, h, w, _ = rgb.shape
     if h < 1 or w < 1 or b < 1:
@@ -505,7 +508,9 @@ def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(
         sal = match_mask(mask, b, h, w, node=node, input="mask")
         low = None
     else:
-        wh, ww, _, _ = working_size(h, w, max_side, model.min_side, small_input)
+        wh, ww, ph, pw = working_size(h, w, max_side, model.min_side, small_input)
+        if not batch_size:
+            batch_size = max(1, min(8, PIXEL_BUDGET // ((wh + ph) * (ww + pw))))
         holder = {}
 
         def predict(x):

@@ -36,6 +36,19 @@ except Exception:  # pragma: no cover - exercised only when the models family is
     _resolve_model = None
 
 
+def _allow_onnx() -> None:
+    """List .onnx files in the saliency folder too (ONNX salient-object models such as BiRefNet)."""
+    entry = folder_paths.folder_names_and_paths.get(FOLDER)
+    if entry and entry[1] and ".onnx" not in entry[1]:
+        folder_paths.folder_names_and_paths[FOLDER] = (entry[0], set(entry[1]) | {".onnx"})
+        cache = getattr(folder_paths, "filename_list_cache", None)
+        if isinstance(cache, dict):
+            cache.pop(FOLDER, None)
+
+
+_allow_onnx()
+
+
 def saliency_files() -> list[str]:
     try:
         names = folder_paths.get_filename_list(FOLDER)

@@ -55,7 +55,7 @@ def test_module_tree_has_exactly_the_official_keys_and_shapes():
     # no weights on the avg-pools; the ResNet-50 has 53 BN layers, 4 tensors each
     assert not any(".pools." in k for k in own)
     assert sum(k.endswith("running_var") for k in own) == 53
-    assert sum(v.numel() for v in own.values()) > 17_000_000
+    assert sum(v.numel() for v in own.values()) == sum(math.prod(s) for s in official.values())
 
 
 @pytest.mark.parametrize("variant", ["official", "official_nbt"])
@@ -303,7 +303,7 @@ def test_tiny_inputs_run_through_poolnet(net, small_input):
     for h, w in [(1, 1), (5, 40), (64, 64)]:
         img = torch.rand(1 if h > 1 else 2, h, w, 3)
         out = M.run_at_working_size(img, lambda x: P.predict_saliency(net, x), 0, P.MIN_SIDE, small_input)
-        assert out.shape == (2, h, w) and torch.isfinite(out).all()
+        assert out.shape == (img.shape[0], h, w) and torch.isfinite(out).all()
 
 
 def test_working_size_rules():

@@ -29,7 +29,8 @@ def saliency_models(comfy_server, tmp_path_factory):
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / CENTRE).exists():
         os.symlink(files["centre"], folder / CENTRE)
-    return {"centre": CENTRE}
+    yield {"centre": CENTRE}
+    (folder / CENTRE).unlink()  # the workspace is shared by the session: leave the folder as found
 
 
 def _api(name: str) -> dict:

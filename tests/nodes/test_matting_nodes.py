@@ -38,7 +38,14 @@ def env(comfy, poolnet_files):
     cache = getattr(folder_paths, "filename_list_cache", None)
     if isinstance(cache, dict):
         cache.pop("saliency", None)
-    return N
+    yield N
+    # the ComfyUI workspace is shared by the whole session: leave the saliency folder as we found it
+    for name in (RANDOM_NAME, CENTRE_NAME, ST_NAME):
+        if (folder / name).is_symlink() or (folder / name).exists():
+            (folder / name).unlink()
+    N._CACHE.clear()
+    if isinstance(cache, dict):
+        cache.pop("saliency", None)
 
 
 def load(N, name):
