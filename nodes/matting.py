@@ -145,6 +145,15 @@ class AtelierSaliencyLoader:
             return str(exc)
         return True
 
+    @classmethod
+    def IS_CHANGED(cls, model_name):
+        # a file replaced under the same name is loaded again
+        try:
+            path = resolve_saliency(model_name)
+            return f"{path}:{os.path.getmtime(path)}" if path else model_name
+        except Exception:
+            return model_name
+
     def load(self, model_name):
         try:
             path = resolve_saliency(model_name)

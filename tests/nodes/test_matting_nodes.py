@@ -90,6 +90,14 @@ def test_loader_loads_strictly_and_caches(env):
         assert torch.equal(v, st.net.state_dict()[k]), k
     classical = load(N, N.core.CLASSICAL_NAME)
     assert classical.kind == "classical"
+    # a replaced file (new mtime) is seen by ComfyUI's change check and reloaded by the cache
+    import folder_paths
+    path = folder_paths.get_full_path("saliency", ST_NAME)
+    before = N.AtelierSaliencyLoader.IS_CHANGED(ST_NAME)
+    st_mtime = os.path.getmtime(path)
+    os.utime(path, (st_mtime + 10, st_mtime + 10))
+    assert N.AtelierSaliencyLoader.IS_CHANGED(ST_NAME) != before
+    assert load(N, ST_NAME) is not st
 
 
 def test_missing_model_names_manifest_id_and_folder(env):
