@@ -42,7 +42,7 @@ FONT_EXTENSIONS = frozenset({".ttf", ".otf", ".ttc", ".otc"})
 
 #: Folders this pack registers with ComfyUI (nodes/models.py), with the file extensions listed in them.
 PACK_FOLDERS: dict[str, frozenset] = {
-    "saliency": MODEL_EXTENSIONS,
+    "saliency": MODEL_EXTENSIONS | {".onnx"},  # ONNX salient-object models (BiRefNet)
     "aesthetic": MODEL_EXTENSIONS,
     "style_adapters": MODEL_EXTENSIONS,
     "fonts": FONT_EXTENSIONS,

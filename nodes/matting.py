@@ -17,79 +17,29 @@ import comfy.utils
 import folder_paths
 
 from ..core import matting as core
-from ..core.errors import AtelierError, MissingModelError
+from ..core.errors import AtelierError
+from ..core.manifest import PACK_FOLDERS
+from .models import resolve_model  # importing it registers the model folders
 
 FOLDER = "saliency"
 SALIENCY_TYPE = "ATELIER_SALIENCY"
 CATEGORY = "atelier/matting"
-EXTENSIONS = (".pth", ".pt", ".safetensors", ".onnx")
-DEFAULT_ID = "poolnet-resnet50"
+EXTENSIONS = tuple(PACK_FOLDERS[FOLDER])
 LOADER = "Atelier Saliency Loader"
 REMOVER = "Atelier Remove Background"
 
-if FOLDER not in folder_paths.folder_names_and_paths:  # the models family normally registers it
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-
-try:  # the models family's resolver (manifest-aware); optional so this family loads on its own
-    from .models import resolve_model as _resolve_model
-except Exception:  # pragma: no cover - exercised only when the models family is broken
-    _resolve_model = None
-
-
-def _allow_onnx() -> None:
-    """List .onnx files in the saliency folder too (ONNX salient-object models such as BiRefNet)."""
-    entry = folder_paths.folder_names_and_paths.get(FOLDER)
-    if entry and entry[1] and ".onnx" not in entry[1]:
-        folder_paths.folder_names_and_paths[FOLDER] = (entry[0], set(entry[1]) | {".onnx"})
-        cache = getattr(folder_paths, "filename_list_cache", None)
-        if isinstance(cache, dict):
-            cache.pop(FOLDER, None)
-
-
-_allow_onnx()
-
 
 def saliency_files() -> list[str]:
-    try:
-        names = folder_paths.get_filename_list(FOLDER)
-    except Exception:
-        names = []
+    names = folder_paths.get_filename_list(FOLDER)
     return sorted((n for n in names if n.lower().endswith(EXTENSIONS)), key=str.lower)
 
 
-def _manifest_entry(name: str):
-    try:
-        from ..core.manifest import load_manifest
-        for e in load_manifest():
-            if e.folder == FOLDER and (e.filename == os.path.basename(name) or e.id == name):
-                return e
-    except Exception:
-        pass
-    return None
-
-
 def resolve_saliency(name: str, node: str = LOADER, input: str = "model_name") -> str | None:
-    """Selector value -> full path, None for the classical backend; MissingModelError names the
-    manifest id and the folder."""
+    """Selector value -> full path, None for the classical backend; a missing file raises the
+    models family's error (manifest id and folder for PoolNet)."""
     if name == core.CLASSICAL_NAME:
         return None
-    if _resolve_model is not None:
-        try:
-            return _resolve_model(FOLDER, name, node=node, input=input)
-        except MissingModelError:
-            raise
-        except AtelierError:
-            pass  # unknown to the manifest: raise ours below, which points at the PoolNet entry
-    else:
-        found = folder_paths.get_full_path(FOLDER, name)
-        if found:
-            return found
-    entry = _manifest_entry(name) or _manifest_entry(DEFAULT_ID)
-    if entry is not None and (entry.filename == os.path.basename(name) or entry.id == name):
-        raise MissingModelError(entry.id, entry.filename, FOLDER, node=node, input=input,
-                                url=None if getattr(entry, "manual_only", False) else entry.url)
-    raise MissingModelError(DEFAULT_ID if entry is None else entry.id, name, FOLDER, node=node, input=input,
-                            url=None)
+    return resolve_model(FOLDER, name, node=node, input=input)
 
 
 _CACHE: dict = {}

@@ -54,6 +54,9 @@ if ! .venv/bin/python -c "import aesthetics_predictor" 2>/dev/null; then
   "${PIP[@]}" --no-deps "simple-aesthetics-predictor==0.1.2"
 fi
 
+# onnx builds the tiny ONNX salient-object model of the matting tests (onnxruntime runs it).
+.venv/bin/python -c "import onnx" 2>/dev/null || "${PIP[@]}" "onnx>=1.16"
+
 # Fonts for the glyph tests: a CJK font (Noto Sans CJK, OFL) and a Latin-only one (DejaVu).
 CJK_FONT=/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
 LATIN_FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
