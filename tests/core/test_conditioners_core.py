@@ -299,3 +299,13 @@ def test_one_pixel_image_end_to_end():
     l, info, pol = E.lineart_image(px, resolution=64, min_speck_area=4, thickness=2)
     assert l.shape == (64, 64) and not l.any()
     assert E.crop_back(l, info).shape == (1, 1)
+
+
+def test_otsu_from_histogram_matches_opencv():
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        parts = [rng.normal(rng.uniform(0, 255), rng.uniform(1, 40), 3000) for _ in range(rng.integers(1, 4))]
+        g = np.clip(np.concatenate(parts), 0, 255).astype(np.uint8).reshape(-1, 100)
+        t_cv, _ = cv2.threshold(g, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+        assert E.otsu_threshold(E.histogram(g)) == int(t_cv)
+    assert E.otsu_threshold(np.zeros(256)) == 0
