@@ -13,7 +13,7 @@ import torch
 from ..core import edges as E
 from ..core.errors import AtelierError
 
-CATEGORY = "atelier/conditioners"
+CATEGORY = "atelier/conditioning"
 PAD_TYPE = "ATELIER_PAD"
 MAX_RES = E.MAX_SIDE
 

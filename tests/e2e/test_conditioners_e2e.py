@@ -28,7 +28,7 @@ def test_nodes_registered_with_tooltips(comfy_server):
     for cid in ("AtelierCanny", "AtelierLineart", "AtelierCropBack"):
         assert cid in info, f"{cid} missing from /object_info"
         node = info[cid]
-        assert node["category"] == "atelier/conditioners" and node["display_name"].startswith("Atelier ")
+        assert node["category"] == "atelier/conditioning" and node["display_name"].startswith("Atelier ")
         for name, spec in node["input"]["required"].items():
             assert spec[1].get("tooltip"), f"{cid}.{name} has no tooltip"
     assert info["AtelierCanny"]["output"] == ["IMAGE", "MASK", "ATELIER_PAD"]

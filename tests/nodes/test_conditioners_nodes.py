@@ -47,7 +47,7 @@ def test_registration_and_tooltips(C):
     assert set(C.NODE_CLASS_MAPPINGS) == {"AtelierCanny", "AtelierLineart", "AtelierCropBack"}
     for cid, cls in C.NODE_CLASS_MAPPINGS.items():
         assert C.NODE_DISPLAY_NAME_MAPPINGS[cid].startswith("Atelier ")
-        assert cls.CATEGORY == "atelier/conditioners"
+        assert cls.CATEGORY == "atelier/conditioning"
         spec = cls.INPUT_TYPES()
         for section in spec.values():
             for name, (typ, *opts) in section.items():
