@@ -63,7 +63,6 @@ def product_shots(n: int, size: int, seed: int = 0):
 
 
 def _load(weights):
-    from comfyui_atelier.core import matting as M
     from comfyui_atelier.core import poolnet as P
     if weights:
         return P.load_poolnet(weights), os.path.basename(weights)
@@ -84,7 +83,6 @@ def _job(kind, args, q):
 def _run_job(kind, args, q):
     import torch
     torch.set_num_threads(args["threads"])
-    from comfyui_atelier.core import matting as M
     from comfyui_atelier.core import poolnet as P
     net, _ = _load(args["weights"]) if kind != "classical" else (None, "")
     imgs = product_shots(args["batch"], args["size"])

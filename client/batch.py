@@ -17,8 +17,6 @@ import copy
 import hashlib
 import json
 import os
-import random
-import signal
 import sys
 import threading
 import time

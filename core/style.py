@@ -25,9 +25,8 @@ encoder produces), not the model's scaled latents.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F

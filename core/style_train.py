@@ -30,9 +30,7 @@ Real training needs a GPU; the tests run a few CPU steps on tiny models.
 from __future__ import annotations
 
 import json
-import math
-import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -91,7 +89,6 @@ def _require_train_extra():
 def load_dataset(folder, style_token: str = "") -> list[tuple[torch.Tensor, str]]:
     """[(image [H,W,3] float 0..1, caption)] for every image in `folder`, sorted by name."""
     import torch
-    import torch.nn.functional as F
     from . import style as S
 
     from PIL import Image
@@ -165,8 +162,6 @@ def kohya_state_dict(unet=None, text_encoder=None) -> dict:
     `lora_te_text_model_encoder_layers_<i>_self_attn_<q|k|v|out>_proj`. Each with
     `.lora_down.weight` (A), `.lora_up.weight` (B), `.alpha`."""
     import torch
-    import torch.nn.functional as F
-    from . import style as S
 
     out = {}
     for prefix, mod in (("lora_unet_", unet), ("lora_te_", text_encoder)):
@@ -193,8 +188,6 @@ def _trainables(parts: dict) -> dict:
 
 def save_checkpoint(folder: Path, step: int, parts: dict, optimizer, cfg: TrainConfig) -> Path:
     import torch
-    import torch.nn.functional as F
-    from . import style as S
 
     from safetensors.torch import save_file
     d = Path(folder) / f"step-{step:06d}"
@@ -225,8 +218,6 @@ def find_checkpoint(output: Path, resume: str) -> Path | None:
 
 def load_checkpoint(ck: Path, parts: dict, optimizer) -> int:
     import torch
-    import torch.nn.functional as F
-    from . import style as S
 
     from safetensors.torch import load_file
     sd = load_file(str(ck / "weights.safetensors"))
@@ -247,8 +238,6 @@ def load_checkpoint(ck: Path, parts: dict, optimizer) -> int:
 # ----------------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
     import torch
-    import torch.nn.functional as F
-    from . import style as S
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,6 +23,7 @@ from ..core import glyph as G
 from ..core import layout as L
 from ..core import ocr as O
 from ..core.errors import AtelierError
+from ._preview import with_preview
 
 CATEGORY = "atelier/glyph"
 GLYPHS = "ATELIER_GLYPHS"
@@ -311,7 +312,7 @@ class AtelierGlyphRender:
     OUTPUT_TOOLTIPS = ("Rendered text, white on black (or black on white), 3 channels.",
                        "Position mask: 1 inside every text polygon.",
                        "JSON: per image, the font, size and direction used for each box.")
-    FUNCTION = "render"
+    FUNCTION = "render_with_preview"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Renders the text boxes into a glyph image and a position mask: auto-fitted font size, rotated "
                    "polygons, vertical text for tall narrow boxes, CJK-aware font choice.")
@@ -333,6 +334,11 @@ class AtelierGlyphRender:
         masks = torch.from_numpy(np.stack([r[1] for r in res])).float()
         info = json.dumps([r[2] for r in res], ensure_ascii=False)
         return (imgs.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous(), masks, info)
+
+    def render_with_preview(self, **kwargs):
+        """What ComfyUI calls: `render` plus a small preview of the glyph image on the node."""
+        out = self.render(**kwargs)
+        return with_preview(out, out[0], "atelier_glyphs")
 
 
 class AtelierGlyphCompose:
@@ -427,7 +433,7 @@ class AtelierLayoutCompose:
     OUTPUT_TOOLTIPS = ("The composed keyboard skin.",
                        "1 where a key / bar element was placed.",
                        GLYPHS_TOOLTIP + " The key labels, to draw with Atelier Glyph Render / Compose.")
-    FUNCTION = "compose"
+    FUNCTION = "compose_with_preview"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Places element images (background, function bar, keys) on a canvas by layout rules; a slot "
                    "without an image is drawn as a flat rounded key. Ships a 26-key and a 9-key layout.")
@@ -451,6 +457,11 @@ class AtelierLayoutCompose:
         img, mask, labels = L.compose_layout(lay, width, height, elems, fit=fit, node=node)
         return (torch.from_numpy(img).float().div(255)[None], torch.from_numpy(mask).float()[None],
                 G.make_glyphs([labels], width, height))
+
+    def compose_with_preview(self, **kwargs):
+        """What ComfyUI calls: `compose` plus a small preview of the layout on the node."""
+        out = self.compose(**kwargs)
+        return with_preview(out, out[0], "atelier_layout")
 
 
 NODE_CLASS_MAPPINGS = {

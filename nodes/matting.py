@@ -19,6 +19,7 @@ import folder_paths
 from ..core import matting as core
 from ..core.errors import AtelierError
 from ..core.manifest import PACK_FOLDERS
+from ._preview import with_preview
 from .models import resolve_model  # importing it registers the model folders
 
 FOLDER = "saliency"
@@ -158,7 +159,7 @@ class AtelierRemoveBackground:
         "RGBA cut-out: the RGB image with the final alpha as 4th channel (save it as PNG for transparency).",
         "The model's raw soft saliency at full size (PoolNet: sigmoid of the logits), before any refinement.",
     )
-    FUNCTION = "remove"
+    FUNCTION = "remove_with_preview"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Decides what is product with a salient-object model and forces everything else to a flat "
                    "background colour (pure white by default). Outputs the composite, the mask, an RGBA cut-out "
@@ -184,6 +185,11 @@ class AtelierRemoveBackground:
         except AtelierError as exc:
             raise _renode(exc, REMOVER) from exc
         return (out.cpu(), alpha.cpu(), rgba.cpu(), sal.cpu())
+
+    def remove_with_preview(self, **kwargs):
+        """What ComfyUI calls: `remove` plus a small preview of the RGBA cut-out (the matte) on the node."""
+        out = self.remove(**kwargs)
+        return with_preview(out, out[2], "atelier_matte")
 
 
 NODE_CLASS_MAPPINGS = {

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 
-import torch
 
 import folder_paths
 

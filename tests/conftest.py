@@ -119,10 +119,19 @@ def comfy_server_factory(tmp_path_factory, tiny_models_dir, comfy_workspace):
         s.stop()
 
 
+# In CI every test must run: a skip there means a test dependency did not install, which would
+# otherwise pass silently. Skips whose reason says a *present* optional package makes the test moot
+# (e.g. "paddleocr is installed here") cannot happen in CI, which never installs those.
+STRICT_SKIPS = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    if STRICT_SKIPS and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped in CI, which must run every test: {rep.longrepr}"
     if rep.failed and _SERVERS and {"comfy_server", "comfy_server_factory"} & set(item.fixturenames):
         for s in _SERVERS:
             rep.sections.append((f"ComfyUI server log ({s.url})", s.log_tail()))

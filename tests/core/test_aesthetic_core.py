@@ -5,10 +5,7 @@ same on-disk directory, fed with pixel values from transformers' classic (PIL) C
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,18 +17,7 @@ from comfyui_atelier.core.errors import AtelierError
 from comfyui_atelier.core.grid import auto_layout, cell_boxes, make_grid, parse_color
 
 
-def _fixtures():
-    name = "atelier_aesthetic_fixture_models"
-    if name not in sys.modules:
-        p = Path(__file__).resolve().parents[1] / "fixtures" / "aesthetic_models.py"
-        spec = importlib.util.spec_from_file_location(name, p)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-FX = _fixtures()
+from tests.fixtures import aesthetic_models as FX  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Keyed datasets: ids from the table and the file names, never from positions."""
-import json
 import os
 import subprocess
 import sys

@@ -10,10 +10,8 @@ the tiny CLIP comes in through the model-folder path instead of a CLIP_VISION in
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +27,7 @@ TINY = "tiny-aesthetics-predictor-v2-e2e"
 H, W = 64, 80
 
 
-def _fixtures():
-    name = "atelier_aesthetic_fixture_models"
-    if name not in sys.modules:
-        p = Path(__file__).resolve().parents[1] / "fixtures" / "aesthetic_models.py"
-        spec = importlib.util.spec_from_file_location(name, p)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-FX = _fixtures()
+from tests.fixtures import aesthetic_models as FX  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ output file can be checked to hold *its own* id's image.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,28 +1,15 @@
 """Aesthetic nodes called with ComfyUI types inside a real (in-process) ComfyUI."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 
-def _fixtures():
-    name = "atelier_aesthetic_fixture_models"
-    if name not in sys.modules:
-        p = Path(__file__).resolve().parents[1] / "fixtures" / "aesthetic_models.py"
-        spec = importlib.util.spec_from_file_location(name, p)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-FX = _fixtures()
+from tests.fixtures import aesthetic_models as FX  # noqa: E402
 HF_NAME = "tiny-aesthetics-predictor-v2-linear"
 HEAD_NAME = "tiny-sac+logos+ava1-linearMSE.pth"
 
