@@ -17,16 +17,20 @@ FAMILIES = {
     "style": "VAE style features, adapter and latent match",
 }
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-FAILED_FAMILIES: dict = {}
 
-for _name, _what in FAMILIES.items():
-    try:
-        _mod = importlib.import_module(f".{_name}", __name__)
-    except Exception as exc:  # one broken family must not take the pack down
-        FAILED_FAMILIES[_name] = exc
-        log.warning("[Atelier] %s nodes disabled: %s: %s", _what, type(exc).__name__, exc)
-        continue
-    NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
+def load_families(families: dict) -> tuple[dict, dict, dict]:
+    """Import each family module; returns (class mappings, display names, {family: exception})."""
+    classes, names, failed = {}, {}, {}
+    for name, what in families.items():
+        try:
+            mod = importlib.import_module(f".{name}", __name__)
+        except Exception as exc:  # one broken family must not take the pack down
+            failed[name] = exc
+            log.warning("[Atelier] %s nodes disabled: %s: %s", what, type(exc).__name__, exc)
+            continue
+        classes.update(mod.NODE_CLASS_MAPPINGS)
+        names.update(mod.NODE_DISPLAY_NAME_MAPPINGS)
+    return classes, names, failed
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, FAILED_FAMILIES = load_families(FAMILIES)
