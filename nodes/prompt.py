@@ -179,7 +179,20 @@ def _files_hash() -> str:
 
 # --------------------------------------------------------------------------- nodes
 
-class AtelierSystemPrompt:
+class _PresetNode:
+    """ComfyUI hooks shared by the preset nodes: check the preset name before the run (so the
+    error can also name broken preset files) and rerun when a preset file changes."""
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, preset):
+        return _validate_preset(preset)
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return _files_hash()
+
+
+class AtelierSystemPrompt(_PresetNode):
     """Prompt + preset -> positive and negative prompt strings."""
 
     @classmethod
@@ -201,21 +214,13 @@ class AtelierSystemPrompt:
                    "from keywords in it. Reports CLIP token counts and warns past 75 tokens. Use 'Atelier "
                    "System Prompt (encode)' to get CONDITIONING directly.")
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, preset):
-        return _validate_preset(preset)
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return _files_hash()
-
     def run(self, prompt, preset, position, extra_negative, style_id=""):
         res, report = _run("AtelierSystemPrompt", prompt, preset, position, extra_negative, style_id,
                            default_token_counter())
         return {"ui": {"text": [report]}, "result": (res.positive, res.negative, report)}
 
 
-class AtelierSystemPromptEncode:
+class AtelierSystemPromptEncode(_PresetNode):
     """Same as AtelierSystemPrompt, then encodes both sides with the CLIP."""
 
     @classmethod
@@ -238,14 +243,6 @@ class AtelierSystemPromptEncode:
     CATEGORY = "atelier/prompt"
     DESCRIPTION = ("Atelier System Prompt plus CLIP text encoding: outputs both CONDITIONINGs ready for a "
                    "sampler, and the texts and report.")
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, preset):
-        return _validate_preset(preset)
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return _files_hash()
 
     def run(self, clip, prompt, preset, position, extra_negative, style_id=""):
         node = "AtelierSystemPromptEncode"
