@@ -40,11 +40,6 @@ VIEWPORT = {"width": 2400, "height": 1500}
 SHOT_SIZE = (1600, 1000)
 EXTENSIONS = {"Atelier.SystemPrompt", "Atelier.AestheticScores", "Atelier.Help"}
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python driver only)")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set ATELIER_CHROMIUM)",
-                allow_module_level=True)
-
 
 # ------------------------------------------------------------------------------------------ server
 
@@ -100,6 +95,11 @@ def editor_server(comfy_server_factory, tiny_sd15):
 
 @pytest.fixture(scope="module")
 def browser():
+    # Skips here are per test (setup), so CI=true turns them into failures (see conftest).
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python driver only; "
+                                                                 "never `playwright install`)")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set ATELIER_CHROMIUM)")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
@@ -294,13 +294,16 @@ def test_line2product_queued_from_the_editor_shows_the_image(editor, editor_serv
 
     editor.load(json.loads((PACK / "workflows" / "line2product.json").read_text(encoding="utf-8")))
     # Quick settings for tiny random models (the model files already carry the workflow's names).
-    editor.js("""(classical) => {
+    # A caption over CLIP's token window (75 + start/end): the prompt node's report must warn, shown in colour.
+    caption = ", ".join(f"detail number {i} of the white ceramic mug" for i in range(14))
+    editor.js("""([classical, caption]) => {
         const set = {EmptyLatentImage: {width: 64, height: 64}, AtelierLineart: {resolution: 64},
-                     KSampler: {steps: 2}, AtelierSaliencyLoader: {model_name: classical}};
+                     KSampler: {steps: 2}, AtelierSaliencyLoader: {model_name: classical},
+                     AtelierSystemPrompt: {prompt: caption}};
         for (const n of app.graph.nodes ?? app.graph._nodes)
             for (const [name, value] of Object.entries(set[n.type] ?? {}))
                 n.widgets.find((w) => w.name === name).value = value;
-    }""", CLASSICAL_NAME)
+    }""", [CLASSICAL_NAME, caption])
     editor.fit()
     editor.js("async () => { await app.queuePrompt(0, 1); }")
     deadline = time.monotonic() + 240
@@ -319,12 +322,15 @@ def test_line2product_queued_from_the_editor_shows_the_image(editor, editor_serv
         const w = find('AtelierSystemPrompt').widgets.find((w) => w.name === 'atelier_report');
         return {save: find('SaveImage').imgs[0].src, matte: find('AtelierRemoveBackground').imgs[0].src,
                 size: [find('SaveImage').imgs[0].naturalWidth, find('SaveImage').imgs[0].naturalHeight],
-                report: w ? (w.element ?? w.inputEl).value : null};
+                report: w ? (w.element ?? w.inputEl).value : null,
+                color: w ? (w.element ?? w.inputEl).style.color : null};
     }""")
     assert "type=output" in result["save"] and "line2product" in result["save"]
     assert "type=temp" in result["matte"] and "atelier_matte" in result["matte"]
     assert result["size"] == [64, 64]
-    assert result["report"] and "token" in result["report"].lower()
+    assert result["report"] and "WARNING: positive prompt is" in result["report"]
+    assert "-token window" in result["report"] and "tokens: positive" in result["report"]
+    assert result["color"] == "rgb(232, 163, 61)"
     saved = list(editor_server.output_dir.glob("line2product*.png"))
     assert saved and Image.open(saved[0]).size == (64, 64)
     editor.screenshot(tmp_path / "line2product-run.png")
