@@ -70,4 +70,17 @@ if [ ! -f "$CJK_FONT" ] || [ ! -f "$LATIN_FONT" ]; then
     echo "note: install fonts-noto-cjk and fonts-dejavu-core (or copy a CJK font into ComfyUI/models/fonts) for the glyph tests"
   fi
 fi
+# Editor browser tests: Debian's Chromium + the Playwright Python driver (never `playwright install`).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing chromium (Debian package) for the editor browser tests"
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+      || echo "warning: could not install chromium; the editor browser tests will fail"
+  else
+    echo "note: apt-get install chromium for the editor browser tests (or set ATELIER_CHROMIUM)"
+  fi
+fi
+.venv/bin/python -c "import playwright" 2>/dev/null || "${PIP[@]}" "playwright>=1.40"
+
 step "environment ready: .venv"
