@@ -29,6 +29,7 @@ import re
 from typing import Any, Iterable
 
 from ..core.errors import AtelierError
+from ..core.files import atomic_path
 
 # Frontend-only node types (never sent to the server). Extra ones can be passed in.
 VIRTUAL_NODE_TYPES = frozenset({
@@ -470,10 +471,8 @@ def main_convert(args) -> int:
     api = to_api(args.workflow, info)
     text = json.dumps(api, indent=2, ensure_ascii=False) + "\n"
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, args.output)
     else:
         print(text, end="")
     problems = validate_api(api, info, check_combos=not args.object_info)

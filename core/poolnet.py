@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import AtelierError
+from .files import atomic_path
 
 #: reference per-channel means, **B, G, R** order, on the 0..255 scale
 BGR_MEANS = (104.00699, 116.66877, 122.67892)
@@ -400,7 +401,7 @@ def convert_pth_to_safetensors(src: str, dst: str) -> dict:
     load_state_dict_strict(PoolNet(), sd, source=os.path.basename(src))
     out = OrderedDict((k, v.detach().contiguous().clone()) for k, v in sd.items()
                       if not k.endswith("num_batches_tracked"))
-    tmp = dst + ".tmp"
-    save_file(out, tmp, metadata={"format": "pt", "arch": "poolnet-resnet50-noedge", "source": os.path.basename(src)})
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        save_file(out, tmp, metadata={"format": "pt", "arch": "poolnet-resnet50-noedge",
+                                      "source": os.path.basename(src)})
     return {"tensors": len(out), "bytes": os.path.getsize(dst)}

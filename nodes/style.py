@@ -22,6 +22,7 @@ import folder_paths
 
 from ..core import style as S
 from ..core.errors import AtelierError
+from ..core.files import atomic_path
 from .models import resolve_model
 
 log = logging.getLogger("atelier")
@@ -197,9 +198,8 @@ class AtelierStyleSave:
         base = os.path.join(folder_paths.get_output_directory(), STYLE_OUTPUT_SUBDIR)
         path = os.path.join(base, name + STYLE_SUFFIX)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        S.save_style(style, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            S.save_style(style, tmp)
         return {"ui": {"text": [path]}, "result": (path,)}
 
 
