@@ -25,6 +25,13 @@ class AtelierError(ValueError):
             parts.append(f"Fix: {fix}")
         super().__init__(" ".join(parts))
 
+    def at(self, node: str, input: str | None = None) -> "AtelierError":
+        """This error attributed to `node` (and to `input` when it names none), for core errors
+        raised without a node; an error that already names its node is returned unchanged."""
+        if self.node is not None:
+            return self
+        return AtelierError(self.problem, node=node, input=self.input or input, expected=self.expected, fix=self.fix)
+
 
 class MissingModelError(AtelierError):
     """A model file is not where ComfyUI looks for it; names the manifest entry and the folder."""

@@ -421,8 +421,7 @@ class AtelierImageGrid:
             out = make_grid(items, rows=int(_one(rows)), cols=int(_one(cols)), gap=int(_one(gap)),
                             background=str(_one(background)), captions=caps, font_size=int(_one(font_size)))
         except AtelierError as e:
-            e.node = node
-            raise AtelierError(e.problem, node=node, input=e.input, expected=e.expected, fix=e.fix) from None
+            raise e.at(node) from None
         return (out,)
 
 

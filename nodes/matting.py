@@ -61,12 +61,6 @@ def load_cached(path: str | None, device: str) -> core.SaliencyModel:
     return m
 
 
-def _renode(exc: AtelierError, node: str, input: str | None = None) -> AtelierError:
-    if exc.node is None:
-        return AtelierError(exc.problem, node=node, input=exc.input or input, expected=exc.expected, fix=exc.fix)
-    return exc
-
-
 class AtelierSaliencyLoader:
     @classmethod
     def INPUT_TYPES(cls):
@@ -110,7 +104,7 @@ class AtelierSaliencyLoader:
             path = resolve_saliency(model_name)
             return (load_cached(path, comfy.model_management.get_torch_device()),)
         except AtelierError as exc:
-            raise _renode(exc, LOADER, "model_name") from exc
+            raise exc.at(LOADER, "model_name") from exc
 
 
 class AtelierRemoveBackground:
@@ -183,7 +177,7 @@ class AtelierRemoveBackground:
                 grow=grow_shrink, feather_px=feather, refine=refine_edges, refine_radius=refine_radius,
                 max_side=max_side, small_input=small_input, progress=bar.update, node=REMOVER)
         except AtelierError as exc:
-            raise _renode(exc, REMOVER) from exc
+            raise exc.at(REMOVER) from exc
         return (out.cpu(), alpha.cpu(), rgba.cpu(), sal.cpu())
 
     def remove_with_preview(self, **kwargs):

@@ -97,13 +97,9 @@ def load_adapter_cached(name: str, node: str = "Atelier Style Adapter Loader") -
     try:
         adapter = S.load_adapter(path)
     except AtelierError as exc:
-        raise _renode(exc, node) from exc
+        raise exc.at(node) from exc
     _ADAPTERS[path] = (mtime, adapter)
     return adapter
-
-
-def _renode(exc: AtelierError, node: str) -> AtelierError:
-    return AtelierError(exc.problem, node=node, input=exc.input, expected=exc.expected, fix=exc.fix)
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -164,7 +160,7 @@ class AtelierStyleEncode:
                                    name=name or "", expected_channels=getattr(vae, "latent_channels", None),
                                    progress=_progress(max(total, 1)))
         except AtelierError as exc:
-            raise _renode(exc, node) from exc
+            raise exc.at(node) from exc
         return (style,)
 
 
@@ -234,7 +230,7 @@ class AtelierStyleLoad:
         try:
             return (S.load_style(find_style_file(style_file)),)
         except AtelierError as exc:
-            raise _renode(exc, "Atelier Style Load") from exc
+            raise exc.at("Atelier Style Load") from exc
 
 
 class AtelierStyleAdapterLoader:
@@ -297,7 +293,7 @@ class AtelierStyleConditioningBlend:
             tokens = S.style_tokens(adapter, style)
             return (S.blend_conditioning(conditioning, tokens, strength),)
         except AtelierError as exc:
-            raise _renode(exc, node) from exc
+            raise exc.at(node) from exc
 
 
 class AtelierStyleLatentMatch:
@@ -325,7 +321,7 @@ class AtelierStyleLatentMatch:
             out["samples"] = S.match_latent_stats(samples["samples"], style.channel_mean, style.channel_std, strength)
             return (out,)
         except AtelierError as exc:
-            raise _renode(exc, "Atelier Style Latent Match") from exc
+            raise exc.at("Atelier Style Latent Match") from exc
 
 
 class AtelierStyleGuidance:
@@ -374,7 +370,7 @@ class AtelierStyleGuidance:
             try:
                 return S.match_latent_stats(denoised, tm.to(denoised.device), ts.to(denoised.device), strength)
             except AtelierError as exc:
-                raise _renode(exc, node) from exc
+                raise exc.at(node) from exc
 
         m.set_model_sampler_post_cfg_function(post_cfg)
         return (m,)
