@@ -138,32 +138,28 @@ def main():
         sids = [f"s{k:04d}" for k in range(args.slow_jobs)]
         sds = work / "sds"
         make_dataset(sds, sids)
-        thr = {"1 server": [], "2 servers": []}
-        for r in range(args.repeats):
-            thr["1 server"].append(args.slow_jobs / ours(urls[:1], sds, work / f"s1_{r}", SLOW, 2))
-            thr["2 servers"].append(args.slow_jobs / ours(urls[:2], sds, work / f"s2_{r}", SLOW, 2))
-        b1 = statistics.median(thr["1 server"])
-        print(f"\nScaling: {args.slow_jobs} jobs of ImageScale(384)+ImageBlur(15)+Invert, inflight 2 per server, "
-              f"median of {args.repeats}" + (" (bench-started servers: 1 CPU thread each)" if started else ""))
-        print(f"{'servers':<22} {'jobs/s (median)':>15} {'min':>8} {'max':>8} {'vs 1 server':>11}")
-        for k, v in thr.items():
-            m = statistics.median(v)
-            print(f"{k:<22} {m:>15.3f} {min(v):>8.3f} {max(v):>8.3f} {m / b1:>10.2f}x")
-        if started:  # the simulated-GPU workload needs the bench's sleep node
-            gpu = json.loads(json.dumps(INVERT))
-            gpu["4"] = {"class_type": "AtelierBenchSleep", "inputs": {"image": ["1", 0], "seconds": args.gpu_seconds}}
-            gpu["2"]["inputs"]["image"] = ["4", 0]
+
+        def scaling(workflow: dict, tag: str, title: str) -> None:
+            """Throughput of 1 vs 2 servers on the slow dataset, as a table."""
             thr = {"1 server": [], "2 servers": []}
             for r in range(args.repeats):
-                thr["1 server"].append(args.slow_jobs / ours(urls[:1], sds, work / f"g1_{r}", gpu, 2))
-                thr["2 servers"].append(args.slow_jobs / ours(urls[:2], sds, work / f"g2_{r}", gpu, 2))
+                thr["1 server"].append(args.slow_jobs / ours(urls[:1], sds, work / f"{tag}1_{r}", workflow, 2))
+                thr["2 servers"].append(args.slow_jobs / ours(urls[:2], sds, work / f"{tag}2_{r}", workflow, 2))
             b1 = statistics.median(thr["1 server"])
-            print(f"\nScaling, simulated GPU: {args.slow_jobs} jobs that hold the server {args.gpu_seconds}s each "
-                  f"without host CPU (bench-only sleep node), inflight 2 per server, median of {args.repeats}")
+            print(f"\n{title}, inflight 2 per server, median of {args.repeats}")
             print(f"{'servers':<22} {'jobs/s (median)':>15} {'min':>8} {'max':>8} {'vs 1 server':>11}")
             for k, v in thr.items():
                 m = statistics.median(v)
                 print(f"{k:<22} {m:>15.3f} {min(v):>8.3f} {max(v):>8.3f} {m / b1:>10.2f}x")
+
+        scaling(SLOW, "s", f"Scaling: {args.slow_jobs} jobs of ImageScale(384)+ImageBlur(15)+Invert"
+                + (" (bench-started servers: 1 CPU thread each)" if started else ""))
+        if started:  # the simulated-GPU workload needs the bench's sleep node
+            gpu = json.loads(json.dumps(INVERT))
+            gpu["4"] = {"class_type": "AtelierBenchSleep", "inputs": {"image": ["1", 0], "seconds": args.gpu_seconds}}
+            gpu["2"]["inputs"]["image"] = ["4", 0]
+            scaling(gpu, "g", f"Scaling, simulated GPU: {args.slow_jobs} jobs that hold the server "
+                    f"{args.gpu_seconds}s each without host CPU (bench-only sleep node)")
         print(f"\nmachine: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
               f"client peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     finally:
