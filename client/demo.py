@@ -25,7 +25,7 @@ from . import runtime
 PACK = runtime.PACK_DIR
 WORKFLOW_UI = PACK / "workflows" / "line2product.json"
 WORKFLOW_API = PACK / "workflows" / "api" / "line2product.json"
-EXAMPLE_IMAGE = PACK / "examples" / "line_drawing_mug.png"
+EXAMPLE_IMAGE = PACK / "example_inputs" / "line_drawing_mug.png"
 EXAMPLE_CAPTION = "a white ceramic coffee mug with a round handle"
 
 # Loader input that names each model folder's file in the API prompt.

@@ -113,8 +113,8 @@ def test_patch_prompt_per_row():
 
 def test_manifest_ignores_torn_line_and_last_line_wins(tmp_path):
     path = tmp_path / "m.jsonl"
-    write_atomic(str(tmp_path / "a.png"), (DATA.parent.parent / "examples/line2product_dataset/mug_001.png").read_bytes()
-                 if (DATA.parent.parent / "examples/line2product_dataset/mug_001.png").exists() else b"\x89PNG\r\n\x1a\nIEND")
+    write_atomic(str(tmp_path / "a.png"), (DATA.parent.parent / "example_inputs/line2product_dataset/mug_001.png").read_bytes()
+                 if (DATA.parent.parent / "example_inputs/line2product_dataset/mug_001.png").exists() else b"\x89PNG\r\n\x1a\nIEND")
     size = (tmp_path / "a.png").stat().st_size
     path.write_text(json.dumps({"id": "a", "status": "failed"}) + "\n"
                     + json.dumps({"id": "a", "status": "done", "outputs": [{"path": "a.png", "size": size}]}) + "\n"

@@ -51,7 +51,7 @@ def _models_and_inputs(root: Path, tiny: dict[str, Path]) -> None:
     placeholders, never loaded here.
     """
     models = root / "models"
-    sample = PACK / "examples" / "line_drawing_mug.png"
+    sample = PACK / "example_inputs" / "line_drawing_mug.png"
     for wf in WORKFLOWS:
         for node in json.loads(wf.read_text(encoding="utf-8"))["nodes"]:
             items = list((node.get("properties") or {}).get("models") or [])

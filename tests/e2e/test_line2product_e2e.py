@@ -27,7 +27,7 @@ def test_every_atelier_node_is_served_with_its_inputs(comfy_server, comfy):
 
 
 def test_line2product_runs_on_tiny_models(comfy_server, tiny_sd15):
-    Image.open(PACK / "examples" / "line_drawing_mug.png").save(comfy_server.input_dir / "mug.png")
+    Image.open(PACK / "example_inputs" / "line_drawing_mug.png").save(comfy_server.input_dir / "mug.png")
     prompt = demo.prepare_prompt(
         json.loads(demo.WORKFLOW_API.read_text()), image_name="mug.png", caption="a mug", seed=3, steps=2,
         model_files={k: v.name for k, v in tiny_sd15.items()}, models_dir=None)

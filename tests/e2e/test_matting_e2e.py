@@ -50,7 +50,7 @@ def _product_png(path: Path, h=200, w=240):
 
 def test_line2product_ends_on_a_pure_white_border(comfy_server, tiny_sd15, saliency_models):
     assert "AtelierRemoveBackground" in {v["class_type"] for v in _api("line2product").values()}
-    Image.open(ROOT / "examples" / "line_drawing_mug.png").save(comfy_server.input_dir / "mug.png")
+    Image.open(ROOT / "example_inputs" / "line_drawing_mug.png").save(comfy_server.input_dir / "mug.png")
     prompt = demo.prepare_prompt(_api("line2product"), image_name="mug.png", caption="a mug", seed=3, steps=2,
                                  model_files={k: v.name for k, v in tiny_sd15.items()}, models_dir=None)
     prompt[_node(prompt, "AtelierSaliencyLoader")]["inputs"]["model_name"] = saliency_models["centre"]

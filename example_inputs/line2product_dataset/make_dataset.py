@@ -1,6 +1,6 @@
 """Generate the example line-drawing dataset (3 tiny PNG line drawings + captions.csv), stdlib only.
 
-    python examples/line2product_dataset/make_dataset.py [OUT_DIR]
+    python example_inputs/line2product_dataset/make_dataset.py [OUT_DIR]
 
 Ids are the file names (mug_001.png <-> row id mug_001), never positions.
 """
