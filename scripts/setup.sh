@@ -34,9 +34,33 @@ else
   COMFY_REQ="$COMFYUI_PATH/requirements.txt"
 fi
 
-step "installing ComfyUI's requirements (torch left as it is)"
-grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY_REQ" > .venv/comfy-requirements.txt
-"${PIP[@]}" -r .venv/comfy-requirements.txt
+# Install a ComfyUI's requirements.txt, leaving torch as it is.
+install_comfy_requirements() {
+  step "installing ComfyUI's requirements from $1 (torch left as it is)"
+  grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$1" > .venv/comfy-requirements.txt
+  "${PIP[@]}" -r .venv/comfy-requirements.txt
+}
+install_comfy_requirements "$COMFY_REQ"
+
+# The current ComfyUI the tests also run on (DESIGN.md §4): a source tarball that sits in ../shared
+# beside a team checkout; a user's fresh clone has none, and the tests then use the pinned runtime alone.
+CURRENT_TARBALL=${ATELIER_CURRENT_TARBALL:-../shared/runtimes/comfyui-0.3.64.tar.gz}
+CURRENT_SHA256=641b8f603c886d33e8cbb070216fe988e701723a30d476b0ae5be7455b05bd66
+CURRENT_DIR=.cache/runtimes/ComfyUI-0.3.64
+if [ -f "$CURRENT_TARBALL" ]; then
+  if [ ! -f "$CURRENT_DIR/main.py" ]; then
+    step "unpacking the current ComfyUI ($CURRENT_TARBALL) into $CURRENT_DIR"
+    echo "$CURRENT_SHA256  $CURRENT_TARBALL" | sha256sum -c --quiet - \
+      || { echo "error: $CURRENT_TARBALL does not have the expected sha256" >&2; exit 1; }
+    rm -rf "$CURRENT_DIR.partial" && mkdir -p "$CURRENT_DIR.partial"
+    tar -xzf "$CURRENT_TARBALL" -C "$CURRENT_DIR.partial" --strip-components=1
+    mv "$CURRENT_DIR.partial" "$CURRENT_DIR"
+  fi
+  if [ ! -f .venv/.current-comfy-requirements ] || ! cmp -s "$CURRENT_DIR/requirements.txt" .venv/.current-comfy-requirements; then
+    install_comfy_requirements "$CURRENT_DIR/requirements.txt"
+    cp "$CURRENT_DIR/requirements.txt" .venv/.current-comfy-requirements
+  fi
+fi
 
 step "installing comfyui-atelier (editable) with its test extras"
 "${PIP[@]}" -e ".[dev,train]"
