@@ -57,6 +57,26 @@ def find_comfyui(path: str | os.PathLike | None = None) -> Path:
     return root
 
 
+def comfyui_version(root: Path) -> str | None:
+    """The version a ComfyUI checkout declares (`comfyui_version.py`, since 2025), or None."""
+    try:
+        text = (Path(root) / "comfyui_version.py").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return None
+
+
+def describe(root: Path) -> str:
+    """One line naming a ComfyUI checkout: its version, or that it is the pinned runtime."""
+    version = comfyui_version(root)
+    if version:
+        return f"ComfyUI {version} ({root})"
+    return f"ComfyUI without a version file, early 2024 ({root}; the pinned runtime is {PINNED_RUNTIME})"
+
+
 def prepare_workspace(workspace: str | os.PathLike, comfy_src: Path | None = None,
                       extra_model_dirs: list[Path] | None = None) -> Path:
     """Copy ComfyUI's code into `workspace`, link this pack into its custom_nodes and return the copy's root.

@@ -21,6 +21,23 @@ from comfyui_atelier.client import runtime
 from comfyui_atelier.core import tiny_models as tiny_sd15_builder
 
 
+def pytest_report_header(config):
+    try:
+        root = runtime.find_comfyui()
+    except runtime.RuntimeNotFound as e:
+        return f"ComfyUI runtime: none ({e})"
+    return f"ComfyUI runtime: {runtime.describe(root)}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN is the largest child that ended (a server).
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    terminalreporter.write_line(f"peak RSS: pytest process {own:.2f} GiB, largest child process {child:.2f} GiB")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath).replace(os.sep, "/"):
@@ -97,12 +114,13 @@ def comfy_server(comfy_workspace, tiny_sd15):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def comfy_server_factory(tmp_path_factory, tiny_models_dir, comfy_workspace):
     """Start extra servers, each on its own workspace (own output dir) sharing the tiny models.
 
     `factory()` returns a started runtime.ComfyServer; `.stop()`/`.kill()` then `.start()`
-    restarts it on the same port.
+    restarts it on the same port. Module-scoped: the extra servers stop when the module that
+    started them is done, so at most the session server and one module's extras are alive.
     """
     made = []
 
@@ -117,6 +135,7 @@ def comfy_server_factory(tmp_path_factory, tiny_models_dir, comfy_workspace):
     yield factory
     for s in made:
         s.stop()
+        _SERVERS.remove(s)
 
 
 # In CI every test must run: a skip there means a test dependency did not install, which would

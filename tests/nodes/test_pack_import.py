@@ -11,7 +11,7 @@ from comfyui_atelier.client.runtime import PACK_DIR
 HEAVY = ("diffusers", "peft", "accelerate", "paddleocr", "paddle", "rapidocr_onnxruntime", "onnxruntime", "onnx")
 
 LOAD_AS_COMFYUI_DOES = r"""
-import json, os, sys
+import asyncio, inspect, json, os, sys
 root, pack, folder = sys.argv[1:4]
 sys.path.insert(0, root)
 os.chdir(root)
@@ -21,6 +21,8 @@ import nodes  # ComfyUI's own module, which loads custom nodes
 link = os.path.join(sys.argv[4], folder)
 os.symlink(pack, link)
 ok = nodes.load_custom_node(link)
+if inspect.isawaitable(ok):  # async since mid-2025 (ComfyUI 0.3.4x)
+    ok = asyncio.run(ok)
 heavy = [m for m in sys.argv[5].split(",") if m in sys.modules]
 atelier = sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("Atelier"))
 print(json.dumps({"ok": ok, "heavy": heavy, "nodes": atelier, "web": list(nodes.EXTENSION_WEB_DIRS.values())}))
