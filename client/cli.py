@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from ..core.errors import AtelierError
+from .runtime import RuntimeNotFound
 
 # (module relative to the package root, what it adds): imported lazily so one broken
 # sub-command does not take the others down.
@@ -21,8 +22,26 @@ SUBCOMMANDS = (
 )
 
 
+def pack_version() -> str:
+    """The installed distribution's version, else the one pyproject.toml declares (a plain clone
+    in custom_nodes that was never pip-installed)."""
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        return metadata.version("comfyui-atelier")
+    except metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    for line in pyproject.read_text().splitlines():
+        if line.startswith("version"):
+            return line.split("=", 1)[1].strip().strip('"')
+    return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description="comfyui-atelier command line tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {pack_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     package = __package__.rsplit(".", 1)[0]
     for module, what in SUBCOMMANDS:
@@ -43,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except AtelierError as exc:
+    except (AtelierError, RuntimeNotFound) as exc:
         print(f"atelier {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from ..core import manifest as mf
-from . import runtime
+from . import models_cli, runtime
 
 PACK = runtime.PACK_DIR
 WORKFLOW_UI = PACK / "workflows" / "line2product.json"
@@ -56,7 +55,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", help="ComfyUI checkout to use (default: $COMFYUI_PATH, else the pinned runtime)")
     p.add_argument("--models-dir", help="ComfyUI models folder holding/receiving the real models "
-                   "(default: <COMFYUI_PATH>/models, else ./models in the pack)")
+                   "(default: as `atelier models`: <COMFYUI_PATH>/models, the ComfyUI the pack is installed in, "
+                   "else the pack's models/)")
     p.add_argument("--image", default=str(EXAMPLE_IMAGE), help="line drawing to render (default: the shipped mug)")
     p.add_argument("--caption", default=EXAMPLE_CAPTION, help="product caption")
     p.add_argument("--offline", action="store_true", help="do not try to download; use what is there or tiny models")
@@ -69,8 +69,7 @@ def add_parser(sub) -> None:
 def _models_dir(args) -> Path:
     if args.models_dir:
         return Path(args.models_dir).expanduser().resolve()
-    base = args.comfyui or os.environ.get("COMFYUI_PATH")
-    return (Path(base) / "models") if base else PACK / "models"
+    return models_cli.default_models_dir(args.comfyui)[0].resolve()
 
 
 def _bar(spec):

@@ -6,7 +6,7 @@
     atelier models convert ID|PATH [--out FILE]       (PoolNet .pth -> .safetensors; needs torch)
 
 The models dir defaults to $COMFYUI_PATH/models, else the ComfyUI this pack sits in
-(custom_nodes/<pack>), else ./models; the command always prints which one it uses.
+(custom_nodes/<pack>), else the pack's own models/; the command always prints which one it uses.
 Downloads are verified (size and sha256) before they are renamed into place; a failure leaves
 nothing behind, prints the manual step and exits 1. Standard library only (no torch), except
 `convert`, which loads the PoolNet converter on demand.
@@ -30,8 +30,15 @@ WORKFLOWS_DIR = PACK_ROOT / "workflows"
 
 # ----------------------------------------------------------------------------- helpers
 
-def default_models_dir() -> tuple[Path, str]:
-    """(models dir, why it was chosen)."""
+def default_models_dir(comfyui: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """(models dir, why it was chosen): the one default of `atelier models` and `atelier demo`.
+
+    An explicit ComfyUI folder, else $COMFYUI_PATH, else the ComfyUI this pack is installed in,
+    else the ComfyUI in the current directory, else the pack's own `models/` (never the current
+    directory, so the answer does not depend on where the command runs).
+    """
+    if comfyui:
+        return Path(comfyui).expanduser() / "models", "from --comfyui"
     env = os.environ.get("COMFYUI_PATH")
     if env:
         return Path(env).expanduser() / "models", "from $COMFYUI_PATH"
@@ -41,7 +48,7 @@ def default_models_dir() -> tuple[Path, str]:
     cwd = Path.cwd()
     if (cwd / "main.py").is_file() and (cwd / "models").is_dir():
         return cwd / "models", "the ComfyUI in the current directory"
-    return cwd / "models", "./models (set COMFYUI_PATH or pass --models-dir to change it)"
+    return PACK_ROOT / "models", "the pack's own models/ folder (set COMFYUI_PATH or pass --models-dir to change it)"
 
 
 def _models_dir(args) -> Path:
@@ -266,7 +273,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     def models_dir_arg(p):
         p.add_argument("--models-dir", help="ComfyUI models dir (default: $COMFYUI_PATH/models, the ComfyUI "
-                                            "this pack is installed in, or ./models)")
+                                            "this pack is installed in, or the pack's models/)")
 
     p = sub.add_parser("list", help="list the manifest's models")
     p.add_argument("--workflow", help="only the models this workflow needs")

@@ -121,6 +121,7 @@ class ComfyServer:
         self.extra_args = list(extra_args or [])
         self.log_path = self.root / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self.peak_rss_at_stop: int | None = None
         self._api: comfy_api.ComfyServer | None = None
 
     url = property(lambda self: f"http://127.0.0.1:{self.port}")
@@ -150,8 +151,21 @@ class ComfyServer:
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer on {self.url} within {timeout:.0f}s.\n{self.log_tail()}")
 
+    def peak_rss(self) -> int | None:
+        """Peak resident memory of the running server process in bytes (Linux' VmHWM), else None."""
+        if not self.proc or self.proc.poll() is not None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            self.peak_rss_at_stop = self.peak_rss()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)

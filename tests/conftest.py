@@ -29,13 +29,23 @@ def pytest_report_header(config):
     return f"ComfyUI runtime: {runtime.describe(root)}"
 
 
+_SERVER_PEAKS: list[int] = []  # each stopped test server's peak RSS (bytes)
+
+
 def pytest_terminal_summary(terminalreporter):
-    # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN is the largest child that ended (a server).
     import resource
 
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    terminalreporter.write_line(f"peak RSS: pytest process {own:.2f} GiB, largest child process {child:.2f} GiB")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    line = f"peak RSS: pytest process {own:.2f} GiB"
+    if _SERVER_PEAKS:
+        line += f", largest ComfyUI test server {max(_SERVER_PEAKS) / 2**30:.2f} GiB ({len(_SERVER_PEAKS)} servers)"
+    terminalreporter.write_line(line)
+
+
+def _stop_server(server) -> None:
+    server.stop()
+    if server.peak_rss_at_stop:
+        _SERVER_PEAKS.append(server.peak_rss_at_stop)
 
 
 def pytest_collection_modifyitems(items):
@@ -111,7 +121,7 @@ def comfy_server(comfy_workspace, tiny_sd15):
         pytest.fail(str(e))
     _SERVERS.append(server)
     yield server
-    server.stop()
+    _stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +144,7 @@ def comfy_server_factory(tmp_path_factory, tiny_models_dir, comfy_workspace):
 
     yield factory
     for s in made:
-        s.stop()
+        _stop_server(s)
         _SERVERS.remove(s)
 
 

@@ -159,3 +159,40 @@ def test_unreadable_image_reported_and_fatal_with_fail_policy(tmp_path, dead_ser
     r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
              "--out", tmp_path / "out", "--on-missing", "fail")
     assert r.returncode == 2 and "2: image" in r.stderr and "unrecognised header" in r.stderr
+
+
+def _atelier(*args, env=None, cwd=None):
+    code = "import sys; from comfyui_atelier.client.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=cwd)
+
+
+def test_version_is_the_pyproject_version():
+    import re
+    declared = re.search(r'^version = "([^"]+)"', (DATA.parents[1] / "pyproject.toml").read_text(), re.M).group(1)
+    r = _atelier("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"atelier {declared}"
+
+
+def test_demo_without_a_comfyui_says_so_without_a_traceback(tmp_path):
+    import os
+    env = dict(os.environ, COMFYUI_PATH=str(tmp_path / "no-comfyui-here"))
+    r = _atelier("demo", "--offline", env=env)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "is not a ComfyUI checkout" in r.stderr and "no-comfyui-here" in r.stderr
+
+
+def test_models_and_demo_default_to_the_same_models_dir(tmp_path, monkeypatch):
+    import argparse
+    from comfyui_atelier.client import demo, models_cli
+
+    for env in (str(tmp_path / "ComfyUI"), None):
+        if env:
+            monkeypatch.setenv("COMFYUI_PATH", env)
+        else:
+            monkeypatch.delenv("COMFYUI_PATH", raising=False)
+        monkeypatch.chdir(tmp_path)  # the default must not depend on the current directory
+        expected = models_cli.default_models_dir()[0].resolve()
+        assert demo._models_dir(argparse.Namespace(models_dir=None, comfyui=None)) == expected
+    assert expected == (models_cli.PACK_ROOT / "models").resolve()
