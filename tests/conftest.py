@@ -44,6 +44,7 @@ def pytest_terminal_summary(terminalreporter):
 
 def _stop_server(server) -> None:
     server.stop()
+    _SERVERS.remove(server)
     if server.peak_rss_at_stop:
         _SERVER_PEAKS.append(server.peak_rss_at_stop)
 
@@ -80,6 +81,23 @@ def _link_models(src: Path, models_dir: Path) -> None:
                 dst.symlink_to(f)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_models(tmp_path_factory):
+    """{"checkpoints": Path, "controlnet": Path}: the smallest SDXL-class checkpoint (detected as Segmind_Vega)
+    and SDXL ControlNet (diffusers layout) that ComfyUI accepts, random fp16 weights, under the manifest's
+    file names (sd_xl_base_1.0.safetensors, controlnet-canny-sdxl-1.0_fp16.safetensors). Built once per
+    session (~20 s, 2.8 GB on disk; tests/fixtures/sdxl_models.py), deleted when the session ends. Link them
+    into a server's models dir with `sdxl_models.link_models(files, root / "models")`."""
+    try:
+        from tests.fixtures import sdxl_models
+    except ImportError:  # rootdir not on sys.path: go through the editable install
+        from comfyui_atelier.tests.fixtures import sdxl_models
+    paths = sdxl_models.build_all(tmp_path_factory.mktemp("tiny-sdxl"))
+    yield paths
+    for p in paths.values():
+        p.unlink(missing_ok=True)
+
+
 class _InProcessComfy:
     def __init__(self, root: Path):
         self.root = root
@@ -111,9 +129,12 @@ def tiny_sd15(comfy_workspace, tiny_models_dir) -> dict:
 _SERVERS: list = []
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def comfy_server(comfy_workspace, tiny_sd15):
-    """A real ComfyUI server on 127.0.0.1 over the session workspace (tiny models installed)."""
+    """A real ComfyUI server on 127.0.0.1 over the session workspace (tiny models installed).
+
+    Module-scoped: it stops (and frees the models it loaded) when the module is done, so the
+    servers of different modules are never alive together; a start costs a few seconds."""
     server = runtime.ComfyServer(comfy_workspace)
     try:
         server.start()
@@ -145,7 +166,6 @@ def comfy_server_factory(tmp_path_factory, tiny_models_dir, comfy_workspace):
     yield factory
     for s in made:
         _stop_server(s)
-        _SERVERS.remove(s)
 
 
 # In CI every test must run: a skip there means a test dependency did not install, which would
