@@ -121,7 +121,8 @@ def _common_inputs() -> dict:
     return {
         "prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
                    "Your prompt. The preset's phrases are added unless the prompt already has them "
-                   "(compared per comma-separated phrase, any case, (weights) ignored). An empty prompt "
+                   "(compared per phrase: separated by , ; newlines or the Chinese ，、；。：, any case, "
+                   "(weights) ignored). An empty prompt "
                    "is allowed: the preset text is used alone and the report warns. One prompt per line "
                    "as a batch: feed this from 'Atelier Prompt Lines'."}),
         "preset": (preset_names(), {"default": DEFAULT_PRESET, "tooltip":
@@ -133,7 +134,9 @@ def _common_inputs() -> dict:
                      "(prefix) or after it (suffix)."}),
         "extra_negative": ("STRING", {"multiline": True, "default": "", "tooltip":
                            "Added to the negative prompt after the preset's negative and the negatives of "
-                           "the product/subject categories found in your prompt; duplicates are removed."}),
+                           "the product/subject categories found in your prompt (e-commerce: by the product's "
+                           "head noun, so 'bottle holder for bike' is an accessory, not a bottle); duplicates "
+                           "are removed."}),
     }
 
 

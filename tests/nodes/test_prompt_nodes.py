@@ -180,3 +180,33 @@ def test_encode_long_prompt_extra_chunks_and_warning(nodes, sd15_clip):
 def test_encode_without_clip_is_a_clear_error(nodes):
     with pytest.raises(AtelierError, match="clip"):
         nodes.AtelierSystemPromptEncode().run(None, "a mug", "general negative", "preset default", "")
+
+
+def test_ecommerce_categories_by_head_noun_through_the_node(nodes):
+    """The product's head noun picks the category: a bottle holder gets accessory negatives, not cosmetics."""
+    _pos, neg, report = run(nodes, prompt="bottle holder for bike")["result"]
+    assert "categories: accessories" in report
+    assert "leaking product" not in neg and "floating parts" in neg
+    _pos, neg, report = run(nodes, prompt="perfume bottle, studio")["result"]
+    assert "categories: cosmetics" in report and "leaking product" in neg
+    _pos, neg, report = run(nodes, prompt="带卡槽的手机壳，白色背景")["result"]
+    assert "categories: accessories" in report and "screen glare" not in neg
+
+
+def test_chinese_prompt_phrases_are_not_repeated(nodes):
+    positive, _neg, report = run(nodes, prompt="红色运动鞋，pure white background、bright")["result"]
+    assert positive.lower().count("pure white background") == 1 and positive.count("bright") == 1
+    assert positive.endswith("红色运动鞋，pure white background、bright")
+    assert "already in prompt: pure white background, bright" in report
+    assert "categories: shoes" in report
+
+
+def test_keyboard_skin_negative_leaves_the_legends_to_the_glyph_control(nodes):
+    positive, negative, report = run(nodes, prompt="cherry blossom night sky over a neon city",
+                                     preset="keyboard skin")["result"]
+    assert "key legends" in positive and positive.startswith("cherry blossom night sky")
+    phrases = [p.strip().lower() for p in negative.split(",")]
+    for word in ("text", "key legends", "letters", "characters", "keycaps", "watermark", "signature"):
+        assert word not in phrases, word
+    assert "warped keys" in phrases and "misaligned keycaps" in phrases
+    assert "categories: landscape" in report  # 'sky' / 'city'
