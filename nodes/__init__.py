@@ -15,6 +15,7 @@ FAMILIES = {
     "aesthetic": "aesthetic scorer, filter, gate and grid",
     "glyph": "glyph renderer, OCR boxes and layout",
     "style": "VAE style features, adapter and latent match",
+    "lora": "optional LoRA",
 }
 
 

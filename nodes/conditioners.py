@@ -1,4 +1,5 @@
-"""Line / Canny conditioners: Canny edges and product line art for ControlNet, plus crop-back.
+"""Line / Canny conditioners: Canny edges and product line art for ControlNet, crop-back, and an empty
+latent the size of the control image.
 
 Thin wrappers over ``core.edges``. The whole batch is brought to CPU float32 once, each image is
 converted to uint8 gray and processed with OpenCV, and the results are written straight into one
@@ -286,6 +287,52 @@ class AtelierCropBack:
         return out, m
 
 
+class AtelierEmptyLatentLike:
+    DISPLAY = "Atelier Empty Latent Like Image"
+    LATENT_CHANNELS = 4  # SD1.x / SD2.x / SDXL
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The image whose size the latent takes, typically the control image of "
+                                           "Atelier Lineart / Atelier Canny (already padded to a multiple of 64), so "
+                                           "the generated image has the drawing's aspect and Atelier Crop Back can "
+                                           "undo the padding."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip":
+                           "Latents per image of the input batch (1: one latent per control image). The batch is "
+                           "image count x batch_size, in the order ComfyUI's ControlNet repeats a hint batch."}),
+        }}
+
+    RETURN_TYPES = ("LATENT", "INT", "INT")
+    RETURN_NAMES = ("latent", "width", "height")
+    OUTPUT_TOOLTIPS = ("An empty (zero) SD1.x/SD2.x/SDXL latent batch, 4 channels, image size / 8.",
+                       "The latent's width in pixels (the image width rounded down to a multiple of 8).",
+                       "The latent's height in pixels (the image height rounded down to a multiple of 8).")
+    FUNCTION = "generate"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Empty Latent Image at the size of an image: the latent follows the conditioner's output, so "
+                   "line2product keeps the drawing's aspect from the line art to the saved image.")
+
+    def generate(self, image, batch_size=1):
+        node = self.DISPLAY
+        x = as_image_batch(image, node)
+        b, h, w = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
+        if h < 8 or w < 8:
+            raise AtelierError(f"the image is {w}x{h}, smaller than one latent pixel (8x8)", node=node, input="image",
+                               expected="an image of at least 8x8 pixels (a conditioner output at resolution >= 64)",
+                               fix="raise the conditioner's resolution, or connect the control image.")
+        if not isinstance(batch_size, (int, np.integer)) or not 1 <= int(batch_size) <= 4096:
+            raise AtelierError(f"batch_size {batch_size!r} is out of range", node=node, input="batch_size",
+                               expected="an integer in 1..4096", fix="use 1 for one latent per image.")
+        try:
+            import comfy.model_management
+            device = comfy.model_management.intermediate_device()
+        except Exception:  # outside ComfyUI
+            device = "cpu"
+        latent = torch.zeros([b * int(batch_size), self.LATENT_CHANNELS, h // 8, w // 8], device=device)
+        return ({"samples": latent}, (w // 8) * 8, (h // 8) * 8)
+
+
 def _check_resolution(resolution, node: str) -> int:
     ok = isinstance(resolution, (int, np.integer, float)) and float(resolution).is_integer()
     if not ok or resolution < 0 or resolution > MAX_RES:
@@ -298,5 +345,6 @@ NODE_CLASS_MAPPINGS = {
     "AtelierCanny": AtelierCanny,
     "AtelierLineart": AtelierLineart,
     "AtelierCropBack": AtelierCropBack,
+    "AtelierEmptyLatentLike": AtelierEmptyLatentLike,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

@@ -44,7 +44,8 @@ def photo(h=80, w=120, seed=0) -> np.ndarray:
 
 
 def test_registration_and_tooltips(C):
-    assert set(C.NODE_CLASS_MAPPINGS) == {"AtelierCanny", "AtelierLineart", "AtelierCropBack"}
+    assert set(C.NODE_CLASS_MAPPINGS) == {"AtelierCanny", "AtelierLineart", "AtelierCropBack",
+                                          "AtelierEmptyLatentLike"}
     for cid, cls in C.NODE_CLASS_MAPPINGS.items():
         assert C.NODE_DISPLAY_NAME_MAPPINGS[cid].startswith("Atelier ")
         assert cls.CATEGORY == "atelier/conditioning"
