@@ -32,6 +32,7 @@ ADAPTER = "ATELIER_STYLE_ADAPTER"
 ADAPTER_FOLDER = "style_adapters"
 STYLE_SUFFIX = ".style.safetensors"
 STYLE_OUTPUT_SUBDIR = "atelier_styles"
+NO_ADAPTER = "none"  # the adapter loader's "no trained adapter" choice: the blend passes the conditioning through
 
 _ADAPTERS: dict = {}  # path -> (mtime, adapter)
 
@@ -237,15 +238,18 @@ class AtelierStyleAdapterLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "adapter_name": (adapter_files() or ["(no style adapters)"], {"tooltip":
-                             f"A style adapter (.safetensors written by `atelier train-style`) from "
+            "adapter_name": ([NO_ADAPTER] + adapter_files(), {"default": NO_ADAPTER, "tooltip":
+                             f"'{NO_ADAPTER}': no trained adapter (Style Conditioning Blend then passes the "
+                             "conditioning through; use the training-free Atelier Style Guidance / Latent Match). "
+                             f"Otherwise a style adapter (.safetensors written by `atelier train-style`) from "
                              f"ComfyUI/models/{ADAPTER_FOLDER}/. Its context width must match the checkpoint "
                              "(SD1.5: 768, SD2.x: 1024, SDXL: 2048)."}),
         }}
 
     RETURN_TYPES = (ADAPTER,)
     RETURN_NAMES = ("adapter",)
-    OUTPUT_TOOLTIPS = ("ATELIER_STYLE_ADAPTER: style -> 77 tokens of the text-context width.",)
+    OUTPUT_TOOLTIPS = ("ATELIER_STYLE_ADAPTER: style -> 77 tokens of the text-context width "
+                       f"(empty for '{NO_ADAPTER}').",)
     FUNCTION = "load"
     CATEGORY = "atelier/style"
     DESCRIPTION = ("Loads a trained style adapter (the seed's conv net: group-norm + SiLU + 3x3 convs, 8 -> 38 -> 38 "
@@ -257,12 +261,16 @@ class AtelierStyleAdapterLoader:
 
     @classmethod
     def IS_CHANGED(cls, adapter_name):
+        if adapter_name == NO_ADAPTER:
+            return NO_ADAPTER
         try:  # a retrained file under the same name is reloaded
             return os.path.getmtime(resolve_model(ADAPTER_FOLDER, adapter_name))
         except Exception:
             return float("nan")
 
     def load(self, adapter_name):
+        if adapter_name == NO_ADAPTER:
+            return (None,)
         return (load_adapter_cached(adapter_name),)
 
 
@@ -273,7 +281,8 @@ class AtelierStyleConditioningBlend:
             "conditioning": ("CONDITIONING", {"tooltip": "Text conditioning (CLIPTextEncode). Every entry is blended; "
                                                          "pooled output and other keys are kept as they are."}),
             "style": (STYLE, {"tooltip": "ATELIER_STYLE from Atelier Style Encode or Load."}),
-            "adapter": (ADAPTER, {"tooltip": "Style adapter for this checkpoint's context width."}),
+            "adapter": (ADAPTER, {"tooltip": "Style adapter for this checkpoint's context width. From a loader "
+                                             f"set to '{NO_ADAPTER}': the conditioning passes through unchanged."}),
             "strength": ("FLOAT", {"default": S.DEFAULT_STRENGTH, "min": -10.0, "max": 10.0, "step": 0.001, "tooltip":
                                    "Weight of the style tokens added to the text tokens. 0.01 is what the adapter was "
                                    "trained with; 0 leaves the conditioning unchanged."}),
@@ -289,6 +298,10 @@ class AtelierStyleConditioningBlend:
 
     def blend(self, conditioning, style, adapter, strength):
         node = "Atelier Style Conditioning Blend"
+        if adapter is None:  # Atelier Style Adapter Loader set to "none"
+            log.info("[Atelier] %s: no trained style adapter ('%s' in Atelier Style Adapter Loader): the conditioning "
+                     "passes through unchanged", node, NO_ADAPTER)
+            return (conditioning,)
         try:
             tokens = S.style_tokens(adapter, style)
             return (S.blend_conditioning(conditioning, tokens, strength),)
