@@ -2,12 +2,19 @@
 
 Layout: cells are filled row by row (left to right, then top to bottom). Cell (r, c) has its
 top-left pixel at (gap + c*(cell_w+gap), gap + r*(cell_h+caption_h+gap)); the caption strip of
-height caption_h sits directly under the image. When rows and cols are both 0 the layout is
-rows = floor(sqrt(n)), cols = ceil(n / rows): 8 images -> 2 rows x 4 columns, 6 -> 2x3, 9 -> 3x3.
+height caption_h sits directly under the image. When rows and cols are both 0 (AUTO_LAYOUT_RULE):
+cols = max(2, floor(sqrt(n))) (1 for a single image), rows = ceil(n / cols). Pages go two to a row,
+as the story seed laid out its 8 pages (images[0:2], [2:4], [4:6], [6:8] as rows): 8 -> 4 rows x 2
+columns, 2 -> 1x2, 6 -> 3x2; from 9 on the grid is near-square and never wider than tall (9 -> 3x3,
+12 -> 4x3, 16 -> 4x4).
+
+Captions are drawn with a font that has every character of them (CJK included), found with the
+glyph family's font helpers (core/glyph.py: the pack's fonts folder, then the system fonts).
 """
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Sequence
 
@@ -15,18 +22,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from . import glyph
 from .errors import AtelierError
+
+AUTO_LAYOUT_RULE = ("0 = automatic: two images a row like the story seed's pages, near-square from 9 on "
+                    "(columns = max(2, floor(sqrt(n))), rows = ceil(n / columns)): 8 images -> 4 rows x 2 "
+                    "columns, 6 -> 3x2, 9 -> 3x3, 12 -> 4x3. Set one of rows/cols to fix it and the other "
+                    "follows.")
 
 
 def auto_layout(n: int, rows: int = 0, cols: int = 0) -> tuple[int, int]:
-    """(rows, cols) for n cells; 0 means 'choose'."""
+    """(rows, cols) for n cells; 0 means 'choose' (module docstring: two a row, near-square from 9)."""
     if n <= 0:
         raise AtelierError("no images to put in the grid.", expected="at least one image")
     if rows < 0 or cols < 0:
         raise AtelierError(f"rows={rows}, cols={cols}.", expected="rows and cols >= 0 (0 = automatic)")
     if rows == 0 and cols == 0:
-        rows = max(1, math.isqrt(n))
-        cols = math.ceil(n / rows)
+        cols = min(n, max(2, math.isqrt(n)))
+        rows = math.ceil(n / cols)
     elif rows == 0:
         rows = math.ceil(n / cols)
     elif cols == 0:
@@ -51,11 +64,29 @@ def parse_color(text: str) -> tuple[int, int, int]:
                            fix="write e.g. #ffffff or 32,32,32.") from None
 
 
-def _font(size: int):
+def _default_font(size: int):
     try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable bundled font
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable bundled font (Latin)
     except TypeError:
         return ImageFont.load_default()
+
+
+def caption_font(captions: Sequence[str], size: int, *, font: str | None = "auto",
+                 font_dirs: Sequence[str | os.PathLike] | None = None):
+    """The font the captions are drawn with: one that has every character of all of them.
+
+    `font` 'auto' (or None/''): plain ASCII captions use Pillow's bundled font; anything else
+    (CJK, accents) the first preferred font in `font_dirs` + the system font folders that covers it
+    (``glyph.choose_font``: CJK text prefers Noto Sans CJK and the like). A named font is checked for
+    every character. Raises AtelierError (input 'captions' or 'font') naming the missing characters."""
+    text = "".join(captions)
+    auto = not font or font.strip().lower() == "auto"
+    if auto and text.isascii():
+        return _default_font(size)
+    dirs = glyph.font_dirs(font_dirs)
+    path, index = glyph.choose_font(font if not auto else "auto", text, dirs,
+                                    input="captions" if auto else "font")
+    return glyph.load_font(path, index, size)
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
@@ -82,13 +113,15 @@ def _frames(images) -> list[torch.Tensor]:
 
 def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
               background: str | Sequence[int] = "#ffffff", captions: Sequence[str] | None = None,
-              font_size: int = 18, text_color: str | Sequence[int] | None = None) -> torch.Tensor:
+              font_size: int = 18, text_color: str | Sequence[int] | None = None, font: str | None = "auto",
+              font_dirs: Sequence[str | os.PathLike] | None = None) -> torch.Tensor:
     """images [B,H,W,C] float 0..1, or a list of batches of mixed sizes -> one grid image [1, GH, GW, 3].
 
     Cells are as large as the largest image; smaller images are centred on the background.
 
     captions: one per cell (missing / empty ones leave the strip blank); when any caption is given
-    every cell gets a strip of height round(font_size * 1.5) below it.
+    every cell gets a strip of height round(font_size * 1.5) below it, drawn with ``caption_font``
+    (`font`, looked up in `font_dirs` and the system font folders).
     """
     frames = _frames(images)
     n = len(frames)
@@ -128,7 +161,7 @@ def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
     if cap_h:
         layer = Image.new("RGB", (gw, gh), bg)
         draw = ImageDraw.Draw(layer)
-        font = _font(font_size)
+        pil_font = caption_font([c.strip() for c in caps[:n]], font_size, font=font, font_dirs=font_dirs)
         mask = np.zeros((gh, gw), dtype=bool)
         for i in range(min(n, len(caps))):
             text = caps[i].strip()
@@ -136,9 +169,9 @@ def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
                 continue
             r, cc = divmod(i, cols)
             y, x = gap + r * (h + cap_h + gap) + h, gap + cc * (w + gap)
-            text = _fit_text(draw, text, font, w - 4)
-            tw = draw.textlength(text, font=font)
-            draw.text((x + (w - tw) / 2, y + cap_h / 2), text, fill=fg, font=font, anchor="lm")
+            text = _fit_text(draw, text, pil_font, w - 4)
+            tw = draw.textlength(text, font=pil_font)
+            draw.text((x + (w - tw) / 2, y + cap_h / 2), text, fill=fg, font=pil_font, anchor="lm")
             mask[y:y + cap_h, x:x + w] = True
         cap = torch.from_numpy(np.asarray(layer).astype(np.float32) / 255.0)
         m = torch.from_numpy(mask)

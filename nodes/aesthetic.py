@@ -18,7 +18,7 @@ import folder_paths
 
 from ..core import aesthetic as core
 from ..core.errors import AtelierError, MissingModelError
-from ..core.grid import make_grid
+from ..core.grid import AUTO_LAYOUT_RULE, make_grid
 
 FOLDER = "aesthetic"
 AESTHETIC_TYPE = "ATELIER_AESTHETIC"
@@ -371,16 +371,23 @@ class AtelierAestheticSetGate:
         return {"ui": ui, "result": (batch, bool(passed), mean, report)}
 
 
+def _caption_font_dirs() -> list[str]:
+    """The pack's `fonts` model folder(s), shared with the glyph family (system fonts are added in core)."""
+    try:
+        from .glyph import font_folder_paths
+        return font_folder_paths()
+    except ImportError:  # glyph family unavailable: the system fonts still apply
+        return []
+
+
 class AtelierImageGrid:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE", {"tooltip": "Images to lay out, filled row by row. Different sizes are centred in "
                                             "cells as large as the largest image."}),
-            "rows": ("INT", {"default": 0, "min": 0, "max": 256,
-                             "tooltip": "Rows; 0 = automatic (8 images -> 2 rows x 4 columns)."}),
-            "cols": ("INT", {"default": 0, "min": 0, "max": 256,
-                             "tooltip": "Columns; 0 = automatic (8 images -> 2 rows x 4 columns)."}),
+            "rows": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Rows; " + AUTO_LAYOUT_RULE}),
+            "cols": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Columns; " + AUTO_LAYOUT_RULE}),
             "gap": ("INT", {"default": 8, "min": 0, "max": 512, "tooltip": "Pixels between cells and at the border."}),
             "background": ("STRING", {"default": "#ffffff",
                                       "tooltip": "Background colour: #rrggbb, #rgb, r,g,b or a colour name."}),
@@ -388,7 +395,9 @@ class AtelierImageGrid:
                                   "tooltip": "Caption text size in pixels (the caption strip is 1.5x this)."}),
         }, "optional": {
             "captions": ("STRING", {"multiline": True, "default": "",
-                                    "tooltip": "One caption per line, under each cell in order. Empty: use the "
+                                    "tooltip": "One caption per line, under each cell in order; any language "
+                                               "(Chinese etc. is drawn with a font that has every character, "
+                                               "from ComfyUI/models/fonts/ or the system fonts). Empty: use the "
                                                "scores when connected, else no captions."}),
             "scores": ("FLOAT", {"forceInput": True,
                                  "tooltip": "Optional scores (from the scorer) shown as captions when 'captions' is "
@@ -419,7 +428,8 @@ class AtelierImageGrid:
             caps = [f"{v:.2f}" for v in vals[:n]]
         try:
             out = make_grid(items, rows=int(_one(rows)), cols=int(_one(cols)), gap=int(_one(gap)),
-                            background=str(_one(background)), captions=caps, font_size=int(_one(font_size)))
+                            background=str(_one(background)), captions=caps, font_size=int(_one(font_size)),
+                            font_dirs=_caption_font_dirs())
         except AtelierError as e:
             raise e.at(node) from None
         return (out,)

@@ -1,4 +1,4 @@
-"""Core tests of the aesthetic predictor and the grid (no ComfyUI).
+"""Core tests of the aesthetic predictor (no ComfyUI; the grid's are in test_grid_core.py).
 
 Parity reference: simple-aesthetics-predictor's AestheticsPredictorV2Linear / V2ReLU / V1 loaded from the
 same on-disk directory, fed with pixel values from transformers' classic (PIL) CLIP image processor.
@@ -14,7 +14,6 @@ from PIL import Image
 
 from comfyui_atelier.core import aesthetic as A
 from comfyui_atelier.core.errors import AtelierError
-from comfyui_atelier.core.grid import auto_layout, cell_boxes, make_grid, parse_color
 
 
 from tests.fixtures import aesthetic_models as FX  # noqa: E402
@@ -235,60 +234,3 @@ def test_select_gate_and_report():
     assert "#3:  7.250  (rank 1)  pass" in rep and "FAIL" in rep and "mean 5.550" in rep
     with pytest.raises(AtelierError):
         A.select(s, mode="best")
-
-
-# --------------------------------------------------------------------------- grid
-def _solid(colors, h, w):
-    return torch.stack([torch.tensor(c, dtype=torch.float32).expand(h, w, 3) for c in colors])
-
-
-COLORS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1), (0.5, 0.5, 0.5), (0, 0, 0)]
-
-
-def test_auto_layout():
-    assert auto_layout(8) == (2, 4)
-    assert auto_layout(9) == (3, 3) and auto_layout(6) == (2, 3) and auto_layout(1) == (1, 1)
-    assert auto_layout(8, rows=4) == (4, 2) and auto_layout(8, cols=3) == (3, 3)
-
-
-def test_grid_size_and_cell_placement():
-    h, w, gap = 20, 30, 4
-    imgs = _solid(COLORS, h, w)
-    g = make_grid(imgs, gap=gap, background="#808080")
-    assert g.shape == (1, gap + 2 * (h + gap), gap + 4 * (w + gap), 3)
-    for i, (y, x, ch, cw) in enumerate(cell_boxes(8, h, w, gap=gap)):
-        assert (i // 4, i % 4) == ((y - gap) // (h + gap), (x - gap) // (w + gap))  # row by row
-        cell = g[0, y:y + ch, x:x + cw]
-        assert torch.allclose(cell, torch.tensor(COLORS[i], dtype=torch.float32).expand_as(cell))
-    bg = torch.tensor([128 / 255] * 3)
-    assert torch.allclose(g[0, :gap], bg.expand_as(g[0, :gap]))           # top border
-    assert torch.allclose(g[0, :, gap + w:2 * gap + w], bg.expand_as(g[0, :, gap + w:2 * gap + w]))  # column gap
-
-
-def test_grid_explicit_layout_captions_and_errors():
-    imgs = _solid(COLORS, 16, 16)
-    g = make_grid(imgs, rows=4, cols=2, gap=2, background="0,0,0", captions=["a", "b", "c"], font_size=10)
-    cap_h = 15
-    assert g.shape == (1, 2 + 4 * (16 + cap_h + 2), 2 + 2 * (16 + 2), 3)
-    boxes = cell_boxes(8, 16, 16, rows=4, cols=2, gap=2, caption_h=cap_h)
-    y, x, _, _ = boxes[0]
-    strip = g[0, y + 16:y + 16 + cap_h, x:x + 16]
-    assert strip.max() > 0.5  # white text on black
-    y, x, _, _ = boxes[5]
-    assert g[0, y + 16:y + 16 + cap_h, x:x + 16].max() == 0  # no caption for cell 5
-    assert torch.allclose(g[0, boxes[7][0]:boxes[7][0] + 16, boxes[7][1]:boxes[7][1] + 16], torch.zeros(16, 16, 3))
-    with pytest.raises(AtelierError, match="has 4 cells but the batch has 8"):
-        make_grid(imgs, rows=2, cols=2)
-    with pytest.raises(AtelierError, match="not a colour"):
-        parse_color("#12")
-    assert parse_color("white") == (255, 255, 255) and parse_color("#102030") == (16, 32, 48)
-
-
-def test_grid_mixed_sizes_are_centred():
-    a = _solid([(1, 0, 0)], 10, 10)
-    b = _solid([(0, 0, 1)], 20, 30)
-    g = make_grid([a, b], gap=0, background="white")
-    assert g.shape == (1, 20, 60, 3)
-    assert torch.allclose(g[0, 5:15, 10:20], torch.tensor([1.0, 0, 0]).expand(10, 10, 3))
-    assert torch.allclose(g[0, 0:5, 0:30], torch.ones(5, 30, 3))
-    assert torch.allclose(g[0, :, 30:], torch.tensor([0, 0, 1.0]).expand(20, 30, 3))

@@ -77,16 +77,16 @@ def test_story_scoring_half_passes_and_saves_grid_and_frames(comfy_server, story
     assert len(got) == 8 and max(abs(a - b) for a, b in zip(got, exp)) <= 1e-4
     gate = outs[ids["AtelierAestheticSetGate"]]["atelier_gate"][0]
     assert gate["passed"] is True and gate["mean"] == pytest.approx(mean, abs=1e-4)
-    # the grid: 8 cells -> 2 rows x 4 columns, gap 16, a caption strip (scores) of 1.5 x font 24
+    # the grid: 8 cells -> 4 rows x 2 columns (the story seed's), gap 16, a caption strip (scores) of 1.5 x font 24
     saved = {Path(p).name: p for p in comfy_server.output_files(entry)}
     grids = [p for n, p in saved.items() if n.startswith("grid")]
     frames = sorted(p for n, p in saved.items() if n.startswith("frame"))
     assert len(grids) == 1 and len(frames) == 8
     g = np.asarray(Image.open(grids[0]).convert("RGB"))
-    assert g.shape == (16 + 2 * (H + 36 + 16), 16 + 4 * (W + 16), 3)
+    assert g.shape == (16 + 4 * (H + 36 + 16), 16 + 2 * (W + 16), 3)
     order = sorted(range(8), key=lambda i: -exp[i])  # the gate passes the scorer's sorted images on
     for cell, i in enumerate(order):
-        r, c = divmod(cell, 4)
+        r, c = divmod(cell, 2)
         y, x = 16 + r * (H + 36 + 16), 16 + c * (W + 16)
         assert np.abs(g[y:y + H, x:x + W].astype(int) - story["frames"][i]).max() <= 1
     for k, path in enumerate(frames):
@@ -121,7 +121,7 @@ def test_shipped_story_workflow_matches_server_and_api_twin(comfy_server):
         assert lid in nodes[a]["outputs"][aslot]["links"] and nodes[b]["inputs"][bslot]["link"] == lid
         assert nodes[b]["inputs"][bslot]["type"] == typ
     types = [n["type"] for n in ui["nodes"]]
-    assert {"CheckpointLoaderSimple", "LoraLoader", "KSampler", "AtelierAestheticScorer", "AtelierAestheticSetGate",
-            "AtelierImageGrid", "SaveImage"} <= set(types)
+    assert {"CheckpointLoaderSimple", "AtelierOptionalLora", "KSampler", "AtelierAestheticScorer",
+            "AtelierAestheticSetGate", "AtelierImageGrid", "SaveImage"} <= set(types)
     lines = next(n for n in ui["nodes"] if n["type"] == "AtelierPromptLines")["widgets_values"][0]
     assert len([ln for ln in lines.splitlines() if ln.strip()]) == 8

@@ -237,19 +237,39 @@ def test_grid_node_default_layout_captions_rgba(env):
     imgs = _images(8, 32, 48, seed=1)
     (g,) = _call_listed(N.AtelierImageGrid, images=imgs, rows=0, cols=0, gap=8, background="#ffffff",
                         font_size=12)
-    assert g.shape == (1, 8 + 2 * (32 + 8), 8 + 4 * (48 + 8), 3)  # 8 images -> 2 rows x 4 columns
+    assert g.shape == (1, 8 + 4 * (32 + 8), 8 + 2 * (48 + 8), 3)  # 8 images -> 4 rows x 2 columns (story seed)
     assert torch.allclose(g[0, 8:40, 8 + 56:8 + 56 + 48], imgs[1])  # cell 1 is row 0, column 1
+    assert torch.allclose(g[0, 8 + 40:8 + 40 + 32, 8:8 + 48], imgs[2])  # cell 2 starts row 1
+    assert "8 images -> 4 rows x 2" in N.AtelierImageGrid.INPUT_TYPES()["required"]["rows"][1]["tooltip"]
     scores = [float(i) for i in range(8)]
     (g2,) = _call_listed(N.AtelierImageGrid, images=imgs, rows=0, cols=0, gap=8, background="#ffffff",
                          font_size=12, captions="", scores=scores)
-    assert g2.shape == (1, 8 + 2 * (32 + 18 + 8), 8 + 4 * (48 + 8), 3)
+    assert g2.shape == (1, 8 + 4 * (32 + 18 + 8), 8 + 2 * (48 + 8), 3)
     rgba = torch.cat([imgs, torch.ones_like(imgs[..., :1])], -1)
-    (g3,) = _call_listed(N.AtelierImageGrid, images=rgba, rows=2, cols=4, gap=8, background="#ffffff",
+    (g3,) = _call_listed(N.AtelierImageGrid, images=rgba, rows=4, cols=2, gap=8, background="#ffffff",
                          font_size=12)
     assert torch.allclose(g3, g, atol=1 / 255 + 1e-6)
     from comfyui_atelier.core.errors import AtelierError
     with pytest.raises(AtelierError, match=r"\[Atelier Image Grid\]"):
         _call_listed(N.AtelierImageGrid, images=imgs, rows=1, cols=3, gap=8, background="#fff", font_size=12)
+
+
+def test_grid_node_cjk_captions(env):
+    """Story captions in Chinese are drawn (ink in every caption strip), with a font that covers them."""
+    N = env["N"]
+    from comfyui_atelier.core import glyph
+    from comfyui_atelier.core.grid import caption_font, cell_boxes
+    imgs = torch.ones(8, 24, 240, 3)
+    lines = ["小狐狸找到了灯笼", "灯笼亮了", "它走进森林", "遇见了小兔子", "一起回家", "月亮出来了", "晚安", "完"]
+    (g,) = _call_listed(N.AtelierImageGrid, images=[imgs[:4], imgs[4:]], rows=0, cols=0, gap=4,
+                        background="#ffffff", font_size=20, captions="\n".join(lines))
+    cap_h = 30
+    assert g.shape == (1, 4 + 4 * (24 + cap_h + 4), 4 + 2 * (240 + 4), 3)
+    font = caption_font(lines, 20, font_dirs=N._caption_font_dirs())
+    assert glyph.missing_glyphs(font.path, font.index, "".join(lines)) == []
+    for i, (y, x, h, w) in enumerate(cell_boxes(8, 24, 240, gap=4, caption_h=cap_h)):
+        strip = g[0, y + h:y + h + cap_h, x:x + w]
+        assert (strip.min(dim=-1).values < 0.5).sum() > 20 * len(lines[i]), lines[i]  # ink for every character
 
 
 @pytest.mark.slow
