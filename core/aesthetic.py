@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import AtelierError
+from .weights import Reader, read_weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -165,18 +166,18 @@ def head_from_state_dict(sd: dict, *, source: str = "head", node: str | None = N
     return AestheticHead(layout, ws, bs)
 
 
-def load_head_file(path: str, *, node: str | None = None, input: str | None = None) -> AestheticHead:
-    """Load a head from .safetensors or .pth/.pt/.bin (torch.load weights_only=True)."""
+def load_head_file(path: str, *, node: str | None = None, input: str | None = None,
+                   read: Reader | None = None) -> AestheticHead:
+    """Load a head from .safetensors or .pth/.pt/.bin, read by ``read`` (default: core.weights.read_weights,
+    torch.load weights_only=True; ComfyUI's nodes pass comfy.utils.load_torch_file)."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise _err(f"head file '{path}' does not exist.", node=node, input=input,
                    fix="put the head in ComfyUI/models/aesthetic/.")
     try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-            sd = load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd, _ = (read or read_weights)(path)
+    except AtelierError:
+        raise
     except Exception as exc:  # corrupt file, pickle with code, truncated download
         raise _err(f"could not read head file '{name}': {type(exc).__name__}: {exc}", node=node, input=input,
                    expected="a .safetensors file or a .pth state dict loadable with weights_only=True",
@@ -299,12 +300,26 @@ def is_hf_predictor_dir(path: str) -> bool:
         os.path.isfile(os.path.join(path, f)) for f in HF_WEIGHT_FILES)
 
 
-def _read_hf_state_dict(path: str) -> dict:
-    st = os.path.join(path, "model.safetensors")
-    if os.path.isfile(st):
-        from safetensors.torch import load_file
-        return load_file(st, device="cpu")
-    return torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+def hf_weights_file(path: str) -> str:
+    """The weights file of a predictor folder: model.safetensors, else pytorch_model.bin."""
+    for f in HF_WEIGHT_FILES:
+        if os.path.isfile(os.path.join(path, f)):
+            return os.path.join(path, f)
+    return os.path.join(path, HF_WEIGHT_FILES[-1])
+
+
+def _read_hf_state_dict(path: str, read: Reader | None = None, *, name: str = "", node=None, input=None) -> dict:
+    weights = hf_weights_file(path)
+    try:
+        sd, _ = (read or read_weights)(weights)
+    except AtelierError:
+        raise
+    except Exception as exc:
+        raise _err(f"could not read '{os.path.basename(weights)}' in model folder '{name}': {type(exc).__name__}: "
+                   f"{exc}", node=node, input=input,
+                   expected="a complete model.safetensors (or a pytorch_model.bin loadable with weights_only=True)",
+                   fix="download the model folder again.") from exc
+    return sd
 
 
 @dataclass
@@ -376,8 +391,9 @@ class AestheticModel:
 
 
 def load_hf_predictor(path: str, *, node: str | None = None, input: str | None = None,
-                      name: str | None = None) -> AestheticModel:
-    """Load a simple-aesthetics-predictor directory (config.json + weights) with transformers' CLIP classes."""
+                      name: str | None = None, read: Reader | None = None) -> AestheticModel:
+    """Load a simple-aesthetics-predictor directory (config.json + weights) with transformers' CLIP classes;
+    the weights file is read by ``read`` (default: core.weights.read_weights)."""
     name = name or os.path.basename(os.path.normpath(path))
     if not is_hf_predictor_dir(path):
         raise _err(f"'{path}' is not a Hugging Face model directory.", node=node, input=input,
@@ -394,7 +410,7 @@ def load_hf_predictor(path: str, *, node: str | None = None, input: str | None =
                        expected="model_type 'clip_vision_model' (simple-aesthetics-predictor layout)",
                        fix="use an aesthetics-predictor-v1/v2 model folder.")
     config = CLIPVisionConfig.from_pretrained(path)
-    sd = _read_hf_state_dict(path)
+    sd = _read_hf_state_dict(path, read, name=name, node=node, input=input)
     head = head_from_state_dict(sd, source=f"model folder '{name}'", node=node, input=input)
     clip_sd = {k: v for k, v in sd.items() if not k.startswith(("layers.", "predictor."))}
     import transformers
@@ -420,11 +436,12 @@ def load_hf_predictor(path: str, *, node: str | None = None, input: str | None =
                           info={"layout": head.layout, "projection_dim": config.projection_dim})
 
 
-def load_aesthetic_model(path: str, *, node: str | None = None, input: str | None = None) -> AestheticModel:
-    """A model folder (path a) or a head file (path b)."""
+def load_aesthetic_model(path: str, *, node: str | None = None, input: str | None = None,
+                         read: Reader | None = None) -> AestheticModel:
+    """A model folder (path a) or a head file (path b); ``read`` reads the weights (see core.weights)."""
     if os.path.isdir(path):
-        return load_hf_predictor(path, node=node, input=input)
-    head = load_head_file(path, node=node, input=input)
+        return load_hf_predictor(path, node=node, input=input, read=read)
+    head = load_head_file(path, node=node, input=input, read=read)
     return AestheticModel(head=head, clip=None, name=os.path.basename(path), source=path,
                           info={"layout": head.layout})
 

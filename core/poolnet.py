@@ -38,6 +38,7 @@ from torch import nn
 
 from .errors import AtelierError
 from .files import atomic_path
+from .weights import Reader, is_safetensors, read_weights
 
 #: reference per-channel means, **B, G, R** order, on the 0..255 scale
 BGR_MEANS = (104.00699, 116.66877, 122.67892)
@@ -307,27 +308,29 @@ def predict_saliency(model: PoolNet, image: torch.Tensor, batch_size: int = 4, p
 _EDGE_HINTS = ("block.", "fuse.", "edgeinfo.")
 
 
-def _read_state_dict(path: str) -> dict:
+def _read_state_dict(path: str, read: Reader | None = None) -> dict:
+    """The state dict in ``path``, read by ``read`` (default: core.weights.read_weights), with
+    the reader's failures turned into errors that say what is wrong with the file."""
     if not os.path.isfile(path):
         raise AtelierError(f"PoolNet weights file '{path}' does not exist",
                            fix="put final.pth (or its .safetensors conversion) in ComfyUI/models/saliency/")
     size = os.path.getsize(path)
-    if path.lower().endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-            return load_file(path, device="cpu")
-        except Exception as exc:
-            raise AtelierError(f"cannot read safetensors file '{path}' ({size} bytes): {exc}",
-                               expected="a complete .safetensors file",
-                               fix="the file is probably truncated or corrupt: download or convert it again") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj, _ = (read or read_weights)(path)
+    except AtelierError:
+        raise
     except pickle.UnpicklingError as exc:
         raise AtelierError(f"refused to load '{path}': the file contains Python objects other than tensors "
                            f"(a pickle that could execute code). {str(exc).splitlines()[0]}",
                            expected="a plain PyTorch state_dict of tensors (like the official final.pth)",
                            fix="use the official final.pth, or convert a trusted file to .safetensors") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:
+        if is_safetensors(path):
+            raise AtelierError(f"cannot read safetensors file '{path}' ({size} bytes): {exc}",
+                               expected="a complete .safetensors file",
+                               fix="the file is probably truncated or corrupt: download or convert it again") from exc
+        if not isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError)):
+            raise
         raise AtelierError(f"cannot read PoolNet weights '{path}' ({size} bytes): {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}",
                            expected="a complete PyTorch .pth file",
@@ -381,9 +384,11 @@ def load_state_dict_strict(model: PoolNet, sd: dict, source: str = "state_dict")
     model.load_state_dict(sd, strict=True)
 
 
-def load_poolnet(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> PoolNet:
-    """Build PoolNet and load ``path`` (.pth via torch.load(weights_only=True), or .safetensors) strictly."""
-    sd = _read_state_dict(path)
+def load_poolnet(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 read: Reader | None = None) -> PoolNet:
+    """Build PoolNet and load ``path`` strictly. ``read`` reads the file (default: core.weights.read_weights,
+    .pth via torch.load(weights_only=True) or .safetensors; ComfyUI's nodes pass comfy.utils.load_torch_file)."""
+    sd = _read_state_dict(path, read)
     model = PoolNet()
     load_state_dict_strict(model, sd, source=os.path.basename(path))
     return model.to(device=device, dtype=dtype).eval()

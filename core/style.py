@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import AtelierError
+from .weights import Reader, read_weights
 
 STYLE_FORMAT = "atelier-style/1"
 ADAPTER_FORMAT = "atelier-style-adapter/1"
@@ -305,24 +306,27 @@ def save_style(style: StyleStats, path) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
-def load_style(path) -> StyleStats:
-    from safetensors import safe_open
+def _read(path, read: Reader | None, what: str, input: str) -> tuple[dict, dict]:
+    """(tensors, safetensors metadata) of an Atelier file, read by ``read`` (default: core.weights.read_weights)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            need = {"mu", "sigma", "channel_mean", "channel_std"}
-            if meta.get("format") != STYLE_FORMAT or not need <= keys:
-                raise AtelierError(f"'{path}' is not an Atelier style file (format {meta.get('format')!r})",
-                                   input="style_file", expected=f"a file written by Atelier Style Save ({STYLE_FORMAT})",
-                                   fix="re-create the style with Atelier Style Encode and save it")
-            t = {k: f.get_tensor(k) for k in need}
+        sd, meta = (read or read_weights)(str(path))
     except AtelierError:
         raise
     except Exception as exc:
-        raise AtelierError(f"cannot read style file '{path}': {exc}", input="style_file",
-                           expected="a safetensors style file") from exc
-    return StyleStats(mu=t["mu"], sigma=t["sigma"], channel_mean=t["channel_mean"], channel_std=t["channel_std"],
+        raise AtelierError(f"cannot read {what} file '{path}': {exc}", input=input,
+                           expected=f"a safetensors {what}") from exc
+    return sd, dict(meta or {})
+
+
+def load_style(path, read: Reader | None = None) -> StyleStats:
+    """A style written by save_style; ``read`` reads the file (ComfyUI's nodes pass comfy.utils.load_torch_file)."""
+    sd, meta = _read(path, read, "style", "style_file")
+    need = {"mu", "sigma", "channel_mean", "channel_std"}
+    if meta.get("format") != STYLE_FORMAT or not need <= set(sd):
+        raise AtelierError(f"'{path}' is not an Atelier style file (format {meta.get('format')!r})",
+                           input="style_file", expected=f"a file written by Atelier Style Save ({STYLE_FORMAT})",
+                           fix="re-create the style with Atelier Style Encode and save it")
+    return StyleStats(mu=sd["mu"], sigma=sd["sigma"], channel_mean=sd["channel_mean"], channel_std=sd["channel_std"],
                       count=int(meta.get("count", 0)), resolution=int(meta.get("resolution", DEFAULT_RESOLUTION)),
                       crop=meta.get("crop", "center"), name=meta.get("name", ""),
                       meta=json.loads(meta.get("meta") or "{}"))
@@ -437,21 +441,15 @@ def save_adapter(adapter: StyleAdapter, path, extra_meta: dict | None = None) ->
     save_file(sd, str(path), metadata=meta)
 
 
-def load_adapter(path, device="cpu") -> StyleAdapter:
-    from safetensors.torch import load_file
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:
-        raise AtelierError(f"cannot read adapter file '{path}': {exc}", input="adapter_name",
-                           expected="a safetensors style adapter") from exc
+def load_adapter(path, device="cpu", read: Reader | None = None) -> StyleAdapter:
+    """A style adapter with its config from the file's metadata; ``read`` reads the file (ComfyUI's nodes
+    pass comfy.utils.load_torch_file)."""
+    sd, meta = _read(path, read, "adapter", "adapter_name")
     if meta.get("format") != ADAPTER_FORMAT or "config" not in meta:
         raise AtelierError(f"'{path}' is not an Atelier style adapter (format {meta.get('format')!r})",
                            input="adapter_name", expected=f"a file written by the style trainer ({ADAPTER_FORMAT})",
                            fix="pick a style adapter file, not a LoRA or checkpoint")
     adapter = StyleAdapter(AdapterConfig.from_json(meta["config"]))
-    sd = load_file(str(path), device="cpu")
     missing, unexpected = adapter.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise AtelierError(f"adapter file '{path}' does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})",
