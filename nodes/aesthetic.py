@@ -19,6 +19,7 @@ import folder_paths
 from ..core import aesthetic as core
 from ..core.errors import AtelierError, MissingModelError
 from ..core.grid import AUTO_LAYOUT_RULE, make_grid
+from ._managed import load_to_device, managed, read_weights
 
 FOLDER = "aesthetic"
 AESTHETIC_TYPE = "ATELIER_AESTHETIC"
@@ -102,7 +103,7 @@ def load_cached(path: str, node: str, input: str = "model_name") -> core.Aesthet
         if m is None:
             for k in [k for k in _CACHE if k[0] == key[0]]:
                 del _CACHE[k]
-            m = core.load_aesthetic_model(path, node=node, input=input)
+            m = core.load_aesthetic_model(path, node=node, input=input, read=read_weights)
             _CACHE[key] = m
     return m
 
@@ -236,16 +237,11 @@ class AtelierAestheticScorer:
         pbar = comfy.utils.ProgressBar(n)
         progress = lambda done, total: pbar.update_absolute(done, total)  # noqa: E731
         if aesthetic_model.has_clip:
-            device = comfy.model_management.get_torch_device()
-            moved = device.type != "cpu"
-            try:
-                if moved:
-                    aesthetic_model.clip.to(device)
-                scores = aesthetic_model.score(images, progress=progress, node=node, input="images")
-            finally:
-                if moved:
-                    aesthetic_model.clip.to("cpu")
-        else:
+            # CLIP tower + head as one model under ComfyUI's model management (offloaded like a CLIP vision)
+            load_to_device(managed(aesthetic_model, aesthetic_model.clip, aesthetic_model.head,
+                                   offload_device=comfy.model_management.text_encoder_offload_device()))
+            scores = aesthetic_model.score(images, progress=progress, node=node, input="images")
+        else:  # ComfyUI's CLIP_VISION loads itself through its own patcher (encode_image)
             if clip_vision is None:
                 raise AtelierError(f"'{aesthetic_model.name}' is a head file without a CLIP vision model.", node=node,
                                    input="clip_vision", expected="a CLIP_VISION (CLIP ViT-L/14) input",

@@ -19,6 +19,8 @@ import folder_paths
 from ..core import matting as core
 from ..core.errors import AtelierError
 from ..core.manifest import PACK_FOLDERS
+from ..core.poolnet import load_poolnet
+from ._managed import load_to_device, managed, read_weights
 from ._preview import with_preview
 from .models import resolve_model  # importing it registers the model folders
 
@@ -47,18 +49,39 @@ _CACHE: dict = {}
 _LOCK = threading.Lock()
 
 
-def load_cached(path: str | None, device: str) -> core.SaliencyModel:
+def _load(path: str) -> core.SaliencyModel:
+    if path.lower().endswith(".onnx"):  # an onnxruntime session (no torch module, no ComfyUI loader for .onnx)
+        return core.load_saliency_model(path, device=str(comfy.model_management.get_torch_device()))
+    # PoolNet: read by ComfyUI's load_torch_file, built on the CPU; Remove Background puts it on the
+    # device through ComfyUI's model management (nodes/_managed.py)
+    net = load_poolnet(path, read=read_weights)
+    return core.SaliencyModel("poolnet", os.path.basename(path), path, net, "cpu")
+
+
+def load_cached(path: str | None) -> core.SaliencyModel:
+    """The model for `path` (None: classical), cached by path and mtime (with its ModelPatcher, once used)."""
     if path is None:
         return core.load_saliency_model(None)
-    key = (os.path.realpath(path), os.path.getmtime(path), str(device))
+    key = (os.path.realpath(path), os.path.getmtime(path))
     with _LOCK:
         m = _CACHE.get(key)
         if m is None:
             for k in [k for k in _CACHE if k[0] == key[0]]:
                 del _CACHE[k]
-            m = core.load_saliency_model(path, device=str(device))
+            m = _load(path)
             _CACHE[key] = m
     return m
+
+
+POOLNET_BYTES_PER_PIXEL = 1300  # fp32 activations per input pixel (about 1.3 GB for a 1024x1024 image)
+
+
+def _poolnet_memory(image, max_side: int) -> int:
+    """Working memory PoolNet needs for one forward pass over `image` (chunked to core.PIXEL_BUDGET pixels)."""
+    h, w = int(image.shape[1]), int(image.shape[2])
+    scale = min(1.0, max_side / max(h, w)) if max_side else 1.0
+    one = max(1, int(h * w * scale * scale))
+    return POOLNET_BYTES_PER_PIXEL * min(int(image.shape[0]) * one, max(one, core.PIXEL_BUDGET))
 
 
 class AtelierSaliencyLoader:
@@ -102,7 +125,7 @@ class AtelierSaliencyLoader:
     def load(self, model_name):
         try:
             path = resolve_saliency(model_name)
-            return (load_cached(path, comfy.model_management.get_torch_device()),)
+            return (load_cached(path),)
         except AtelierError as exc:
             raise exc.at(LOADER, "model_name") from exc
 
@@ -171,6 +194,9 @@ class AtelierRemoveBackground:
                                input="image", expected="IMAGE [batch, height, width, channels]")
         try:
             color = core.parse_color(background, node=REMOVER)
+            if saliency_model.kind == "poolnet":
+                load_to_device(managed(saliency_model, saliency_model.net),
+                               memory_required=_poolnet_memory(image, max_side))
             bar = comfy.utils.ProgressBar(int(image.shape[0]))
             out, alpha, rgba, sal = core.remove_background(
                 saliency_model, image, background=color, mask=mask, alpha_mode=alpha_mode, threshold=threshold,

@@ -23,6 +23,7 @@ import folder_paths
 from ..core import style as S
 from ..core.errors import AtelierError
 from ..core.files import atomic_path
+from ._managed import load_to_device, read_weights
 from .models import resolve_model
 
 log = logging.getLogger("atelier")
@@ -96,7 +97,7 @@ def load_adapter_cached(name: str, node: str = "Atelier Style Adapter Loader") -
     if hit is not None and hit[0] == mtime:
         return hit[1]
     try:
-        adapter = S.load_adapter(path)
+        adapter = S.load_adapter(path, read=read_weights)
     except AtelierError as exc:
         raise exc.at(node) from exc
     _ADAPTERS[path] = (mtime, adapter)
@@ -148,13 +149,15 @@ class AtelierStyleEncode:
         if model is None:
             raise AtelierError("this VAE input has no first_stage_model", node=node, input="vae",
                                expected="a VAE from a checkpoint or VAE loader")
-        try:
-            import comfy.model_management as mm
-            mm.load_models_gpu([vae.patcher])
-            device = getattr(vae, "device", None)
-            dtype = getattr(vae, "vae_dtype", None)
-        except Exception:  # older/newer runtimes: fall back to where the weights are
-            device = dtype = None
+        dtype = getattr(vae, "vae_dtype", None)
+        device = None  # a VAE-like object without ComfyUI's patcher runs where its weights are
+        if getattr(vae, "patcher", None) is not None:
+            try:  # the working memory ComfyUI's own VAE Encode asks for, for one chunk of 4 images
+                need = vae.memory_used_encode((4, 3, resolution, resolution), dtype)
+            except Exception:
+                need = 0
+            device = load_to_device(vae.patcher, memory_required=need,
+                                    full_load=bool(getattr(vae, "disable_offload", False)))
         total = sum(int(b.shape[0]) if b.ndim == 4 else 1 for b in batches)
         try:
             style = S.encode_style(batches, model, resolution=resolution, crop=crop, device=device, dtype=dtype,
@@ -229,7 +232,7 @@ class AtelierStyleLoad:
 
     def load(self, style_file):
         try:
-            return (S.load_style(find_style_file(style_file)),)
+            return (S.load_style(find_style_file(style_file), read=read_weights),)
         except AtelierError as exc:
             raise exc.at("Atelier Style Load") from exc
 
