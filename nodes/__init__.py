@@ -35,3 +35,8 @@ def load_families(families: dict) -> tuple[dict, dict, dict]:
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, FAILED_FAMILIES = load_families(FAMILIES)
+
+# The shipped workflows' Load Image files into ComfyUI's input folder (never overwrites; see the module).
+from ._example_inputs import copy_example_inputs  # noqa: E402
+
+copy_example_inputs()
