@@ -429,8 +429,8 @@ def test_match_mode_word_is_the_default_and_unchanged():
 
 def test_split_phrases_on_chinese_and_full_width_punctuation():
     text = "红色运动鞋，白色背景、bright；高清。产品：香水; studio\nsoft light, 8k"
-    assert P.split_phrases(text) == ["红色运动鞋", "白色背景", "bright", "高清", "产品", "香水", "studio",
-                                     "soft light", "8k"]
+    assert P.split_phrases(text) == ["红色运动鞋", "白色背景", "bright", "高清", "产品", "香水",
+                                     "studio", "soft light", "8k"]
     # weights keep their ASCII ':' and '.'
     assert P.split_phrases("(bright:1.2), a.b") == ["(bright:1.2)", "a.b"]
     # full-width letters and emphasis compare equal to ASCII
@@ -439,8 +439,8 @@ def test_split_phrases_on_chinese_and_full_width_punctuation():
 
 
 def test_inject_dedups_against_a_mixed_chinese_english_prompt():
-    inj = P.inject("红色运动鞋，Pure White Background、明亮；bright", "product photography, pure white background, bright, 明亮",
-                   "prefix")
+    inj = P.inject("红色运动鞋，Pure White Background、明亮；bright",
+                   "product photography, pure white background, bright, 明亮", "prefix")
     assert inj.added == ["product photography"]
     assert inj.skipped == ["pure white background", "bright", "明亮"]
     assert inj.text == "product photography, 红色运动鞋，Pure White Background、明亮；bright"
