@@ -3,8 +3,9 @@
 1. Find a ComfyUI (`--comfyui`, else $COMFYUI_PATH, else the pinned offline runtime).
 2. Check the models the workflow needs (its loader nodes' `properties.models`, matched to
    models_manifest.json) in the models folder; download missing ones, verified.
-3. Run `workflows/api/line2product.json` on a private ComfyUI server over a workspace copy,
-   with the caption and the example drawing, and copy the result to `--out`.
+3. Run `workflows/api/line2product.json` as shipped (no graph edits: its optional LoRA is 'none')
+   on a private ComfyUI server over a workspace copy, with the caption and the example drawing,
+   and copy the result (the drawing's size and aspect) to `--out`.
 
 When a model cannot be had (offline, no space, manual-only), it says which and runs the same
 workflow on generated tiny models instead, under a banner: a plumbing check, not real images.
@@ -31,15 +32,17 @@ EXAMPLE_CAPTION = "a white ceramic coffee mug with a round handle"
 LOADER_INPUTS = {
     "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
     "ControlNetLoader": ("control_net_name", "controlnet"),
-    "LoraLoader": ("lora_name", "loras"),
     "AtelierSaliencyLoader": ("model_name", "saliency"),
 }
-# Missing models in these folders have a fallback (no LoRA; the classical matting backend), so
-# they never force the tiny-model plumbing check.
-OPTIONAL_FOLDERS = {"loras", "saliency"}
-# Inputs set to TINY_SIZE for the plumbing check.
+# The LoRA is not here: the workflow's Atelier LoRA (optional) ships set to "none", so it runs as shipped
+# without one (pick your own LoRA there, or in the API prompt's lora_name).
+# A missing PoolNet has a fallback (the classical matting backend, set by input value), so it never
+# forces the tiny-model plumbing check.
+OPTIONAL_FOLDERS = {"saliency"}
+# Inputs set to TINY_SIZE for the plumbing check (the latent follows the line art's size; Crop Back
+# restores the drawing's size, so the result has the drawing's size and aspect in both modes).
 TINY_SIZE = 256
-TINY_SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "AtelierLineart": ("resolution",)}
+TINY_SIZE_INPUTS = {"AtelierLineart": ("resolution",)}
 BANNER = """
 ############################################################################
 #  PLUMBING CHECK, NOT REAL IMAGES                                         #
@@ -111,19 +114,11 @@ def ensure_models(models_dir: Path, offline: bool) -> list[str]:
     return missing
 
 
-def bypass(prompt: dict, node_id: str, passthrough: dict[int, str]) -> None:
-    """Remove a node, wiring each consumer of output slot i to what fed input `passthrough[i]`."""
-    node = prompt.pop(node_id)
-    for other in prompt.values():
-        for name, value in other["inputs"].items():
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id:
-                other["inputs"][name] = node["inputs"][passthrough[value[1]]]
-
-
 def prepare_prompt(prompt: dict, *, image_name: str, caption: str, seed: int, steps: int,
                    model_files: dict[str, str] | None, models_dir: Path | None) -> dict:
-    """Patch the API twin: inputs, seed/steps, and model files (tiny ones; fallbacks for optional ones)."""
-    for nid, node in list(prompt.items()):
+    """Patch the API twin's input values: image, caption, seed/steps, and model files (tiny ones; the
+    classical matting backend for a missing PoolNet). The graph itself is run as shipped."""
+    for node in prompt.values():
         ct, inputs = node["class_type"], node["inputs"]
         if ct == "LoadImage":
             inputs["image"] = image_name
@@ -141,10 +136,6 @@ def prepare_prompt(prompt: dict, *, image_name: str, caption: str, seed: int, st
             inputs[key] = model_files[folder]
         elif model_files is None and (models_dir / folder / inputs[key]).is_file():
             continue  # the user's own file is in place
-        elif ct == "LoraLoader":
-            # The shipped LoRA slot is for the user's own product LoRA: run without it.
-            print(f"  note: no LoRA {inputs[key]}; running without the LoRA")
-            bypass(prompt, nid, {0: "model", 1: "clip"})
         elif ct == "AtelierSaliencyLoader":
             from ..core.matting import CLASSICAL_NAME  # torch needed only here
 

@@ -54,3 +54,25 @@ def test_every_workflow_has_a_note_about_its_models(path: Path):
     for n in w["nodes"]:
         for m in (n.get("properties") or {}).get("models") or []:
             assert m["name"] in text, f"the Note does not mention {m['name']} (node {n['id']} {n['type']})"
+
+
+# What a user must be able to see in the editor without reading code: which slots are optional, and how to
+# fill them. node type -> (model folder the Note must name, what the node is called in the Note)
+OPTIONAL_SLOTS = {"AtelierOptionalLora": ("models/loras", "Atelier LoRA (optional)"),
+                  "AtelierStyleAdapterLoader": ("models/style_adapters", "adapter")}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_optional_slots_are_obvious_in_the_editor(path: Path):
+    w = json.loads(path.read_text(encoding="utf-8"))
+    text = "\n".join(str(v) for n in w["nodes"] if n["type"] in ("Note", "MarkdownNote")
+                     for v in n.get("widgets_values") or [])
+    for n in w["nodes"]:
+        if n["type"] not in OPTIONAL_SLOTS or (n.get("widgets_values") or [None])[0] != "none":
+            continue
+        folder, called = OPTIONAL_SLOTS[n["type"]]
+        title = n.get("title") or ""
+        assert "optional" in title and "'none'" in title, \
+            f"node {n['id']} ({n['type']}): its title should say it is optional and what 'none' means"
+        assert folder in text and called in text and "press R" in text, \
+            f"the Note should say how to add the optional {called} ({folder}, refresh, pick it)"

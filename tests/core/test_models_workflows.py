@@ -113,3 +113,118 @@ def test_cli_reads_properties_models_from_a_workflow_file(tmp_path, capsys):
     rc = models_cli.main(["check", "--workflow", str(p), "--models-dir", str(tmp_path / "models")])
     out = capsys.readouterr()[0]
     assert rc == 1 and "MISSING  sdxl-controlnet-canny" in out and "0 of 1 model(s) present" in out
+
+
+# ----------------------------------------------------------------------------- files nobody has
+
+# Model selectors of the loader nodes the workflows use: node type -> (widget index, model folder).
+LOADER_WIDGETS = {
+    "CheckpointLoaderSimple": (0, "checkpoints"),
+    "ControlNetLoader": (0, "controlnet"),
+    "LoraLoader": (0, "loras"),
+    "AtelierOptionalLora": (0, "loras"),
+    "CLIPVisionLoader": (0, "clip_vision"),
+    "VAELoader": (0, "vae"),
+    "AtelierSaliencyLoader": (0, "saliency"),
+    "AtelierAestheticLoader": (0, "aesthetic"),
+    "AtelierStyleAdapterLoader": (0, "style_adapters"),
+}
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf",
+                  ".ttf", ".otf", ".ttc", ".otc")
+TEXT_NODES = ("Note", "MarkdownNote")  # free text: may name files to add by hand
+
+
+def pack_provided() -> dict[str, set[str]]:
+    """Selector values that need no file: the pack's own choices."""
+    from comfyui_atelier.core.matting import CLASSICAL_NAME
+
+    return {"AtelierOptionalLora": {"none"}, "AtelierStyleAdapterLoader": {"none"},
+            "AtelierSaliencyLoader": {CLASSICAL_NAME}}
+
+
+def unavailable_files(workflow: dict, name: str, manifest: mf.Manifest) -> list[str]:
+    """Widget values that name a model file neither models_manifest.json nor the pack provides.
+
+    A loader's selector must be a manifest file of that folder (or a pack choice such as the optional
+    LoRA's and the style adapter's 'none'); any other widget string that looks like a model file must be
+    a manifest file too. Notes are text and are not checked.
+    """
+    problems: list[str] = []
+    provided = pack_provided()
+    for node in workflow.get("nodes", []):
+        ntype = node.get("type")
+        if ntype in TEXT_NODES or node.get("mode") in (2, 4):  # muted / bypassed nodes never run
+            continue
+        widgets = node.get("widgets_values")
+        if not isinstance(widgets, list):
+            continue
+        where = f"{name}: node {node.get('id')} ({ntype})"
+        selector = LOADER_WIDGETS.get(ntype)
+        for i, value in enumerate(widgets):
+            if not isinstance(value, str):
+                continue
+            is_selector = selector is not None and i == selector[0]
+            if not is_selector and not value.lower().endswith(MODEL_SUFFIXES):
+                continue
+            if is_selector and value in provided.get(ntype, set()):
+                continue
+            entry = manifest.find(value, selector[1] if is_selector else None)
+            if entry is None or entry.filename != value or (is_selector and entry.save_path != selector[1]):
+                folder = f"models/{selector[1]}" if is_selector else "a model folder"
+                choices = sorted(provided.get(ntype, set()))
+                problems.append(f"{where}: '{value}' in {folder} is neither in models_manifest.json nor provided by "
+                                f"the pack" + (f" (use {choices} or a manifest file)" if choices else ""))
+    return problems
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_shipped_workflow_names_only_files_someone_has(path: Path):
+    data = json.loads(path.read_text(encoding="utf-8"))
+    problems = unavailable_files(data, path.stem, mf.load_manifest())
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_optional_lora_and_adapter_ship_as_none(path: Path):
+    """LoRA / style adapter: the user's own file is optional, so the shipped value is 'none' (or a manifest file)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for node in data["nodes"]:
+        assert node["type"] != "LoraLoader", f"{path.stem}: node {node['id']} is ComfyUI's LoraLoader, which has no " \
+                                             f"'none'; use Atelier LoRA (optional)"
+        if node["type"] in ("AtelierOptionalLora", "AtelierStyleAdapterLoader"):
+            assert node["widgets_values"][0] == "none", (path.stem, node["id"])
+
+
+def test_files_checker_reports_files_nobody_has():
+    m = mf.load_manifest()
+    ckpt = m.by_id("sd15-base").filename
+    wf = {"nodes": [
+        _loader(1, "CheckpointLoaderSimple", ckpt),
+        {"id": 2, "type": "LoraLoader", "widgets_values": ["product_lora.safetensors", 0.8, 0.8]},
+        {"id": 3, "type": "AtelierOptionalLora", "widgets_values": ["none", 1.0, 1.0]},
+        {"id": 4, "type": "AtelierOptionalLora", "widgets_values": ["story_style_lora.safetensors", 1.0, 1.0]},
+        {"id": 5, "type": "AtelierStyleAdapterLoader", "widgets_values": ["style07_adapter.safetensors"]},
+        {"id": 6, "type": "AtelierStyleAdapterLoader", "widgets_values": ["none"]},
+        {"id": 7, "type": "LoraLoader", "widgets_values": ["none", 1.0, 1.0]},  # ComfyUI's loader has no 'none'
+        {"id": 8, "type": "ControlNetLoader", "widgets_values": [ckpt]},  # a manifest file of another folder
+        {"id": 9, "type": "SomePackNode", "widgets_values": ["weights/mystery.safetensors", 3]},
+        {"id": 10, "type": "Note", "widgets_values": ["put style07_lora.safetensors in models/loras"]},
+        {"id": 11, "type": "LoraLoader", "mode": 4, "widgets_values": ["bypassed.safetensors", 1.0, 1.0]},
+        {"id": 12, "type": "KSampler", "widgets_values": [1, "fixed", 20, 7.0, "euler", "normal", 1.0]},
+    ]}
+    problems = unavailable_files(wf, "mystery", m)
+    flagged = sorted(int(p.split("node ")[1].split(" ")[0]) for p in problems)
+    assert flagged == [2, 4, 5, 7, 8, 9], problems
+    assert any("['none']" in p for p in problems if "node 4 " in p)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_every_load_image_has_a_shipped_example_input(path: Path):
+    """The pack copies example_inputs/*.png (top level) into ComfyUI's input folder; every Load Image names one."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    examples = mf.DEFAULT_MANIFEST.parent / "example_inputs"
+    for node in data["nodes"]:
+        if node["type"] == "LoadImage" and node.get("mode", 0) == 0:
+            image = node["widgets_values"][0]
+            assert "/" not in image and (examples / image).is_file(), \
+                f"{path.stem}: node {node['id']} loads '{image}', which example_inputs/ does not ship"

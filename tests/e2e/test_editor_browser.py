@@ -327,11 +327,12 @@ def test_line2product_queued_from_the_editor_shows_the_image(editor, editor_serv
     }""")
     assert "type=output" in result["save"] and "line2product" in result["save"]
     assert "type=temp" in result["matte"] and "atelier_matte" in result["matte"]
-    assert result["size"] == [64, 64]
+    drawing = Image.open(PACK / "example_inputs" / "line_drawing_mug.png").size  # Crop Back restores its size
+    assert result["size"] == list(drawing)
     assert result["report"] and "WARNING: positive prompt is" in result["report"]
     assert "-token window" in result["report"] and "tokens: positive" in result["report"]
     assert result["color"] == "rgb(232, 163, 61)"
     saved = list(editor_server.output_dir.glob("line2product*.png"))
-    assert saved and Image.open(saved[0]).size == (64, 64)
+    assert saved and Image.open(saved[0]).size == drawing
     editor.screenshot(tmp_path / "line2product-run.png")
     assert editor.errors == [], "\n".join(editor.errors)

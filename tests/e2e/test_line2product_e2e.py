@@ -36,7 +36,7 @@ def test_line2product_runs_on_tiny_models(comfy_server, tiny_sd15):
     files = comfy_server.output_files(entry, save_id)
     assert len(files) == 1
     img = Image.open(files[0])
-    assert img.size == (demo.TINY_SIZE, demo.TINY_SIZE) and img.mode == "RGB"
+    assert img.size == Image.open(PACK / "example_inputs" / "line_drawing_mug.png").size and img.mode == "RGB"
 
 
 def test_bad_input_is_rejected_with_the_nodes_message(comfy_server):
@@ -59,4 +59,4 @@ def test_demo_command_offline_runs_the_plumbing_check(tmp_path, tiny_sd15):
     assert "PLUMBING CHECK, NOT REAL IMAGES" in proc.stdout
     assert "sd15-base" in proc.stdout
     files = list(out.glob("*_PLUMBING_CHECK.png"))
-    assert len(files) == 1 and Image.open(files[0]).size == (demo.TINY_SIZE, demo.TINY_SIZE)
+    assert len(files) == 1 and Image.open(files[0]).size == Image.open(demo.EXAMPLE_IMAGE).size

@@ -1,7 +1,7 @@
 """The style-transfer workflow in a real ComfyUI server on the tiny SD1.5 models.
 
 The shipped UI workflow is converted with the live /object_info (the client's converter), its
-models and sizes swapped for the tiny ones, and run: checkpoint -> LoraLoader -> style-token
+models and sizes swapped for the tiny ones, and run: checkpoint -> Atelier LoRA (optional) -> style-token
 prompt -> CLIPTextEncode -> style blend (LoadImage refs + VAE) -> KSampler -> VAEDecode -> SaveImage.
 """
 from __future__ import annotations
@@ -47,11 +47,14 @@ def api(server, tiny_sd15):
     for k, v in g.items():
         by_type.setdefault(v["class_type"], k)
     g[by_type["CheckpointLoaderSimple"]]["inputs"]["ckpt_name"] = tiny_sd15["checkpoints"].name
-    g[by_type["LoraLoader"]]["inputs"]["lora_name"] = tiny_sd15["loras"].name
+    g[by_type["AtelierOptionalLora"]]["inputs"]["lora_name"] = tiny_sd15["loras"].name
     g[by_type["AtelierStyleAdapterLoader"]]["inputs"]["adapter_name"] = ADAPTER
     g[by_type["AtelierStyleEncode"]]["inputs"]["resolution"] = 64
     g[by_type["EmptyLatentImage"]]["inputs"].update(width=64, height=64)
     g[by_type["KSampler"]]["inputs"].update(steps=1)
+    # These tests isolate the trained adapter: the shipped training-free Style Guidance is off here (the
+    # workflow as shipped, guidance on, runs in test_workflows_as_shipped_e2e.py).
+    g[by_type["AtelierStyleGuidance"]]["inputs"]["strength"] = 0.0
     g["_by_type"] = by_type
     return g
 
@@ -77,13 +80,15 @@ def test_style_nodes_registered(server):
 
 def test_workflow_runs_and_blend_changes_the_result(server, api):
     t = api["_by_type"]
-    assert t.keys() >= {"LoraLoader", "AtelierSystemPrompt", "CLIPTextEncode", "LoadImage", "AtelierStyleEncode",
-                        "AtelierStyleConditioningBlend", "KSampler", "VAEDecode", "SaveImage"}
+    assert t.keys() >= {"AtelierOptionalLora", "AtelierSystemPrompt", "CLIPTextEncode", "LoadImage",
+                        "AtelierStyleEncode", "AtelierStyleConditioningBlend", "KSampler", "VAEDecode", "SaveImage"}
     zero = _run(server, api, strength=0.0)
     # the same graph without the blend node (positive straight from CLIPTextEncode)
     plain_graph = {k: json.loads(json.dumps(v)) for k, v in api.items() if k != "_by_type"}
     blend = plain_graph.pop(t["AtelierStyleConditioningBlend"])
     plain_graph[t["KSampler"]]["inputs"]["positive"] = blend["inputs"]["conditioning"]
+    guidance = plain_graph.pop(t["AtelierStyleGuidance"])  # strength 0 in these tests: the model passes through
+    plain_graph[t["KSampler"]]["inputs"]["model"] = guidance["inputs"]["model"]
     for k in (t["AtelierStyleEncode"], t["AtelierStyleAdapterLoader"]):
         plain_graph.pop(k)
     plain_graph = {k: v for k, v in plain_graph.items() if v["class_type"] != "LoadImage"}
