@@ -69,10 +69,11 @@ class AestheticHead(torch.nn.Module):
         super().__init__()
         self.layout = layout
         self.relu = V2_LAYOUTS.get(layout, ((), False))[1]
-        self.weights = torch.nn.ParameterList([torch.nn.Parameter(w.detach().float().contiguous(), requires_grad=False)
-                                               for w in weights])
-        self.biases = torch.nn.ParameterList([torch.nn.Parameter(b.detach().float().contiguous(), requires_grad=False)
-                                              for b in biases])
+        # own copies: a loader may hand out tensors over a read-only memory map of the file (newer ComfyUI)
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(w.detach().to(torch.float32, copy=True).contiguous(),
+                                                                  requires_grad=False) for w in weights])
+        self.biases = torch.nn.ParameterList([torch.nn.Parameter(b.detach().to(torch.float32, copy=True).contiguous(),
+                                                                 requires_grad=False) for b in biases])
 
     @property
     def in_dim(self) -> int:

@@ -326,7 +326,9 @@ def load_style(path, read: Reader | None = None) -> StyleStats:
         raise AtelierError(f"'{path}' is not an Atelier style file (format {meta.get('format')!r})",
                            input="style_file", expected=f"a file written by Atelier Style Save ({STYLE_FORMAT})",
                            fix="re-create the style with Atelier Style Encode and save it")
-    return StyleStats(mu=sd["mu"], sigma=sd["sigma"], channel_mean=sd["channel_mean"], channel_std=sd["channel_std"],
+    # own copies: a loader may hand out tensors over a read-only memory map of the file (newer ComfyUI)
+    t = {k: sd[k].clone() for k in need}
+    return StyleStats(mu=t["mu"], sigma=t["sigma"], channel_mean=t["channel_mean"], channel_std=t["channel_std"],
                       count=int(meta.get("count", 0)), resolution=int(meta.get("resolution", DEFAULT_RESOLUTION)),
                       crop=meta.get("crop", "center"), name=meta.get("name", ""),
                       meta=json.loads(meta.get("meta") or "{}"))
