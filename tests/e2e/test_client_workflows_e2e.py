@@ -1,11 +1,13 @@
 """Shipped workflows: UI format -> API format with the live server's /object_info equals the
-shipped API twin; and the line2product workflow runs keyed rows through the batch client."""
+shipped API twin; and the line2product workflow runs keyed rows through the batch client, its graph
+unedited: the optional LoRA as shipped ('none'), or a row's own LoRA through a NODE.INPUT column."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from comfyui_atelier.client import convert
 from comfyui_atelier.client.batch import BatchConfig, run_batch
@@ -42,22 +44,25 @@ def test_line2product_rows_get_their_prompt_and_seed(comfy_server, tiny_sd15, li
         pytest.skip("line2product workflow not shipped")
     api = convert.to_api(str(ROOT / "workflows" / "line2product.json"), live_info)
     by_type = {v["class_type"]: k for k, v in api.items()}
-    tiny = {"ckpt_name": tiny_sd15["checkpoints"].name, "control_net_name": tiny_sd15["controlnet"].name,
-            "lora_name": tiny_sd15["loras"].name}
+    tiny = {"ckpt_name": tiny_sd15["checkpoints"].name, "control_net_name": tiny_sd15["controlnet"].name}
     for nid, node in api.items():  # tiny models, tiny sizes, and whatever the test server offers elsewhere
         specs = convert.node_inputs(live_info[node["class_type"]])
         for name, value in list(node["inputs"].items()):
             opts = convert.combo_options(specs.get(name))
             if name in tiny:
                 node["inputs"][name] = tiny[name]
-            elif opts and value not in opts and name != "image":
+            elif opts and value not in opts and name != "image":  # PoolNet -> the classical backend
                 node["inputs"][name] = opts[0]
             elif name in ("resolution", "width", "height") and isinstance(value, int):
                 node["inputs"][name] = 64
             elif name == "steps" and isinstance(value, int):
                 node["inputs"][name] = 1
+    lora = by_type["AtelierOptionalLora"]
+    assert api[lora]["inputs"]["lora_name"] == "none"  # as shipped: no LoRA needed
     ids = ["24806", "24807", "24808"]
-    make_dataset(tmp_path / "ds", ids, extra_cols={i: {"seed": 100 + k} for k, i in enumerate(ids)})
+    cols = {i: {"seed": 100 + k} for k, i in enumerate(ids)}
+    cols["24808"][f"{lora}.lora_name"] = tiny_sd15["loras"].name  # one row brings its own LoRA
+    make_dataset(tmp_path / "ds", ids, extra_cols=cols)
     res = run_batch(BatchConfig(workflow=api, servers=[comfy_server.url], out_dir=str(tmp_path / "out"),
                                 images=str(tmp_path / "ds"), progress=False, job_timeout=300))
     assert res.exit_code == 0, res.results
@@ -69,4 +74,6 @@ def test_line2product_rows_get_their_prompt_and_seed(comfy_server, tiny_sd15, li
         assert sent[by_type["AtelierSystemPrompt"]]["inputs"]["prompt"] == f"product photo of item {rid}"
         assert sent[by_type["KSampler"]]["inputs"]["seed"] == 100 + k
         assert sent[by_type["LoadImage"]]["inputs"]["image"].endswith(f"/{rid}.png")
-        assert (tmp_path / "out" / f"{rid}.png").stat().st_size > 0
+        assert sent[lora]["inputs"]["lora_name"] == (tiny_sd15["loras"].name if rid == "24808" else "none")
+        out = Image.open(tmp_path / "out" / f"{rid}.png")
+        assert out.size == Image.open(tmp_path / "ds" / f"{rid}.png").size  # the input's size and aspect
