@@ -18,6 +18,7 @@ from collections import OrderedDict
 import folder_paths
 
 from ..core.errors import AtelierError
+from ._managed import read_weights
 
 log = logging.getLogger("atelier")
 
@@ -56,8 +57,6 @@ def _missing(lora_name: str) -> AtelierError:
 
 def load_lora_cached(path: str) -> dict:
     """The LoRA's state dict, as ComfyUI's LoraLoader reads it; cached by path and mtime."""
-    import comfy.utils
-
     mtime = os.path.getmtime(path)
     hit = _CACHE.get(path)
     if hit is not None and hit[0] == mtime:
@@ -67,7 +66,9 @@ def load_lora_cached(path: str) -> dict:
     while len(_CACHE) >= _CACHE_SIZE:
         _CACHE.popitem(last=False)
     try:
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        sd, _meta = read_weights(path)  # ComfyUI's loader, so a model policy gates it like core's LoRAs
+    except AtelierError as exc:  # a policy refusal or an unsafe-pickle PyTorch: say so, not "re-download"
+        raise exc.at(DISPLAY, "lora_name") from exc
     except Exception as exc:
         raise AtelierError(f"cannot read LoRA file '{os.path.basename(path)}': {type(exc).__name__}: {exc}",
                            node=DISPLAY, input="lora_name", expected="a LoRA in .safetensors (or a weights-only .pt)",

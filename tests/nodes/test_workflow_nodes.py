@@ -109,6 +109,36 @@ def test_missing_lora_says_what_to_do(L, sd15):
         L.AtelierOptionalLora().apply(sd15[0], sd15[1], "product_lora.safetensors", 1.0, 1.0)
 
 
+def test_lora_is_read_by_comfys_loader_and_a_policy_refusal_says_so(L, lora_file, monkeypatch):
+    """The LoRA goes through comfy.utils.load_torch_file (so an organisation's model policy gates it); a
+    refusal by that policy is reported as such, attributed to the node, not as a file to re-download."""
+    import sys
+    import types
+
+    import comfy.utils
+
+    class ModelNotPermittedError(RuntimeError):
+        pass
+
+    governance = types.ModuleType("app.governance")
+    governance.ModelNotPermittedError = ModelNotPermittedError
+    monkeypatch.setitem(sys.modules, "app.governance", governance)
+    seen = []
+
+    def refuse(ckpt, *args, **kwargs):
+        seen.append(os.path.realpath(ckpt))
+        raise ModelNotPermittedError(f"Model '{os.path.basename(ckpt)}' is not permitted by your organization's policy.")
+
+    monkeypatch.setattr(comfy.utils, "load_torch_file", refuse)
+    L._CACHE.clear()
+    with pytest.raises(AtelierError) as e:
+        L.load_lora_cached(str(lora_file))
+    msg = str(e.value)
+    assert "[Atelier LoRA (optional)]" in msg and "not permitted" in msg and "administrator" in msg
+    assert "re-download" not in msg
+    assert seen == [os.path.realpath(lora_file)]
+
+
 # ----------------------------------------------------------------------------- empty latent like
 
 @pytest.fixture(scope="module")
