@@ -1,6 +1,6 @@
 """Aesthetic scoring throughput: ours vs simple-aesthetics-predictor, same models, same images, same run.
 
-    python bench/aesthetic.py [--sizes tiny,vitl] [--batches 1,8] [--image 1024] [--repeats 5]
+    python bench/aesthetic.py [--sizes tiny,vitl] [--batches 1,8] [--image 1024] [--repeats 5] [--quick]
 
 Both sides start from a ComfyUI IMAGE tensor [B,H,W,3] float 0..1, as a node would: ours scores it
 directly; the peer converts it to 8-bit PIL images the way ComfyUI's SaveImage does, pre-processes them
@@ -9,7 +9,9 @@ torch.no_grad(). Models are random but real-shaped
 (tiny CLIP, and CLIP ViT-L/14 = 304M vision parameters), written once to --cache in the
 simple-aesthetics-predictor layout and loaded from disk by both. Prints median seconds per call,
 images/s, ratio ours/peer (>= 1.0 means we are at least as fast), the max score difference and peak RSS.
-CPU only (set --threads to pin torch's thread count).
+Each row prints its targets (peer/ours >= 1.0, max |d score| <= 1e-4) with met/missed. CPU only (set
+--threads to pin torch's thread count). --quick: a smoke run (tiny model, batches 1 and 2, 64x64 images, one
+repeat) that checks the bench still runs and prints its table (timings mean nothing).
 """
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _verdict import cells
 from comfyui_atelier.core import aesthetic as A
 
 HERE = Path(__file__).resolve().parent
+SPEED_TARGET = (">=", 1.0)   # peer time / our time
+PARITY_TARGET = ("<=", 1e-4)  # max |score difference|
 
 
 def _fixtures():
@@ -72,7 +77,10 @@ def main(argv=None) -> int:
     ap.add_argument("--vitl-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "atelier-bench-aesthetic"))
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, batches 1,2, 64x64, one repeat")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.batches, args.image, args.repeats = "tiny", "1,2", 64, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -112,11 +120,12 @@ def main(argv=None) -> int:
     print(f"\naesthetic scoring, CPU ({torch.get_num_threads()} threads), {args.image}x{args.image} RGB inputs, "
           f"torch {torch.__version__}")
     head = (f"{'model':<6} {'batch':>5} {'ours s':>9} {'peer s':>9} {'ours img/s':>11} {'peer img/s':>11} "
-            f"{'ours/peer':>9} {'max |d score|':>14} {'peak RSS MB':>12}")
+            f"{'ours/peer':>9} {'max |d score|':>14} {'peak RSS MB':>12}  target (speed; parity)")
     print(head)
     print("-" * len(head))
     for size, b, to, tp, io, ip, ratio, diff, rss in rows:
-        print(f"{size:<6} {b:>5} {to:>9.4f} {tp:>9.4f} {io:>11.2f} {ip:>11.2f} {ratio:>8.2f}x {diff:>14.2e} {rss:>12.0f}")
+        print(f"{size:<6} {b:>5} {to:>9.4f} {tp:>9.4f} {io:>11.2f} {ip:>11.2f} {ratio:>8.2f}x {diff:>14.2e} {rss:>12.0f}"
+              f"  {cells(ratio, SPEED_TARGET)}; {cells(diff, PARITY_TARGET)}")
     print("(medians; ratio = peer time / our time, >= 1.0 means at least as fast; parity target max |d| <= 1e-4)")
     return 0
 

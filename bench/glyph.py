@@ -1,6 +1,6 @@
 """Glyph rendering and OCR timings on the CPU, medians over repeated runs.
 
-    python bench/glyph.py [--repeats 7] [--boxes 50] [--size 1024] [--threads 0]
+    python bench/glyph.py [--repeats 7] [--boxes 50] [--size 1024] [--threads 0] [--quick]
 
 Rendering: 50 text boxes (Latin and Chinese, a quarter of them rotated, some tall ones vertical) on a
 1024x1024 canvas with core.glyph.render_glyphs (auto font per box, auto-fit size, perspective warp into the
@@ -9,7 +9,9 @@ corner with a fixed CJK font (no fitting, no rotation, no mask, no glyph check),
 
 OCR: the same 1024x1024 glyph image through core.ocr.run_ocr with rapidocr (PP-OCRv4 ONNX models from its
 wheel) and with PaddleOCR 3.x where it is installed and its models are available offline (otherwise the
-row says why it was skipped). Prints median ms, the ratio to the peer / to rapidocr, and peak RSS.
+row says why it was skipped). Prints median ms, the ratio to the peer / to rapidocr, each row's target with
+met/missed ("—" where none is set) and peak RSS. --quick: a smoke run (6 boxes on 256x256, one repeat) that
+checks the bench still runs and prints its table (timings mean nothing).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from _verdict import cells
 
 from comfyui_atelier.core import glyph as G
 from comfyui_atelier.core import ocr as O
@@ -51,6 +55,11 @@ def make_boxes(n: int, size: int, seed: int = 0) -> list[dict]:
     return G.parse_text_boxes(out)
 
 
+# bounds on each row's ratio (ours/PIL, backend/rapidocr); None: no agreed target yet, the row prints "—"
+RENDER_TARGET = None
+OCR_TARGET = None
+
+
 def median_ms(fn, repeats: int) -> float:
     fn()  # warm-up (font cache, ONNX sessions)
     times = []
@@ -71,7 +80,10 @@ def main(argv=None) -> int:
     ap.add_argument("--boxes", type=int, default=50)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="cv2 threads (0 = OpenCV default)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 6 boxes, 256x256, one repeat")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.repeats, a.boxes, a.size = 1, 6, 256
     if a.threads:
         import cv2
         cv2.setNumThreads(a.threads)
@@ -94,32 +106,35 @@ def main(argv=None) -> int:
     rows = []
     t_ours = median_ms(ours, a.repeats)
     t_peer = median_ms(peer, a.repeats)
-    rows.append((f"render {a.boxes} boxes, {a.size}² (atelier)", t_ours, f"{t_ours / t_peer:.1f}x PIL"))
-    rows.append((f"render {a.boxes} boxes, {a.size}² (plain PIL text)", t_peer, "1.0x"))
+    rows.append((f"render {a.boxes} boxes, {a.size}² (atelier)", t_ours, f"{t_ours / t_peer:.1f}x PIL",
+                 cells(t_ours / t_peer, RENDER_TARGET)))
+    rows.append((f"render {a.boxes} boxes, {a.size}² (plain PIL text)", t_peer, "1.0x", cells(None, None)))
 
     glyph_img = ours()[0]
     ocr_rows = []
     t_rapid = None
     for backend in O.BACKENDS:
         if not O.backend_available(backend):
-            ocr_rows.append((f"OCR {a.size}² ({backend})", None, "skipped: not installed"))
+            ocr_rows.append((f"OCR {a.size}² ({backend})", None, "skipped: not installed", cells(None, None)))
             continue
         try:
             n = len(O.run_ocr(glyph_img, backend=backend, min_confidence=0.0))
             t = median_ms(lambda: O.run_ocr(glyph_img, backend=backend, min_confidence=0.0), a.repeats)
         except AtelierError as exc:
-            ocr_rows.append((f"OCR {a.size}² ({backend})", None, f"skipped: {exc.problem}"))
+            ocr_rows.append((f"OCR {a.size}² ({backend})", None, f"skipped: {exc.problem}", cells(None, None)))
             continue
         if backend == "rapidocr":
             t_rapid = t
         ratio = f"{t / t_rapid:.2f}x rapidocr" if t_rapid else ""
-        ocr_rows.append((f"OCR {a.size}² ({backend}, {n} lines)", t, ratio))
+        ocr_rows.append((f"OCR {a.size}² ({backend}, {n} lines)", t, ratio,
+                         cells(t / t_rapid, OCR_TARGET) if t_rapid and backend != "rapidocr" else cells(None, None)))
     rows += ocr_rows
 
     w = max(len(r[0]) for r in rows)
-    print(f"{'case':<{w}}  {'median ms':>10}  ratio")
-    for name, t, note in rows:
-        print(f"{name:<{w}}  {('%.1f' % t) if t is not None else '-':>10}  {note}")
+    nw = max(len(r[2]) for r in rows + [("", 0, "ratio")])
+    print(f"{'case':<{w}}  {'median ms':>10}  {'ratio':<{nw}}  target")
+    for name, t, note, target in rows:
+        print(f"{name:<{w}}  {('%.1f' % t) if t is not None else '-':>10}  {note:<{nw}}  {target}")
     print(f"peak RSS {peak_rss_mb():.0f} MB, {a.repeats} repeats")
     return 0
 

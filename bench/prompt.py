@@ -1,6 +1,6 @@
 """Benchmark: what the system prompt injector costs next to a plain CLIP tokenization (CPU).
 
-    python bench/prompt.py [--repeats 200]
+    python bench/prompt.py [--repeats 200] [--quick]
 
 Peers, on the same prompts in the same run (medians over interleaved repeats):
 - tokenize : one CLIP-L tokenization of the final positive text (ComfyUI's sd1_tokenizer through
@@ -8,6 +8,8 @@ Peers, on the same prompts in the same run (medians over interleaved repeats):
 - inject   : build_prompts without token counting (template, phrase dedup, category negatives);
 - full     : build_prompts with the same tokenizer counting both sides (and, over 75 tokens, the
              binary search for where the overflow starts): what AtelierSystemPrompt runs.
+Each row prints its target and met/missed ("—": no target set for this bench yet). --quick: 3 repeats, a
+smoke run that checks the bench still runs and prints its table (timings mean nothing).
 
 Prompts: short (a product line), long (about 190 tokens: triggers the window search). The tokenizer is
 ComfyUI's own (from $COMFYUI_PATH or the pinned offline runtime); no model is loaded.
@@ -19,11 +21,18 @@ import os
 import statistics
 import time
 
+from _verdict import cells
+
+TARGET = None  # no agreed bound on full/tokenize yet: rows print "—"
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 repeats, no warm-up loop")
     args = ap.parse_args()
+    if args.quick:
+        args.repeats = 3
 
     from transformers import CLIPTokenizer
 
@@ -42,7 +51,7 @@ def main() -> None:
         "short": "a red leather sneaker with white laces, side view",
         "long": ", ".join(f"tiny detail number {i}" for i in range(30)),
     }
-    print(f"{'prompt':<7} {'tokens':>6} {'tokenize ms':>12} {'inject ms':>10} {'full ms':>8} {'full/tokenize':>14}")
+    print(f"{'prompt':<7} {'tokens':>6} {'tokenize ms':>12} {'inject ms':>10} {'full ms':>8} {'full/tokenize':>14}  target")
     for label, text in prompts.items():
         final = P.build_prompts(text, eco).positive
         runs = {"tokenize": [], "inject": [], "full": []}
@@ -51,7 +60,7 @@ def main() -> None:
             "inject": lambda: P.build_prompts(text, eco),
             "full": lambda: P.build_prompts(text, eco, count_tokens=count),
         }
-        for _ in range(5):
+        for _ in range(1 if args.quick else 5):
             for f in fns.values():
                 f()
         for _ in range(args.repeats):
@@ -61,7 +70,7 @@ def main() -> None:
                 runs[name].append((time.perf_counter() - t0) * 1000)
         med = {k: statistics.median(v) for k, v in runs.items()}
         print(f"{label:<7} {count(final):>6} {med['tokenize']:>12.3f} {med['inject']:>10.3f} {med['full']:>8.3f} "
-              f"{med['full'] / med['tokenize']:>13.1f}x")
+              f"{med['full'] / med['tokenize']:>13.1f}x  {cells(med['full'] / med['tokenize'], TARGET)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Style family timings: ours vs a peer on the same inputs in the same run.
 
-    python bench/style.py [--resolution 256] [--images 4] [--repeats 5] [--threads N]
+    python bench/style.py [--resolution 256] [--images 4] [--repeats 5] [--threads N] [--quick]
 
 Rows:
 - style encode: `core.style.encode_style` (resize/crop, encoder + quant_conv, split to mean/logvar,
@@ -11,7 +11,9 @@ Rows:
   vs the peer `F.instance_norm(x) * std + mean` on [4, 4, 128, 128] latents.
 - style tokens: adapter forward + blend into a [1, 77, W] conditioning for W = 768 / 1024 / 2048,
   vs the peer: adding a precomputed token tensor (the cost of the blend alone).
-Prints median seconds, ratio ours/peer (< 1 means ours is faster, > 1 slower) and peak RSS.
+Prints median seconds, ratio ours/peer (< 1 means ours is faster, > 1 slower), each row's target with
+met/missed ("—" where none is set) and peak RSS. --quick: a smoke run (64 px, one image, one repeat) that
+checks the bench still runs and prints its table (timings mean nothing).
 CPU only.
 """
 from __future__ import annotations
@@ -23,8 +25,17 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _verdict import cells
 
 from comfyui_atelier.core import style as S
+
+
+# ours/peer bounds per row (by the row name's start); None: no agreed target yet, the row prints "—"
+TARGETS: dict[str, tuple[str, float] | None] = {"style encode": None, "latent match": None, "style tokens": None}
+
+
+def _target(name: str):
+    return next((t for k, t in TARGETS.items() if name.startswith(k)), None)
 
 
 def _median(fn, repeats):
@@ -47,7 +58,10 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64 px, one image, one repeat")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.resolution, a.images, a.repeats = 64, 1, 1
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -104,9 +118,9 @@ def main(argv=None):
         rows.append((f"style tokens + blend W={w} ({ad.config.head})", _median(ours_b, a.repeats * 4),
                      _median(peer_b, a.repeats * 4)))
 
-    print(f"{'case':44s} {'ours s':>10s} {'peer s':>10s} {'ours/peer':>10s}")
+    print(f"{'case':44s} {'ours s':>10s} {'peer s':>10s} {'ours/peer':>10s}  target")
     for name, o, p in rows:
-        print(f"{name:44s} {o:10.5f} {p:10.5f} {o / p:10.2f}")
+        print(f"{name:44s} {o:10.5f} {p:10.5f} {o / p:10.2f}  {cells(o / p, _target(name))}")
     print(f"peak RSS {_rss_mb():.0f} MB, torch threads {torch.get_num_threads()}")
 
 
