@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import folder_paths
 
+from ..core import confine as _confine
 from ..core.errors import AtelierError
 from ._managed import read_weights
 
@@ -35,6 +36,13 @@ def lora_choices() -> list[str]:
     except KeyError:
         files = []
     return [NONE] + [f for f in files if f != NONE]
+
+
+def _lora_dirs() -> list[str]:
+    try:
+        return list(folder_paths.get_folder_paths(FOLDER))
+    except KeyError:
+        return []
 
 
 def _full_path(lora_name: str) -> str | None:
@@ -107,6 +115,9 @@ class AtelierOptionalLora:
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name):
         # Replaces ComfyUI's "value not in list" with a message that says what to do.
+        if lora_name != NONE and not _confine.name_is_safe(lora_name):  # '..' or absolute: the uniform message
+            return str(_confine.not_in_folder(lora_name, what="LoRA", node=DISPLAY, input="lora_name",
+                                              folders=_lora_dirs()))
         if lora_name == NONE or _full_path(lora_name) is not None:
             return True
         return str(_missing(lora_name))

@@ -18,6 +18,7 @@ import os
 
 import folder_paths
 
+from ..core import confine as _confine
 from ..core import manifest as mf
 from ..core.errors import AtelierError, MissingModelError
 
@@ -92,6 +93,12 @@ def resolve_model(folder: str, name: str, *, node: str | None = None, input: str
                            expected=f"a file from ComfyUI/models/{folder}/",
                            fix=f"put a model in ComfyUI/models/{folder}/ and press R (refresh) in ComfyUI.")
     name = name.strip()
+    if not _confine.name_is_safe(name):  # '..', absolute paths: one message, whether or not such a file exists
+        try:
+            searched = folder_paths.get_folder_paths(folder)
+        except KeyError:
+            searched = []
+        raise _confine.not_in_folder(name, what="model", node=node, input=input, folders=searched)
     manifest = _manifest()
     entry = manifest.resolve(name, folder) if manifest else None
     filename = entry.filename if entry is not None and name == entry.id else name

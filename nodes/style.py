@@ -21,6 +21,7 @@ import re
 import folder_paths
 
 from ..core import style as S
+from ..core import confine as C
 from ..core.errors import AtelierError
 from ..core.files import atomic_path
 from ._managed import load_to_device, read_weights
@@ -61,25 +62,34 @@ def style_dirs() -> list[str]:
 
 
 def style_files() -> list[str]:
+    """Saved styles by name relative to their folder; only names Style Load accepts (a symlink
+    pointing out of the folder is not listed)."""
     names = set()
     for d in style_dirs():
         if os.path.isdir(d):
             for root, _, files in os.walk(d, followlinks=True):
                 for f in files:
                     if f.endswith(STYLE_SUFFIX):
-                        names.add(os.path.relpath(os.path.join(root, f), d).replace(os.sep, "/"))
+                        rel = os.path.relpath(os.path.join(root, f), d).replace(os.sep, "/")
+                        if C.candidate(rel, d) is not None:
+                            names.add(rel)
     return sorted(names)
 
 
+def _style_name_ok(name) -> bool:
+    return isinstance(name, str) and name.endswith(STYLE_SUFFIX)
+
+
 def find_style_file(name: str) -> str:
-    for d in style_dirs():
-        p = os.path.join(d, name)
-        if os.path.isfile(p):
-            return p
-    raise AtelierError(f"style file '{name}' was not found", node="Atelier Style Load", input="style_file",
-                       expected=f"a {STYLE_SUFFIX} file in " + " or ".join(style_dirs()),
-                       fix="save one with Atelier Style Save (or copy the trainer's .style.safetensors there), "
-                           "then refresh.")
+    """Full path of a saved style; any name that is not a .style.safetensors file inside
+    style_dirs() (traversal, absolute path, escaping symlink, missing) gets one uniform message."""
+    fix = ("save one with Atelier Style Save (or copy the trainer's .style.safetensors there), then refresh; "
+           "names are relative to those folders, without '..' or absolute paths.")
+    dirs = style_dirs()
+    if not _style_name_ok(name):
+        raise C.not_in_folder(name, what="style file", node="Atelier Style Load", input="style_file",
+                              folders=dirs, fix=fix)
+    return C.confine(name, dirs, what="style file", node="Atelier Style Load", input="style_file", fix=fix)
 
 
 def adapter_files() -> list[str]:
@@ -88,6 +98,13 @@ def adapter_files() -> list[str]:
     except KeyError:
         files = []
     return [f for f in files if not f.endswith(STYLE_SUFFIX)]
+
+
+def _adapter_dirs() -> list[str]:
+    try:
+        return list(folder_paths.get_folder_paths(ADAPTER_FOLDER))
+    except KeyError:
+        return []
 
 
 def load_adapter_cached(name: str, node: str = "Atelier Style Adapter Loader") -> S.StyleAdapter:
@@ -228,7 +245,13 @@ class AtelierStyleLoad:
 
     @classmethod
     def VALIDATE_INPUTS(cls, style_file):
-        return True  # a file saved earlier in the same queue is not listed yet; load() says what is wrong
+        # a file saved earlier in the same queue is not listed yet, so a confined name that does not
+        # exist passes here (load() says it is missing); a name reaching outside the folders never does
+        if not _style_name_ok(style_file):
+            return str(C.not_in_folder(style_file, what="style file", node="Atelier Style Load",
+                                       input="style_file", folders=style_dirs()))
+        return C.check_name(style_file, style_dirs(), what="style file", node="Atelier Style Load",
+                            input="style_file")
 
     def load(self, style_file):
         try:
@@ -260,7 +283,12 @@ class AtelierStyleAdapterLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, adapter_name):
-        return True  # load() gives the full message (manifest id, folder)
+        # load() gives the full message (manifest id, folder) for a missing file; a name reaching
+        # outside the model folder is refused here with the uniform message
+        if adapter_name == NO_ADAPTER or C.name_is_safe(adapter_name):
+            return True
+        return str(C.not_in_folder(adapter_name, what="style adapter", node="Atelier Style Adapter Loader",
+                                   input="adapter_name", folders=_adapter_dirs()))
 
     @classmethod
     def IS_CHANGED(cls, adapter_name):
