@@ -438,6 +438,26 @@ def check_entry(entry: ModelEntry, models_dir: str | os.PathLike, *, hash_files:
 USER_AGENT = "comfyui-atelier-model-downloader/1"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc), else by the
+    usual set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode of a downloaded model file: what open() would give a new file, 0666 & ~umask."""
+    return 0o666 & ~current_umask()
+
+
 def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: ProgressFn | None,
                   timeout: float, models_dir, allow_unverified: bool) -> str:
     """Stream spec.url to a temp file in dest's folder, verify, rename. Returns the sha256."""
@@ -496,6 +516,7 @@ def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: Pr
         if spec.sha256 is not None and digest != spec.sha256:
             raise DownloadError(entry, "sha256", f"sha256 of the download is {digest}, expected {spec.sha256}",
                                 models_dir)
+        os.chmod(tmp, file_mode())  # mkstemp made it 0600: a ComfyUI running as another user must read it
         os.replace(tmp, dest)
         return digest
     except BaseException:

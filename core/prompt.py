@@ -160,17 +160,64 @@ def parse_preset(data: object, source: str = "") -> Preset:
                   source=source, match=match)
 
 
+MAX_PRESET_FILE_BYTES = 1 << 20  # a preset file is a few KB; 1 MiB is far beyond any real one
+MAX_PRESET_DEPTH = 32  # a preset is 4 levels deep ([ {categories: {name: {keywords: [...]}}} ])
+
+
+def json_depth_problem(text: str, limit: int = MAX_PRESET_DEPTH) -> str | None:
+    """None, or why `text` nests deeper than `limit` arrays/objects; one linear scan that skips
+    strings, run before json.loads (whose recursion would otherwise raise RecursionError)."""
+    depth = 0
+    in_str = esc = False
+    line = 1
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return f"nested more than {limit} levels deep (at line {line})"
+        elif ch in "]}":
+            depth -= 1
+        if ch == "\n":
+            line += 1
+    return None
+
+
 def load_preset_file(path: str | os.PathLike) -> list[Preset]:
-    """Presets in one JSON file: a single preset object or a list of them. Raises ValueError."""
+    """Presets in one JSON file: a single preset object or a list of them. Raises ValueError.
+
+    Bounded: a file over MAX_PRESET_FILE_BYTES or nested deeper than MAX_PRESET_DEPTH is refused
+    before it is parsed (so it cannot exhaust memory or the recursion limit)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PRESET_FILE_BYTES + 1)
+    except OSError as exc:
         raise ValueError(f"cannot read file: {exc}") from exc
+    if len(raw) > MAX_PRESET_FILE_BYTES:
+        raise ValueError(f"file is larger than {MAX_PRESET_FILE_BYTES // 1024} KiB; a preset file is a few KB "
+                         "(split it or remove what is not a preset)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cannot read file: {exc}") from exc
+    deep = json_depth_problem(text)
+    if deep:
+        raise ValueError(f"JSON is {deep}; a preset needs at most 4")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:  # belt and braces: the scan above should have caught it
+        raise ValueError("JSON is nested too deeply") from exc
     items = data if isinstance(data, list) else [data]
     return [parse_preset(item, str(path)) for item in items]
 
@@ -190,8 +237,8 @@ def load_presets(dirs: Iterable[str | os.PathLike]) -> PresetLoad:
         for path in sorted(d.glob("*.json")):
             try:
                 found = load_preset_file(path)
-            except ValueError as exc:
-                out.errors.append(f"preset file {path}: {exc}")
+            except (ValueError, RecursionError, MemoryError) as exc:
+                out.errors.append(f"preset file {path}: {exc or type(exc).__name__}")
                 continue
             for preset in found:
                 old = out.presets.get(preset.name)

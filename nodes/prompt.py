@@ -56,7 +56,12 @@ def load_presets() -> core.PresetLoad:
     dirs = preset_dirs()
     sig = core.presets_signature(dirs)
     if _cache["sig"] != sig or _cache["load"] is None:
-        load = core.load_presets(dirs)
+        try:
+            load = core.load_presets(dirs)
+        except Exception as exc:  # never take both prompt nodes out of /object_info over a preset folder
+            load = core.PresetLoad()
+            load.errors.append(f"preset folders {', '.join(map(str, dirs))} could not be read: "
+                               f"{type(exc).__name__}: {exc}")
         for err in load.errors:
             log.warning("[Atelier] %s (the other presets are loaded)", err)
         for note in load.overridden:
