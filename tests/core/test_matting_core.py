@@ -60,9 +60,18 @@ def test_module_tree_has_exactly_the_official_keys_and_shapes():
 @pytest.mark.parametrize("variant", ["official", "official_nbt"])
 def test_official_layout_file_loads_strictly(poolnet_files, variant):
     sd = torch.load(poolnet_files[variant], map_location="cpu", weights_only=True)
-    model = P.load_poolnet(poolnet_files[variant])
+    model = P.load_poolnet(poolnet_files[variant], fold=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, sd[k]), k
+    # folded (the default): still every official key, the BN statistics as loaded, plus one conv bias per BN
+    folded = P.load_poolnet(poolnet_files[variant]).state_dict()
+    bn_prefixes = [k.removesuffix("running_var") for k in PM.official_layout() if k.endswith("running_var")]
+    conv_biases = {p.replace(".bn", ".conv").replace("downsample.1.", "downsample.0.") + "bias" for p in bn_prefixes}
+    assert len(conv_biases) == 53 and set(folded) - set(PM.official_layout()) == conv_biases
+    assert set(folded) >= set(PM.official_layout())
+    for k in PM.official_layout():
+        if ".bn" in k or "downsample.1" in k:
+            assert torch.equal(folded[k], sd[k]), k
     # the same dict through torch's own strict loader (after the num_batches_tracked drop)
     P.PoolNet().load_state_dict(dict(sd), strict=True)
 
@@ -70,8 +79,9 @@ def test_official_layout_file_loads_strictly(poolnet_files, variant):
 def test_dataparallel_prefix_and_legacy_format_are_accepted(tmp_path):
     sd = PM.random_state_dict(3, num_batches_tracked=True)
     path = PM.save_pth({"module." + k: v for k, v in sd.items()}, str(tmp_path / "dp.pth"), legacy=True)
-    model = P.load_poolnet(path)
+    model = P.load_poolnet(path, fold=False)
     assert torch.equal(model.base.resnet.conv1.weight, sd["base.resnet.conv1.weight"])
+    assert torch.equal(P.load_poolnet(path).base.resnet.bn1.running_var, sd["base.resnet.bn1.running_var"])
 
 
 def test_edge_model_gives_a_clear_error(tmp_path):
@@ -219,6 +229,70 @@ def test_batch_of_four_equals_four_singles(net):
     singles = torch.cat([P.predict_saliency(net, imgs[i:i + 1]) for i in range(4)])
     assert torch.allclose(batch, singles, atol=1e-5)
     assert not torch.allclose(batch[0], batch[1], atol=1e-3)
+
+
+def _nontrivial_bn_state_dict(seed: int = 3):
+    """The fixture weights with BatchNorm statistics far from identity (scales 0.5..1.5, shifts,
+    means and variances that a fold must really fold), still finite through 53 BN layers."""
+    g = torch.Generator().manual_seed(seed)
+    sd = PM.random_state_dict(seed)
+    for k, v in sd.items():
+        n = v.numel()
+        if k.endswith("running_mean"):
+            sd[k] = torch.randn(n, generator=g) * 0.3
+        elif k.endswith("running_var"):
+            sd[k] = 0.5 + torch.rand(n, generator=g) * 1.5
+        elif v.ndim == 1 and k.endswith(".weight") and "resnet" in k:
+            sd[k] = v * (0.5 + torch.rand(n, generator=g))
+        elif v.ndim == 1 and k.endswith(".bias") and "resnet" in k:
+            sd[k] = torch.randn(n, generator=g) * 0.2
+    return sd
+
+
+def test_batchnorm_folding_gives_the_unfolded_forward(tmp_path):
+    sd = _nontrivial_bn_state_dict()
+    plain = P.PoolNet()
+    P.load_state_dict_strict(plain, sd)
+    path = PM.save_pth(sd, str(tmp_path / "bn.pth"))
+    folded = P.load_poolnet(path)  # strict load of the official keys, then folded, channels-last
+    assert folded.folded and not plain.folded
+    assert [m.folded for m in folded.modules() if isinstance(m, P.FrozenBatchNorm2d)] == [True] * 53
+    assert not any(m.folded for m in plain.modules() if isinstance(m, P.FrozenBatchNorm2d))
+    with pytest.raises(AtelierError, match="already folded"):
+        P.load_state_dict_strict(folded, sd)
+    assert folded.base.resnet.conv1.bias is not None and folded.base.resnet.layer4[0].downsample[0].bias is not None
+    # the statistics are non-trivial: dropping them would change the output a lot
+    unfolded_keys = P.load_poolnet(path, fold=False).state_dict()
+    assert list(unfolded_keys) == list(PM.official_layout())
+    imgs = torch.rand(2, 128, 144, 3, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref_logits = plain(P.preprocess(imgs))
+    ours = P.predict_saliency(folded, imgs, batch_size=2)
+    ref = torch.sigmoid(ref_logits)[:, 0]
+    assert ref_logits.std() > 0.1 and ref.std() > 1e-3
+    assert (ours - ref).abs().max().item() <= 1e-5
+    assert P.predict_saliency(plain, imgs).sub(ref).abs().max().item() <= 1e-6
+    folded.fold_batchnorm()  # folding twice is a no-op
+    assert (P.predict_saliency(folded, imgs) - ref).abs().max().item() <= 1e-5
+    # a BN that is not identity changes the result: the comparison can fail
+    sd2 = dict(sd)
+    sd2["base.resnet.bn1.running_mean"] = sd["base.resnet.bn1.running_mean"] + 1.0
+    other = P.PoolNet()
+    P.load_state_dict_strict(other, sd2)
+    assert (P.predict_saliency(other, imgs) - ref).abs().max().item() > 1e-4
+
+
+def test_loaded_model_runs_channels_last_in_inference_mode(net):
+    conv = net.base.resnet.layer1[0].conv2.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    seen = []
+    hook = net.deep_pool[4].register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_inference_mode_enabled(), o.is_contiguous(memory_format=torch.channels_last))))
+    try:
+        P.predict_saliency(net, torch.rand(1, 112, 112, 3))
+    finally:
+        hook.remove()
+    assert seen == [(True, True)]
 
 
 def test_frozen_bn_matches_torch_batchnorm_eval():
