@@ -33,6 +33,7 @@ from .dataset import Dataset, Row, image_problem, load_dataset
 from .progress import ProgressBar, summary_table
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_NO_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_WRITE_FAILED = 4  # an output or the manifest could not be written here (disk full, read-only, quota)
 TMP_SUFFIX = ".atelier-tmp"
 PREFIX_INPUTS = ("filename_prefix",)
 
@@ -224,8 +225,32 @@ def patch_prompt(prompt: dict, bindings: Bindings, row: Row, *, image_name: str 
 
 # ============================================================================ manifest
 
+class LocalWriteError(Exception):
+    """A file of this run (an output or the manifest) could not be written on this machine: the
+    run stops (exit EXIT_WRITE_FAILED) rather than fail every remaining row the same way."""
+
+    def __init__(self, what: str, path: str, exc: OSError):
+        self.path, self.exc = path, exc
+        why = exc.strerror or str(exc)
+        hint = ("the disk is full: free space there" if getattr(exc, "errno", None) in _DISK_FULL
+                else "check that the folder is writable")
+        super().__init__(f"cannot write {what} {path}: {why} (errno {exc.errno}); {hint}, then run the same "
+                         "command again to resume (finished ids are kept)")
+
+
+_DISK_FULL = {28, 122}  # ENOSPC, EDQUOT (Linux numbering; errno names below when the OS has them)
+try:
+    import errno as _errno
+    _DISK_FULL = {getattr(_errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(_errno, n)} or _DISK_FULL
+except ImportError:  # pragma: no cover
+    pass
+
+
 class Manifest:
-    """Append-only JSONL, one complete line per write (under a lock, flushed; fsynced with fsync=True)."""
+    """Append-only JSONL, one complete line per write: the whole line goes to the OS in one
+    os.write on an O_APPEND descriptor (under a lock; fsynced with fsync=True). A write that fails
+    or comes back short (disk full) is cut back to the last whole line and raises LocalWriteError,
+    so the file never holds a torn line."""
 
     def __init__(self, path: str, fsync: bool = False):
         self.path = path
@@ -247,26 +272,49 @@ class Manifest:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     self.bad_lines += 1  # a torn last line from a hard kill: ignored
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._f = open(path, "ab")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
         if needs_nl:
-            self._f.write(b"\n")
-            self._f.flush()
+            with self.lock:
+                self._append(b"\n")
+
+    @staticmethod
+    def _raw_write(fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def _append(self, data: bytes) -> None:
+        """`data` at the end of the file, all of it or none of it (caller holds the lock)."""
+        start = os.fstat(self._fd).st_size
+        try:
+            n = self._raw_write(self._fd, data)
+            if n != len(data):
+                raise OSError(28, f"short write ({n} of {len(data)} bytes): No space left on device")
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            try:  # cut the torn tail back to the last whole line
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise LocalWriteError("the manifest", self.path, exc) from exc
 
     def write(self, rec: dict) -> None:
         line = (json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
         with self.lock:
             if self.closed:
                 return
-            self._f.write(line)
-            self._f.flush()  # a whole line reaches the OS at once: a killed process never tears it
-            if self.fsync:
-                os.fsync(self._f.fileno())
+            self._append(line)
             self.records[str(rec["id"])] = rec
 
     def close(self) -> None:
+        """Idempotent and never raises (it runs in the interrupt and disk-full paths)."""
         with self.lock:
+            if self.closed:
+                return
             self.closed = True
-            self._f.close()
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
 
 
 def output_valid(rec: dict, out_dir: str, *, verify_hash: bool = False) -> bool:
@@ -326,6 +374,7 @@ class Job:
     avoid: set = field(default_factory=set)
     last_error: str | None = None
     moved_from: set = field(default_factory=set)
+    settled: bool = True  # False while a worker holds it and has not yet finished or requeued it
 
 
 @dataclass
@@ -393,6 +442,7 @@ class Runner:
         self.queue: list[Job] = [Job(r) for r in rows]
         self.active = 0
         self.stop = threading.Event()
+        self.fatal: str | None = None  # why the run stopped early (a local write error, a worker crash)
         self.last_server_up = time.monotonic()
         subfolder = cfg.upload_subfolder
         if subfolder is None:
@@ -418,26 +468,42 @@ class Runner:
                 if pick is not None:
                     self.queue.remove(pick)
                     self.active += 1
+                    pick.settled = False
                     return pick
                 waits = [j.not_before - now for j in self.queue if j.not_before > now]
                 self.cond.wait(min(waits + [0.5]))
+
+    def _settle(self, job: Job) -> None:
+        """The job leaves the worker: `active` drops once, whatever happened (caller holds cond)."""
+        if not job.settled:
+            job.settled = True
+            self.active -= 1
+            self.cond.notify_all()
 
     def requeue(self, job: Job, delay: float = 0.0):
         with self.cond:
             job.not_before = time.monotonic() + delay
             self.queue.append(job)
-            self.active -= 1
-            self.cond.notify_all()
+            self._settle(job)
 
     def finish(self, job: Job, rec: dict):
-        self.manifest.write(rec)
         self.results[job.row.id] = rec
+        try:
+            self.manifest.write(rec)
+        finally:  # recorded or not, the job is over: the run never waits on it
+            with self.cond:
+                self._settle(job)
+            self.bar.update(rec["status"])
+            if rec["status"] == "failed":
+                self.bar.message(f"failed {job.row.id}: {rec.get('error')}")
+
+    def abort(self, why: str) -> None:
+        """Stop the whole run (first reason wins): no new job starts, run() returns."""
         with self.cond:
-            self.active -= 1
+            if self.fatal is None:
+                self.fatal = why
+            self.stop.set()
             self.cond.notify_all()
-        self.bar.update(rec["status"])
-        if rec["status"] == "failed":
-            self.bar.message(f"failed {job.row.id}: {rec.get('error')}")
 
     # ---------------------------------------------------------------- servers
     def ensure_up(self, st: _ServerState) -> bool:
@@ -483,7 +549,24 @@ class Runner:
             job = self.next_job(st)
             if job is None:
                 return
-            self.run_job(st, job)
+            try:
+                self.run_job(st, job)
+            except LocalWriteError as e:  # the manifest line of a finished job could not be written
+                self._job_lost(job, str(e))
+            except BaseException as e:  # never a silent thread death: the run stops and says why
+                self._job_lost(job, f"internal error in worker {threading.current_thread().name}: "
+                                    f"{type(e).__name__}: {e}")
+                if not isinstance(e, Exception):
+                    raise
+
+    def _job_lost(self, job: Job, why: str) -> None:
+        self.results.setdefault(job.row.id, {"id": job.row.id, "status": "failed", "error": why, "outputs": []})
+        if self.results[job.row.id].get("status") == "done" and self.results[job.row.id].get("error") is None:
+            self.results[job.row.id] = dict(self.results[job.row.id], status="failed",
+                                            error=f"outputs written but not recorded: {why}")
+        with self.cond:
+            self._settle(job)
+        self.abort(why)
 
     # ---------------------------------------------------------------- one job
     def run_job(self, st: _ServerState, job: Job):
@@ -517,8 +600,10 @@ class Runner:
             self.finish(job, rec)
         except _Stopped:
             with self.cond:
-                self.active -= 1
-                self.cond.notify_all()
+                self._settle(job)
+        except LocalWriteError as e:  # an output could not be written here: every other row would fail too
+            self.fail(job, srv, prompt_id, t0, str(e), record=False)
+            self.abort(str(e))
         except ServerUnavailable as e:
             job.attempts -= 1  # not the row's fault
             job.moves += 1
@@ -545,11 +630,17 @@ class Runner:
             if prompt_id:
                 st.prompt_ids.discard(prompt_id)
 
-    def fail(self, job: Job, srv: ComfyServer, prompt_id, t0, error: str):
-        self.finish(job, {"id": job.row.id, "status": "failed", "server": srv.url, "prompt_id": prompt_id,
-                          "outputs": [], "seconds": round(time.monotonic() - t0, 3), "error": error,
-                          "attempt": job.attempts, "seed": None,
-                          "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    def fail(self, job: Job, srv: ComfyServer, prompt_id, t0, error: str, record: bool = True):
+        rec = {"id": job.row.id, "status": "failed", "server": srv.url, "prompt_id": prompt_id,
+               "outputs": [], "seconds": round(time.monotonic() - t0, 3), "error": error,
+               "attempt": job.attempts, "seed": None, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            self.finish(job, rec)
+        except LocalWriteError:
+            if record:
+                raise
+            # the disk refused the output and then the manifest line: the run stops on the first error
+
 
     def download(self, srv: ComfyServer, entry: dict, row: Row, applied: dict) -> list[dict]:
         files = output_files(entry)
@@ -570,7 +661,11 @@ class Runner:
             data = srv.view(f["filename"], f["subfolder"], f["type"])
             if not data:
                 raise ServerUnavailable(f"empty download of {f['filename']}")
-            write_atomic(os.path.join(self.cfg.out_dir, name), data, fsync=self.cfg.fsync)
+            dest = os.path.join(self.cfg.out_dir, name)
+            try:
+                write_atomic(dest, data, fsync=self.cfg.fsync)
+            except OSError as exc:
+                raise LocalWriteError("output", dest, exc) from exc
             outs.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                          "server_file": f"{f['subfolder']}/{f['filename']}".lstrip("/")})
         return outs
@@ -586,22 +681,31 @@ class Runner:
                 threads.append(t)
         while True:
             with self.cond:
-                if self._finished():
+                if self._finished() or self.fatal is not None:
                     break
                 if not any(s.up for s in self.servers) and \
                         time.monotonic() - self.last_server_up > self.cfg.server_wait:
                     stranded, self.queue = list(self.queue), []
                     self.active += len(stranded)
                     for job in stranded:  # the condition's lock is re-entrant: finish() may take it
-                        self.fail(job, self.servers[0].server, None, time.monotonic(),
-                                  f"no server reachable for {self.cfg.server_wait:.0f}s"
-                                  + (f" (last error: {job.last_error})" if job.last_error else ""))
+                        job.settled = False  # counted in `active` above; finish() settles it
+                        try:
+                            self.fail(job, self.servers[0].server, None, time.monotonic(),
+                                      f"no server reachable for {self.cfg.server_wait:.0f}s"
+                                      + (f" (last error: {job.last_error})" if job.last_error else ""))
+                        except LocalWriteError as e:
+                            self.abort(str(e))
                     if self.active == 0:
                         break
                 self.cond.wait(0.5)
         self.stop.set()
         with self.cond:
             self.cond.notify_all()
+        if self.fatal is not None:
+            try:
+                self.cancel_pending()
+            except Exception:
+                pass
         for t in threads:
             t.join(timeout=5)
 
@@ -744,15 +848,27 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
         bar.message("interrupted: pending prompts cancelled; the manifest holds every finished id. "
                     "Run the same command again to resume.")
     finally:
-        manifest.close()  # waits for a line being written; later writes are dropped
-        bar.close()
-        for s in servers:
-            s.close()
+        manifest.close()  # waits for a line being written; later writes are dropped; never raises
+        for closer in [bar.close] + [s.close for s in servers]:
+            try:
+                closer()
+            except Exception:
+                pass
+    if runner.fatal is not None and not interrupted:
+        log(f"error: the run stopped: {runner.fatal}")
     for r in todo:
-        results.setdefault(r.id, {"id": r.id, "status": "pending", "error": "not run (interrupted)"})
-    code = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED_ROWS if any(
-        v["status"] == "failed" for v in results.values()) else EXIT_OK)
-    return BatchResult(code, results, ds, prompt, bindings)
+        results.setdefault(r.id, {"id": r.id, "status": "pending", "error": "not run (interrupted)" if interrupted
+                                  else f"not run (the run stopped: {runner.fatal})"})
+    if interrupted:
+        code = EXIT_INTERRUPTED
+    elif runner.fatal is not None:
+        code = EXIT_WRITE_FAILED
+    else:
+        code = EXIT_FAILED_ROWS if any(v["status"] == "failed" for v in results.values()) else EXIT_OK
+    res = BatchResult(code, results, ds, prompt, bindings)
+    if runner.fatal is not None:
+        res.problems.append(runner.fatal)
+    return res
 
 
 class ServerUnreachable(AtelierError):
@@ -816,6 +932,9 @@ def _guard(fn, args) -> int:
     except ServerUnreachable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NO_SERVER
+    except LocalWriteError as e:  # e.g. the manifest, before any job ran
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except (AtelierError, ServerUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -851,7 +970,11 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_parser(sub)
     args = ap.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside the run loop (start-up, summary): still 130
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
