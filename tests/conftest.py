@@ -42,13 +42,6 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(line)
 
 
-def _stop_server(server) -> None:
-    server.stop()
-    _SERVERS.remove(server)
-    if server.peak_rss_at_stop:
-        _SERVER_PEAKS.append(server.peak_rss_at_stop)
-
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath).replace(os.sep, "/"):
@@ -129,43 +122,69 @@ def tiny_sd15(comfy_workspace, tiny_models_dir) -> dict:
 _SERVERS: list = []
 
 
+def start_server(root: Path, **kwargs) -> runtime.ComfyServer:
+    """Start a test ComfyUI server over a prepared workspace; stop it with `stop_server`.
+
+    Every e2e server goes through this pair, so a failing test gets the logs of the servers alive
+    and the report gives the largest server's peak memory."""
+    server = runtime.ComfyServer(root, **kwargs)
+    try:
+        server.start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    _SERVERS.append(server)
+    return server
+
+
+def stop_server(server: runtime.ComfyServer) -> None:
+    server.stop()
+    if server in _SERVERS:
+        _SERVERS.remove(server)
+    if server.peak_rss_at_stop:
+        _SERVER_PEAKS.append(server.peak_rss_at_stop)
+
+
 @pytest.fixture(scope="module")
 def comfy_server(comfy_workspace, tiny_sd15):
     """A real ComfyUI server on 127.0.0.1 over the session workspace (tiny models installed).
 
     Module-scoped: it stops (and frees the models it loaded) when the module is done, so the
     servers of different modules are never alive together; a start costs a few seconds."""
-    server = runtime.ComfyServer(comfy_workspace)
-    try:
-        server.start()
-    except RuntimeError as e:
-        pytest.fail(str(e))
-    _SERVERS.append(server)
+    server = start_server(comfy_workspace)
     yield server
-    _stop_server(server)
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")
-def comfy_server_factory(tmp_path_factory, tiny_models_dir, comfy_workspace):
+def start_comfy():
+    """`start_comfy(root, **kwargs)` starts a server over a prepared workspace (runtime.prepare_workspace);
+    the module's servers stop when it is done. For tests that need a workspace of their own."""
+    made = []
+
+    def start(root: Path, **kwargs) -> runtime.ComfyServer:
+        server = start_server(root, **kwargs)
+        made.append(server)
+        return server
+
+    yield start
+    for s in made:
+        stop_server(s)
+
+
+@pytest.fixture(scope="module")
+def comfy_server_factory(tmp_path_factory, tiny_models_dir, start_comfy):
     """Start extra servers, each on its own workspace (own output dir) sharing the tiny models.
 
     `factory()` returns a started runtime.ComfyServer; `.stop()`/`.kill()` then `.start()`
     restarts it on the same port. Module-scoped: the extra servers stop when the module that
     started them is done, so at most the session server and one module's extras are alive.
     """
-    made = []
-
     def factory(**kwargs) -> runtime.ComfyServer:
         root = runtime.prepare_workspace(tmp_path_factory.mktemp("comfy-extra"))
         _link_models(tiny_models_dir, root / "models")
-        server = runtime.ComfyServer(root, **kwargs).start()
-        made.append(server)
-        _SERVERS.append(server)
-        return server
+        return start_comfy(root, **kwargs)
 
-    yield factory
-    for s in made:
-        _stop_server(s)
+    return factory
 
 
 # In CI every test must run: a skip there means a test dependency did not install, which would
@@ -181,6 +200,6 @@ def pytest_runtest_makereport(item, call):
     if STRICT_SKIPS and rep.skipped and not hasattr(rep, "wasxfail"):
         rep.outcome = "failed"
         rep.longrepr = f"skipped in CI, which must run every test: {rep.longrepr}"
-    if rep.failed and _SERVERS and {"comfy_server", "comfy_server_factory"} & set(item.fixturenames):
+    if rep.failed and _SERVERS and {"comfy_server", "start_comfy"} & set(item.fixturenames):
         for s in _SERVERS:
             rep.sections.append((f"ComfyUI server log ({s.url})", s.log_tail()))

@@ -8,8 +8,6 @@ folder the server really uses.
 """
 from __future__ import annotations
 
-import pytest
-
 from comfyui_atelier.client import runtime
 
 EXAMPLES = runtime.PACK_DIR / "example_inputs"
@@ -23,18 +21,14 @@ def _combo_options(spec) -> list[str]:
     return spec[1]["options"]
 
 
-def test_load_image_lists_the_example_inputs_after_start_up(comfy_workspace, tmp_path, monkeypatch):
+def test_load_image_lists_the_example_inputs_after_start_up(comfy_workspace, tmp_path, monkeypatch, start_comfy):
     monkeypatch.delenv("ATELIER_NO_EXAMPLE_INPUTS", raising=False)
     assert len(SHIPPED) >= 5
     inp = tmp_path / "their_input"
     inp.mkdir()
     users = inp / "style07_ref_2.png"
     users.write_bytes(b"not the example")
-    server = runtime.ComfyServer(comfy_workspace, extra_args=["--input-directory", str(inp)])
-    try:
-        server.start()
-    except RuntimeError as e:
-        pytest.fail(str(e))
+    server = start_comfy(comfy_workspace, extra_args=["--input-directory", str(inp)])
     try:
         info = server.get_json("/object_info/LoadImage")
         log = server.log_tail(20000)

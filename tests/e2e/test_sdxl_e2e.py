@@ -81,18 +81,12 @@ def _graph(ckpt: str, controlnet: str, strength: float, prefix: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sdxl_server(tmp_path_factory, tiny_sdxl_models):
+def sdxl_server(tmp_path_factory, tiny_sdxl_models, start_comfy):
     """A ComfyUI server over its own workspace with the tiny SDXL files in models/, for this module only."""
     root = runtime.prepare_workspace(tmp_path_factory.mktemp("comfy-sdxl"))
     SX.link_models(tiny_sdxl_models, root / "models")
     _canny_like(root / "input" / CONTROL_IMAGE)
-    server = runtime.ComfyServer(root)
-    try:
-        server.start()
-    except RuntimeError as e:
-        pytest.fail(str(e))
-    yield server
-    server.stop()
+    return start_comfy(root)
 
 
 def test_comfyui_detects_the_tiny_files_as_sdxl(comfy, tiny_sdxl_models, caplog):

@@ -158,16 +158,12 @@ def stand_ins(tiny_sd15, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def shipped(stand_ins, tmp_path_factory) -> Shipped:
+def shipped(stand_ins, tmp_path_factory, start_comfy) -> Shipped:
     root = runtime.prepare_workspace(tmp_path_factory.mktemp("as-shipped"))
     targets = manifest_targets()
     for model_id, src in stand_ins.items():
         _link(src, root / "models" / targets[model_id])
-    server = runtime.ComfyServer(root)
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
+    server = start_comfy(root)
     # Example inputs: nothing is copied here. The pack copies example_inputs/*.png into ComfyUI's input
     # folder when ComfyUI loads it (nodes/_example_inputs.py), as it does for a user.
     for name in sorted({i for wf in WORKFLOWS for i in load_images(wf)}):
@@ -176,7 +172,6 @@ def shipped(stand_ins, tmp_path_factory) -> Shipped:
         assert arrived.is_file() and arrived.read_bytes() == (EXAMPLE_INPUTS / name).read_bytes(), \
             f"the pack did not put {name} into the server's input folder\n{server.log_tail()}"
     yield Shipped(server, stand_ins)
-    server.stop()
     if TIMES:
         print(f"\nwall time per workflow as shipped on tiny models ({runtime.find_comfyui()}):")
         for name, secs in TIMES.items():
