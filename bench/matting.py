@@ -27,7 +27,9 @@ import time
 
 from _verdict import cells
 
-BATCH_TARGET = ("<=", 1.2)      # batch per image / single per image
+BATCH_TARGET = ("<=", 0.9)      # batch per image / single per image
+FORWARD_TARGET = ("<=", 0.8)    # our forward / the reference implementation's, at 1024^2
+PEAK_TARGET = ("<=", 0.5)       # our peak memory / the reference's, full resolution at --ref-big
 MAX_SIDE_TARGET = (">=", 4.0)   # full-resolution time / max_side time on the big input
 IOU_TARGET = (">=", 0.97)       # min alpha IoU of max_side against full resolution
 
@@ -79,7 +81,26 @@ def _load(weights):
     from tests.fixtures.poolnet_models import random_state_dict
     net = P.PoolNet()
     P.load_state_dict_strict(net, random_state_dict(0))
-    return net, "seeded random weights (official layout)"
+    return P.prepare_inference(net), "seeded random weights (official layout)"
+
+
+def reference_net(weights):
+    """The peer for the forward rows: PoolNet run the way the authors' code runs it (their
+    solver: torch.nn.BatchNorm2d modules in eval mode, NCHW tensors, torch.no_grad), same weights."""
+    import torch
+    from comfyui_atelier.core import poolnet as P
+    net = P.PoolNet()
+    for mod in list(net.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, P.FrozenBatchNorm2d):
+                setattr(mod, name, torch.nn.BatchNorm2d(child.weight.numel(), eps=child.eps).eval())
+    if weights:
+        sd = P.normalise_keys(P._read_state_dict(weights))
+    else:
+        from tests.fixtures.poolnet_models import random_state_dict
+        sd = random_state_dict(0)
+    net.load_state_dict({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, strict=False)
+    return net.eval()
 
 
 _NETS: dict = {}
@@ -100,6 +121,8 @@ def _run_job(kind, args, q):
     from comfyui_atelier.core import poolnet as P
     if kind == "classical":
         net = None
+    elif kind == "reference":
+        net = reference_net(args["weights"])
     elif args.get("inline"):  # --quick: one model for every row of this process
         net = _NETS.get(args["weights"]) or _NETS.setdefault(args["weights"], _load(args["weights"])[0])
     else:
@@ -114,6 +137,9 @@ def _run_job(kind, args, q):
         t = time.perf_counter()
         if kind == "poolnet":
             result = P.predict_saliency(net, imgs, batch_size=args["batch"])
+        elif kind == "reference":
+            with torch.no_grad():
+                result = torch.sigmoid(net(P.preprocess(imgs)))[:, 0]
         elif kind == "classical":
             result = M.classical_alpha(imgs, work_side=0)
         else:  # remove: the whole node path at a max_side
@@ -125,7 +151,7 @@ def _run_job(kind, args, q):
             times.append(time.perf_counter() - t)
         peak = max(peak, _rss_mb("VmHWM"))
     q.put({"median_s": statistics.median(times), "peak_mb": peak - base,
-           "alpha": result.numpy() if kind.startswith("remove") else None})
+           "alpha": result.numpy() if kind.startswith("remove") or args.get("keep") else None})
 
 
 class _Inline:
@@ -155,7 +181,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", help="PoolNet final.pth / .safetensors (default: seeded random weights)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--ref-cases", nargs="+", default=["512x1", "512x4", "1024x1"],
+                    help="SIDExBATCH cases timed against the reference forward (empty: skip)")
+    ap.add_argument("--ref-big", type=int, default=2048, help="side of the peak-memory row vs the reference (0 = skip)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--big", type=int, default=2048, help="side of the max_side test input (0 = skip)")
     ap.add_argument("--big-images", type=int, default=2)
@@ -167,6 +196,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.sizes, a.batches, a.repeats, a.warmup = [128], [1, 2], 1, 0  # PoolNet needs sides >= 111
         a.big, a.big_images, a.max_side, a.threads = 256, 1, 128, min(a.threads, 2)
+        a.ref_cases, a.ref_big = ["128x1", "128x2"], 128
     common = dict(weights=a.weights, threads=a.threads, warmup=a.warmup, inline=a.quick)
     print(f"# matting bench: torch CPU, {a.threads} threads, weights: "
           f"{a.weights or 'seeded random weights (official layout)'}; medians of {a.repeats} runs")
@@ -195,6 +225,30 @@ def main(argv=None) -> int:
                     print(f"{size}^2: batch {b} per image / single = {ratio:.2f}  (target {cells(ratio, BATCH_TARGET)})")
             print(f"{size}^2: classical / poolnet single = {per_image[(size, 'classical')] / per_image[(size, 1)]:.2f}"
                   f"  (target {cells(None, None)})")
+    if a.ref_cases or a.ref_big:
+        import numpy as np
+        print("\n# forward vs the reference implementation's (nn.BatchNorm2d, NCHW, no_grad), same weights, "
+              "preprocess + forward + sigmoid")
+        print(f"{'size':>6} {'batch':>5} {'ref ms/img':>11} {'ours ms/img':>12} {'ratio':>6} {'ref MB':>7} "
+              f"{'ours MB':>8} {'max|d|':>8}  target")
+        cases = [tuple(int(v) for v in c.split("x")) for c in a.ref_cases]
+        if a.ref_big:
+            cases.append((a.ref_big, 0))  # batch 0: the peak-memory row, one image, one untimed-warm-up-free run
+        for size, b in cases:
+            big = b == 0
+            args = dict(common, size=size, batch=max(1, b), repeats=1 if big else a.repeats, max_side=0, keep=True)
+            if big:
+                args["warmup"] = 0
+            ref = measure("reference", **args)
+            ours = measure("poolnet", **args)
+            n = max(1, b)
+            num, den = (ours["peak_mb"], ref["peak_mb"]) if big else (ours["median_s"], ref["median_s"])
+            ratio = num / den if den > 0 else float("nan")
+            target = PEAK_TARGET if big else (FORWARD_TARGET if size == 1024 else None)
+            d = float(np.abs(ours["alpha"] - ref["alpha"]).max())
+            print(f"{size:>6} {n:>5} {1000 * ref['median_s'] / n:>11.0f} {1000 * ours['median_s'] / n:>12.0f} "
+                  f"{ratio:>6.2f} {ref['peak_mb']:>7.0f} {ours['peak_mb']:>8.0f} {d:>8.1e}  "
+                  f"{'peak ' if big else 'time '}{cells(ratio, target)}", flush=True)
     if a.big:
         from comfyui_atelier.core.matting import alpha_iou
         full = measure("remove", size=a.big, batch=a.big_images, repeats=1, max_side=0, **dict(common, warmup=0))

@@ -446,11 +446,16 @@ def load_poolnet(path: str, device: str | torch.device = "cpu", dtype: torch.dty
     model = PoolNet()
     load_state_dict_strict(model, sd, source=os.path.basename(path))
     if fold:
-        model.fold_batchnorm()
-    # channels-last (NHWC) weights and activations: the CPU and GPU convolution kernels' native layout
-    # (no reorder per convolution); measured about 25% less CPU time per forward than NCHW
-    model = model.to(memory_format=torch.channels_last)
+        model = prepare_inference(model)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def prepare_inference(model: PoolNet) -> PoolNet:
+    """A loaded PoolNet made fast for inference, in place: BatchNorms folded into the convolutions and
+    channels-last (NHWC) weights, the CPU and GPU convolution kernels' native layout (no reorder per
+    convolution; measured about 25% less CPU time per forward than NCHW). Output identical within 1e-5."""
+    model.fold_batchnorm()
+    return model.to(memory_format=torch.channels_last)
 
 
 def convert_pth_to_safetensors(src: str, dst: str) -> dict:
