@@ -33,7 +33,9 @@ from .dataset import Dataset, Row, image_problem, load_dataset
 from .progress import ProgressBar, summary_table
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_NO_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_WRITE_FAILED = 4  # an output or the manifest could not be written here (disk full, read-only, quota)
+# the run stopped before the end: an output or the manifest could not be written here (disk full,
+# read-only, quota), or (rarely) an internal error in a worker; the message printed says which
+EXIT_WRITE_FAILED = 4
 TMP_SUFFIX = ".atelier-tmp"
 PREFIX_INPUTS = ("filename_prefix",)
 
@@ -539,6 +541,14 @@ class Runner:
             self.cond.notify_all()
 
     def worker(self, st: _ServerState):
+        try:
+            self._work(st)
+        except BaseException as e:  # outside a job (probing, scheduling): still never a silent death
+            self.abort(f"internal error in worker {threading.current_thread().name}: {type(e).__name__}: {e}")
+            if not isinstance(e, Exception):
+                raise
+
+    def _work(self, st: _ServerState):
         while not self.stop.is_set():
             if not st.up and not self.ensure_up(st):
                 with self.cond:

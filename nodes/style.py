@@ -213,7 +213,11 @@ class AtelierStyleSave:
                                input="filename", expected="letters, digits, - _ . / (a relative name)",
                                fix="e.g. style07 or brand/spring")
         base = os.path.join(folder_paths.get_output_directory(), STYLE_OUTPUT_SUBDIR)
-        path = os.path.join(base, name + STYLE_SUFFIX)
+        path = C.candidate(name + STYLE_SUFFIX, base)  # None: a symlinked subfolder would lead outside
+        if path is None:
+            raise AtelierError(f"'{filename}' is not a usable style file name", node="Atelier Style Save",
+                               input="filename", expected=f"a name inside output/{STYLE_OUTPUT_SUBDIR}/",
+                               fix="e.g. style07 or brand/spring (a symlink there may not point outside)")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_path(path) as tmp:
             S.save_style(style, tmp)

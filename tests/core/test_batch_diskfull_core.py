@@ -237,3 +237,16 @@ def test_disk_full_for_outputs_and_manifest_ends_instead_of_hanging(setup, monke
     assert _manifest_lines(out) == []  # torn tails cut back
     time.sleep(0.2)
     assert not _job_threads()
+
+
+def test_a_worker_crash_outside_a_job_stops_the_run(setup, monkeypatch):
+    cfg, out = setup
+
+    def broken_next_job(self, st):
+        raise RuntimeError("scheduler bug")
+
+    monkeypatch.setattr(batch.Runner, "next_job", broken_next_job)
+    res = _run_bounded(cfg())
+    assert res.exit_code == batch.EXIT_WRITE_FAILED
+    assert "scheduler bug" in res.problems[0]
+    assert all(r["status"] == "pending" for r in res.results.values())

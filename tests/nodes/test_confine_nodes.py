@@ -102,3 +102,26 @@ def test_lora_names_are_confined(comfy, tmp_path):
         out = lora.AtelierOptionalLora.VALIDATE_INPUTS(name)
         assert isinstance(out, str) and "was not found inside the folders" in out
     assert lora.AtelierOptionalLora.VALIDATE_INPUTS(lora.NONE) is True
+
+
+def test_style_save_never_writes_through_an_escaping_symlink(N, tmp_path):
+    import folder_paths
+    import torch
+    from comfyui_atelier.core import style as S
+    base = os.path.join(folder_paths.get_output_directory(), N.STYLE_OUTPUT_SUBDIR)
+    os.makedirs(base, exist_ok=True)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = os.path.join(base, "escape_dir")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(target, link)
+    st = S.StyleStats(mu=torch.rand(4, 8, 8), sigma=torch.ones(4, 8, 8), channel_mean=torch.zeros(4),
+                      channel_std=torch.ones(4), count=1, resolution=64, name="c")
+    try:
+        for bad in ("escape_dir/x", "../x", "/tmp/x", "a/../../x"):
+            with pytest.raises(AtelierError, match="not a usable style file name"):
+                N.AtelierStyleSave().save(st, bad)
+        assert list(target.iterdir()) == []
+    finally:
+        os.unlink(link)
