@@ -250,3 +250,19 @@ def test_a_worker_crash_outside_a_job_stops_the_run(setup, monkeypatch):
     assert res.exit_code == batch.EXIT_WRITE_FAILED
     assert "scheduler bug" in res.problems[0]
     assert all(r["status"] == "pending" for r in res.results.values())
+
+
+def test_cli_disk_full_exit_code_and_message(setup, monkeypatch, capsys):
+    cfg, out = setup
+    monkeypatch.setattr(batch, "write_atomic", _enospc)
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("code", batch.main(
+        ["batch", "--server", "http://fake:1", "--captions", cfg().captions, "--out", str(out), "--quiet",
+         "--no-ws", "--backoff", "0.01", _workflow_file(out.parent)])), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the CLI hung"
+    assert box["code"] == batch.EXIT_WRITE_FAILED
+    err = capsys.readouterr().err
+    assert "the run stopped: cannot write output" in err and "No space left on device" in err
+    assert "run the same command again" in err
