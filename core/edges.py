@@ -231,23 +231,40 @@ def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None =
     """Zero every 8-connected blob of line pixels smaller than ``min_area`` pixels.
 
     ``lines`` is uint8 (binary or soft); blobs are found on ``support`` (a binary map, default ``lines > 0``).
-    Returns a new array; ``min_area`` <= 1 returns ``lines`` unchanged.
+    Returns a new array; ``min_area`` <= 1, or nothing to remove, returns ``lines`` itself.
+
+    Only *candidate* pixels are labelled: every 8-neighbour of a line pixel is in its blob, so a pixel whose
+    3x3 window holds ``min_area`` or more line pixels (a *core* pixel) is in a blob at least that large.
+    Small blobs therefore consist of candidates alone; a blob of candidates that touches a core pixel belongs
+    to a large blob, one that touches none is a whole blob of the support, kept or removed by its size.
+    Clean areas and filled shapes have no candidates at all and cost a box filter; the result is the same
+    as labelling the whole support.
     """
     if min_area <= 1:
         return lines
     sup = lines if support is None else support
-    n, labels = cv2.connectedComponents(sup, connectivity=8, ltype=cv2.CV_32S)
-    if n <= 1:
+    fg = cv2.threshold(sup, 0, 255, cv2.THRESH_BINARY)[1]  # 255 where support > 0
+    # line pixels in each 3x3 window (0..9; zero padding outside the image)
+    count = cv2.boxFilter(cv2.threshold(sup, 0, 1, cv2.THRESH_BINARY)[1], -1, (3, 3), normalize=False,
+                          borderType=cv2.BORDER_CONSTANT)
+    # min_area > 9: no pixel is provably in a large blob, every line pixel is a candidate (plain labelling)
+    few = cv2.threshold(count, min(int(min_area), 10) - 1, 255, cv2.THRESH_BINARY_INV)[1]  # 255: count < min_area
+    cand = cv2.bitwise_and(few, fg)
+    if not cv2.countNonZero(cand):
         return lines
-    # work on the line pixels only (sparse in a drawing): OpenCV's stats and full-image bincounts cost ~10x more
-    on = sup > 0
-    fg_labels = labels[on]
-    small = np.bincount(fg_labels, minlength=n) < min_area
+    core = cv2.bitwise_and(cv2.bitwise_not(few), fg)
+    near_core = cv2.dilate(core, np.ones((3, 3), np.uint8))  # dilate pads with -inf: no border effect
+    n, labels = cv2.connectedComponents(cand, connectivity=8, ltype=cv2.CV_32S)
+    pts = cv2.findNonZero(cand).reshape(-1, 2)  # (x, y) of the candidates: ~4x faster than np.flatnonzero
+    idx = pts[:, 1].astype(np.intp) * cand.shape[1] + pts[:, 0]
+    lab = labels.ravel()[idx]
+    small = np.bincount(lab, minlength=n) < min_area
+    small[lab[near_core.ravel()[idx] != 0]] = False  # attached to a core pixel: part of a large blob
     small[0] = False
     if not small.any():
         return lines
     out = lines.copy()
-    out.ravel()[np.flatnonzero(on)[small[fg_labels]]] = 0
+    out.ravel()[idx[small[lab]]] = 0
     return out
 
 

@@ -212,6 +212,90 @@ def test_remove_specks_by_area():
     assert E.remove_specks(m, 1) is m
 
 
+def _remove_specks_by_full_labelling(lines, min_area, support=None):
+    """The reference: label the whole support, count every blob's pixels, erase the small blobs (the
+    implementation before candidate-only labelling)."""
+    if min_area <= 1:
+        return lines
+    sup = lines if support is None else support
+    n, labels = cv2.connectedComponents(sup, connectivity=8, ltype=cv2.CV_32S)
+    on = sup > 0
+    small = np.bincount(labels[on], minlength=n) < min_area
+    small[0] = False
+    out = lines.copy()
+    out[on & small[labels]] = 0
+    return out
+
+
+def _speck_cases():
+    rng = np.random.default_rng(7)
+    yield "photo-like noise", (rng.random((97, 131)) < 0.3).astype(np.uint8) * 255
+    yield "dense noise", (rng.random((64, 64)) < 0.6).astype(np.uint8) * 255
+    yield "sparse dust", (rng.random((150, 90)) < 0.01).astype(np.uint8) * 255
+    g = E.to_gray_u8(drawing(speck=True))
+    yield "drawing", E.lineart(g)[0]
+    d = np.zeros((60, 80), np.uint8)
+    cv2.line(d, (0, 0), (79, 59), 255, 1)  # 1 px diagonal: every pixel has < 4 neighbours
+    cv2.line(d, (0, 59), (3, 59), 255, 1)  # 4 px run at the bottom border
+    d[0, 40] = d[0, 79] = d[59, 79] = d[30, 0] = 255  # single pixels on every border and corner
+    d[10:12, 70] = 255  # 2 px speck
+    d[20, 5:8] = 255  # 3 px speck
+    d[40, 40] = d[41, 41] = d[42, 42] = 255  # 3 px diagonal speck
+    d[44, 44] = 255  # a gap of one pixel from it: a separate blob
+    yield "thin lines and border specks", d
+    yield "1 x N", (rng.random((1, 257)) < 0.5).astype(np.uint8) * 255
+    yield "N x 1", (rng.random((203, 1)) < 0.5).astype(np.uint8) * 255
+    yield "1 x 1 on", np.full((1, 1), 255, np.uint8)
+    yield "1 x 1 off", np.zeros((1, 1), np.uint8)
+    yield "all on", np.full((9, 13), 255, np.uint8)
+    yield "all off", np.zeros((9, 13), np.uint8)
+    yield "checkerboard", ((np.indices((33, 35)).sum(0) % 2) * 255).astype(np.uint8)
+    stripes = np.zeros((40, 40), np.uint8)
+    stripes[:, ::2] = 255  # 1 px columns: 40 px blobs with 3-pixel windows
+    yield "1 px stripes", stripes
+
+
+@pytest.mark.parametrize("min_area", [2, 3, 4, 5, 9, 10, 40, 100000])
+def test_remove_specks_same_output_as_full_labelling(min_area):
+    """Candidate-only labelling erases exactly the blobs full labelling does, bit for bit (binary and soft
+    lines, with their binary support), and returns the input itself when there is nothing to erase."""
+    rng = np.random.default_rng(min_area)
+    for name, mask in _speck_cases():
+        want = _remove_specks_by_full_labelling(mask, min_area)
+        got = E.remove_specks(mask, min_area)
+        assert got.dtype == np.uint8 and got.shape == mask.shape
+        np.testing.assert_array_equal(got, want, err_msg=f"{name}, min_area {min_area}")
+        if np.array_equal(want, mask):
+            assert got is mask, name
+        soft = np.where(mask > 0, rng.integers(1, 256, mask.shape), rng.integers(0, 40, mask.shape)).astype(np.uint8)
+        np.testing.assert_array_equal(E.remove_specks(soft, min_area, support=mask),
+                                      _remove_specks_by_full_labelling(soft, min_area, support=mask),
+                                      err_msg=f"{name} (soft), min_area {min_area}")
+        assert not np.array_equal(mask, 0) or E.remove_specks(mask, min_area).max() == 0
+
+
+def test_remove_specks_same_output_on_bench_like_images():
+    """A textured photo and a dusty scan through lineart: the same line maps as full labelling."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:300, 0:300].astype(np.float32) / 300
+    photo = np.clip(0.8 - 0.2 * yy + 0.04 * np.sin(xx * 60 + yy * 25) + rng.normal(0, 0.05, yy.shape), 0, 1)
+    cv2.circle(photo, (150, 150), 60, 0.3, -1)
+    scan = np.clip(0.93 + 0.03 * (xx - yy) + rng.normal(0, 0.01, yy.shape), 0, 1).astype(np.float32)
+    for _ in range(30):
+        p = rng.integers(0, 300, 4)
+        cv2.line(scan, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), 0.1, int(rng.integers(1, 4)), cv2.LINE_AA)
+    ys, xs = rng.integers(0, 300, (2, 200))
+    scan[ys, xs] = 0.2
+    for img in (photo.astype(np.float32), scan):
+        g = E.to_gray_u8(img)
+        for binarize in (True, False):
+            ref, _ = E.lineart(g, binarize_lines=binarize)
+            support, _ = E.lineart(g)
+            for area in (4, 12):
+                got, _ = E.lineart(g, binarize_lines=binarize, min_speck_area=area)
+                np.testing.assert_array_equal(got, _remove_specks_by_full_labelling(ref, area, support=support))
+
+
 def test_thickness_grows_and_thins_lines():
     m = np.zeros((30, 30), np.uint8)
     m[14:17, :] = 255  # 3 px line
