@@ -227,10 +227,12 @@ def binarize(strength: np.ndarray, threshold: int | None = None) -> np.ndarray:
     return out
 
 
-def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None = None) -> np.ndarray:
+def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None = None, *,
+                  binary_support: bool = False) -> np.ndarray:
     """Zero every 8-connected blob of line pixels smaller than ``min_area`` pixels.
 
-    ``lines`` is uint8 (binary or soft); blobs are found on ``support`` (a binary map, default ``lines > 0``).
+    ``lines`` is uint8 (binary or soft); blobs are found on ``support`` (a binary map, default ``lines > 0``);
+    ``binary_support`` says it holds only 0 and 255 (as lineart's mask does), which saves one pass.
     Returns a new array; ``min_area`` <= 1, or nothing to remove, returns ``lines`` itself.
 
     Only *candidate* pixels are labelled: every 8-neighbour of a line pixel is in its blob, so a pixel whose
@@ -243,19 +245,20 @@ def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None =
     if min_area <= 1:
         return lines
     sup = lines if support is None else support
-    fg = cv2.threshold(sup, 0, 255, cv2.THRESH_BINARY)[1]  # 255 where support > 0
+    fg = sup if binary_support else cv2.threshold(sup, 0, 255, cv2.THRESH_BINARY)[1]  # 255 where support > 0
     # line pixels in each 3x3 window (0..9; zero padding outside the image)
     count = cv2.boxFilter(cv2.threshold(sup, 0, 1, cv2.THRESH_BINARY)[1], -1, (3, 3), normalize=False,
                           borderType=cv2.BORDER_CONSTANT)
     # min_area > 9: no pixel is provably in a large blob, every line pixel is a candidate (plain labelling)
     few = cv2.threshold(count, min(int(min_area), 10) - 1, 255, cv2.THRESH_BINARY_INV)[1]  # 255: count < min_area
     cand = cv2.bitwise_and(few, fg)
-    if not cv2.countNonZero(cand):
+    pts = cv2.findNonZero(cand)  # (x, y) of the candidates (None: none); ~4x faster than np.flatnonzero
+    if pts is None:
         return lines
-    core = cv2.bitwise_and(cv2.bitwise_not(few), fg)
+    core = cv2.subtract(fg, few)  # line pixels with min_area or more line pixels in their window
     near_core = cv2.dilate(core, np.ones((3, 3), np.uint8))  # dilate pads with -inf: no border effect
     n, labels = cv2.connectedComponents(cand, connectivity=8, ltype=cv2.CV_32S)
-    pts = cv2.findNonZero(cand).reshape(-1, 2)  # (x, y) of the candidates: ~4x faster than np.flatnonzero
+    pts = pts.reshape(-1, 2)
     idx = pts[:, 1].astype(np.intp) * cand.shape[1] + pts[:, 0]
     lab = labels.ravel()[idx]
     small = np.bincount(lab, minlength=n) < min_area
@@ -305,7 +308,7 @@ def lineart(gray: np.ndarray, *, polarity: Literal["auto", "dark_on_light", "lig
     mask = cv2.LUT(gray, bin_lut)  # strength + threshold in one pass
     out = mask if binarize_lines else cv2.LUT(gray, lut)
     if min_speck_area > 1:  # blobs are judged on the binarised lines, also when the output stays soft
-        out = remove_specks(out, min_speck_area, support=mask)
+        out = remove_specks(out, min_speck_area, support=mask, binary_support=True)
     out = change_thickness(out, thickness)
     return out, pol
 

@@ -265,6 +265,8 @@ def test_remove_specks_same_output_as_full_labelling(min_area):
         got = E.remove_specks(mask, min_area)
         assert got.dtype == np.uint8 and got.shape == mask.shape
         np.testing.assert_array_equal(got, want, err_msg=f"{name}, min_area {min_area}")
+        np.testing.assert_array_equal(E.remove_specks(mask, min_area, support=mask, binary_support=True), want,
+                                      err_msg=f"{name} (binary support), min_area {min_area}")
         if np.array_equal(want, mask):
             assert got is mask, name
         soft = np.where(mask > 0, rng.integers(1, 256, mask.shape), rng.integers(0, 40, mask.shape)).astype(np.uint8)
