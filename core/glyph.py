@@ -26,7 +26,9 @@ import math
 import os
 import sys
 import time
+import threading
 import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -92,12 +94,17 @@ def _scan(dirs: tuple[str, ...], stamp: tuple[float, ...]) -> dict[str, str]:
     return found
 
 
-def list_fonts(dirs: Sequence[str | os.PathLike]) -> dict[str, str]:
-    """Map of font names (file name and path relative to its folder) to absolute paths."""
+def _font_table(dirs: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """The cached scan behind list_fonts (shared: do not modify)."""
     dirs_t = tuple(str(Path(d)) for d in dirs)
     # folder mtimes catch files added at the top level; the 30 s bucket catches ones added in subfolders
     stamp = tuple(os.stat(d).st_mtime if os.path.isdir(d) else 0.0 for d in dirs_t) + (time.monotonic() // 30,)
-    return dict(_scan(dirs_t, stamp))
+    return _scan(dirs_t, stamp)
+
+
+def list_fonts(dirs: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """Map of font names (file name and path relative to its folder) to absolute paths."""
+    return dict(_font_table(dirs))
 
 
 def font_names(dirs: Sequence[str | os.PathLike]) -> list[str]:
@@ -226,20 +233,24 @@ def _is_cjkish(text: str) -> bool:
     return any(ord(c) > 0x2E7F for c in text)
 
 
-def auto_font_candidates(dirs: Sequence[str | os.PathLike], text: str) -> list[str]:
-    """Font paths in the order 'auto' tries them for `text`."""
-    paths = list(dict.fromkeys(list_fonts(dirs).values()))
-
+@functools.lru_cache(maxsize=64)
+def _ranked_fonts(paths: tuple[str, ...], cjk: bool) -> tuple[str, ...]:
     def rank(prefs):
         def key(p):
-            n = Path(p).name.lower()
+            n = os.path.basename(p).lower()
             for i, s in enumerate(prefs):
                 if s in n:
                     return (i, "bold" in n or "italic" in n or "oblique" in n, n)
             return (len(prefs), True, n)
         return key
-    prefs = _CJK_PREFS + _LATIN_PREFS if _is_cjkish(text) else _LATIN_PREFS + _CJK_PREFS
-    return sorted(paths, key=rank(prefs))
+    prefs = _CJK_PREFS + _LATIN_PREFS if cjk else _LATIN_PREFS + _CJK_PREFS
+    return tuple(sorted(paths, key=rank(prefs)))
+
+
+def auto_font_candidates(dirs: Sequence[str | os.PathLike], text: str) -> list[str]:
+    """Font paths in the order 'auto' tries them for `text` (the ranking is cached per font set)."""
+    paths = tuple(dict.fromkeys(_font_table(dirs).values()))
+    return list(_ranked_fonts(paths, _is_cjkish(text)))
 
 
 def choose_font(name: str | None, text: str, dirs: Sequence[str | os.PathLike], *, node: str | None = None,
@@ -455,8 +466,9 @@ def check_polygon(poly, width: int, height: int, *, text: str = "", index: int =
 
 def polygon_size(p: np.ndarray) -> tuple[float, float]:
     """(width along the text line, height across it) of a TL,TR,BR,BL quadrilateral."""
-    w = (np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[2] - p[3])) / 2
-    h = (np.linalg.norm(p[3] - p[0]) + np.linalg.norm(p[2] - p[1])) / 2
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = np.asarray(p, np.float64).tolist()
+    w = (math.hypot(x1 - x0, y1 - y0) + math.hypot(x2 - x3, y2 - y3)) / 2
+    h = (math.hypot(x3 - x0, y3 - y0) + math.hypot(x2 - x1, y2 - y1)) / 2
     return float(w), float(h)
 
 
@@ -464,6 +476,11 @@ def polygon_size(p: np.ndarray) -> tuple[float, float]:
 # rendering
 
 def _fit_horizontal(path, index, text, avail_w, avail_h, max_size):
+    return _fit_horizontal_cached(path, os.path.getmtime(path), index, text, avail_w, avail_h, max_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fit_horizontal_cached(path, mtime, index, text, avail_w, avail_h, max_size):
     ref = 64
     l, t, r, b = load_font(path, index, ref).getbbox(text)
     # ink height, floored at 0.72 em so punctuation-only text ("," ".") does not blow up to the box height
@@ -489,6 +506,11 @@ def _vertical_extent(font, chars, gap):
 
 
 def _fit_vertical(path, index, chars, avail_w, avail_h, max_size, gap):
+    return _fit_vertical_cached(path, os.path.getmtime(path), index, tuple(chars), avail_w, avail_h, max_size, gap)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fit_vertical_cached(path, mtime, index, chars, avail_w, avail_h, max_size, gap):
     ref = 64
     cw, ch, _ = _vertical_extent(load_font(path, index, ref), chars, gap)
     size = int(min(ref * avail_w / max(cw, 1), ref * avail_h / max(ch, 1)))
@@ -502,10 +524,60 @@ def _fit_vertical(path, index, chars, avail_w, avail_h, max_size, gap):
     return max(1, size)
 
 
+class _TileCache:
+    """Least-recently-used cache of rendered tiles, bounded by their total bytes (thread-safe)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key, value: tuple) -> None:
+        n = value[0].nbytes
+        if n > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self.bytes += n
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old[0].nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+
+
+#: rendered tiles by (text, font file + mtime, face, box size, options): a box drawn again (the same
+#: layout re-run, a label repeated) costs a dictionary look-up instead of fitting and rasterising
+_TILES = _TileCache(64 << 20)
+
+
+def clear_caches() -> None:
+    """Forget fitted sizes, rendered tiles and font rankings (fonts and glyph checks stay cached)."""
+    _TILES.clear()
+    _fit_horizontal_cached.cache_clear()
+    _fit_vertical_cached.cache_clear()
+    _ranked_fonts.cache_clear()
+
+
 def render_tile(text: str, path: str, index: int, w: float, h: float, *, direction: str = "horizontal",
                 max_size: int | None = None, padding: float = 0.08, gap: float = 0.05, fit: str = "contain",
                 min_size: int = 3) -> tuple[np.ndarray, int]:
-    """Upright text tile (uint8, 255 = ink) for a w x h box; returns (tile, font size).
+    """Upright text tile (uint8, 255 = ink, read-only: it is cached) for a w x h box; returns (tile, font size).
+
+    Tiles are cached by every argument and the font file's mtime, so the same box costs one
+    rasterisation however often it is drawn.
 
     fit="contain": the largest font size that fits the padded box (never above max_size), text centred,
     tile of the box's size; text too long for its box is shrunk, never clipped.
@@ -514,6 +586,17 @@ def render_tile(text: str, path: str, index: int, w: float, h: float, *, directi
     """
     if fit not in ("contain", "stretch"):
         raise AtelierError(f"unknown fit '{fit}'", input="fit", expected="contain or stretch", fix="pick one.")
+    key = (text, path, os.path.getmtime(path), int(index), float(w), float(h), direction,
+           None if max_size is None else int(max_size), float(padding), float(gap), fit, int(min_size))
+    hit = _TILES.get(key)
+    if hit is None:
+        hit = _render_tile(text, path, index, w, h, direction, max_size, padding, gap, fit, min_size)
+        hit[0].flags.writeable = False
+        _TILES.put(key, hit)
+    return hit
+
+
+def _render_tile(text, path, index, w, h, direction, max_size, padding, gap, fit, min_size):
     pad = max(1.0, padding * min(w, h))
     avail_w, avail_h = max(1.0, w - 2 * pad), max(1.0, h - 2 * pad)
     big = 1e9 if fit == "stretch" else None
@@ -547,7 +630,7 @@ def render_tile(text: str, path: str, index: int, w: float, h: float, *, directi
             draw.text((w / 2 - (bb[0] + bb[2]) / 2, cy - (bb[1] + bb[3]) / 2), c, fill=255, font=font)
     else:
         draw.text((w / 2 - (l + r) / 2, h / 2 - (t + b) / 2), text, fill=255, font=font)
-    return np.asarray(tile, dtype=np.uint8), size
+    return np.array(tile, dtype=np.uint8), size
 
 
 def pick_direction(direction: str, text: str, w: float, h: float) -> str:
@@ -575,14 +658,18 @@ def render_glyphs(boxes: list[dict], width: int, height: int, *, font: str | Non
     canvas = np.zeros((height, width), np.uint8)
     mask = np.zeros((height, width), np.uint8)
     info = []
+    chosen: dict = {}
     for i, b in enumerate(boxes):
         text = b.get("text") or ""
         if not text.strip():
             raise AtelierError(f"text box #{i + 1} has empty text", node=node, input=input,
                                expected="non-empty text", fix="type the text or delete the box.")
         poly = check_polygon(b["polygon"], width, height, text=text, index=i, node=node, input=input)
-        path, index = choose_font(b.get("font") or font, text, dirs, node=node,
-                                  input=("font" if not b.get("font") else input))
+        key = (b.get("font") or font, text)  # one font choice per distinct (font, text) in this call
+        if key not in chosen:
+            chosen[key] = choose_font(b.get("font") or font, text, dirs, node=node,
+                                      input=("font" if not b.get("font") else input))
+        path, index = chosen[key]
         w, h = polygon_size(poly)
         d = pick_direction(direction or b.get("direction") or "auto", text, w, h)
         try:
@@ -602,7 +689,7 @@ def render_glyphs(boxes: list[dict], width: int, height: int, *, font: str | Non
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         np.maximum(canvas[y0:y1, x0:x1], warped, out=canvas[y0:y1, x0:x1])
         cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
-        info.append({"text": text, "font": Path(path).name, "face": index, "size": size, "direction": d})
+        info.append({"text": text, "font": os.path.basename(path), "face": index, "size": size, "direction": d})
         if progress is not None:
             progress(i + 1, len(boxes))
     if invert:

@@ -286,3 +286,67 @@ def test_layout_compose_places_elements_and_returns_label_boxes(dirs):
 def test_bad_layouts_are_actionable_errors(spec, match):
     with pytest.raises(AtelierError, match=match):
         L.load_layout(spec, node="Atelier Layout Compose")
+
+
+# ----------------------------------------------------------------------------- caching (speed) keeps the output
+
+def _mixed_boxes():
+    """Latin and CJK, axis-aligned, rotated (both ways), a tall vertical column, a user size cap, repeats."""
+    def rotated(cx, cy, w, h, deg):
+        c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+        return [[cx + x * c - y * s, cy + x * s + y * c] for x, y in
+                [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]]
+    return G.parse_text_boxes([
+        {"text": "Enter", "box": [10, 10, 150, 60]},
+        {"text": CJK_TEXT, "box": [160, 10, 380, 70]},
+        {"text": "Rotated", "polygon": rotated(120, 160, 200, 50, 18)},
+        {"text": "键盘", "polygon": rotated(300, 170, 150, 60, -25)},
+        {"text": "竖排文字", "box": [420, 10, 470, 300]},
+        {"text": "Enter", "box": [10, 320, 150, 370]},  # the same text and box size again elsewhere
+        {"text": "Small", "box": [200, 320, 400, 380], "size": 12},
+    ])
+
+
+def test_cached_rendering_is_pixel_identical_and_rasterises_each_box_once(dirs, monkeypatch):
+    boxes = _mixed_boxes()
+    G.clear_caches()
+    calls = []
+    real = G._render_tile
+    monkeypatch.setattr(G, "_render_tile", lambda *a: calls.append(a[0]) or real(*a))
+    cold = G.render_glyphs(boxes, 480, 400, dirs=dirs)
+    assert [i["direction"] for i in cold[2]][4] == "vertical"
+    assert sorted(calls) == sorted(set(b["text"] for b in boxes)), calls  # the repeated "Enter" box: drawn once
+    calls.clear()
+    warm = G.render_glyphs(boxes, 480, 400, dirs=dirs)
+    assert calls == []  # every tile from the cache
+    assert np.array_equal(warm[0], cold[0]) and np.array_equal(warm[1], cold[1]) and warm[2] == cold[2]
+    for fit in ("contain", "stretch"):
+        warm = G.render_glyphs(boxes, 480, 400, dirs=dirs, fit=fit)
+        G.clear_caches()
+        again = G.render_glyphs(boxes, 480, 400, dirs=dirs, fit=fit)
+        assert np.array_equal(warm[0], again[0]) and np.array_equal(warm[1], again[1]) and warm[2] == again[2]
+    assert cold[0].max() == 255 and _ink_outside(cold[0], cold[1]) == 0
+    # one box rendered on its own gives the same pixels as inside the batch (nothing leaks between boxes)
+    alone = G.render_glyphs(boxes[2:3], 480, 400, dirs=dirs)[0]
+    inside = np.where(alone > 0)
+    assert np.array_equal(alone[inside], cold[0][inside])
+
+
+def test_cached_tile_is_read_only_and_follows_the_font_file(tmp_path, dirs):
+    regular = next(p for p in G.list_fonts(dirs).values() if Path(p).name == "DejaVuSans.ttf")
+    bold = Path(regular).with_name("DejaVuSans-Bold.ttf")
+    if not bold.exists():
+        pytest.fail("DejaVuSans-Bold.ttf not found: install fonts-dejavu-core")
+    font = tmp_path / "Swap.ttf"
+    shutil.copyfile(regular, font)
+    tile, size = G.render_tile("Swap", str(font), 0, 200, 60)
+    assert not tile.flags.writeable
+    with pytest.raises(ValueError):
+        tile[0, 0] = 1
+    assert G.render_tile("Swap", str(font), 0, 200, 60)[0] is tile  # a cache hit
+    shutil.copyfile(bold, font)
+    import os
+    st = os.stat(font)
+    os.utime(font, (st.st_atime, st.st_mtime + 10))  # a replaced file: new mtime, new glyphs
+    tile2, _ = G.render_tile("Swap", str(font), 0, 200, 60)
+    assert tile2 is not tile and (tile2 > 128).sum() > (tile > 128).sum()  # bold has more ink
