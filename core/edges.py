@@ -246,19 +246,18 @@ def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None =
         return lines
     sup = lines if support is None else support
     fg = sup if binary_support else cv2.threshold(sup, 0, 255, cv2.THRESH_BINARY)[1]  # 255 where support > 0
-    # line pixels in each 3x3 window (0..9; zero padding outside the image)
-    count = cv2.boxFilter(cv2.threshold(sup, 0, 1, cv2.THRESH_BINARY)[1], -1, (3, 3), normalize=False,
-                          borderType=cv2.BORDER_CONSTANT)
+    # mean of each 3x3 window (zero padding outside the image): c line pixels give round(255 c / 9), levels 28
+    # apart, so "fewer than min_area" is "at most the level half-way below min_area's"
+    mean = cv2.boxFilter(fg, -1, (3, 3), normalize=True, borderType=cv2.BORDER_CONSTANT)
     # min_area > 9: no pixel is provably in a large blob, every line pixel is a candidate (plain labelling)
-    few = cv2.threshold(count, min(int(min_area), 10) - 1, 255, cv2.THRESH_BINARY_INV)[1]  # 255: count < min_area
+    few = cv2.threshold(mean, int(255 * (min(int(min_area), 10) - 0.5) / 9), 255, cv2.THRESH_BINARY_INV)[1]
     cand = cv2.bitwise_and(few, fg)
-    pts = cv2.findNonZero(cand)  # (x, y) of the candidates (None: none); ~4x faster than np.flatnonzero
-    if pts is None:
+    if not cv2.countNonZero(cand):  # (findNonZero is ~15x slower than this on an empty map)
         return lines
     core = cv2.subtract(fg, few)  # line pixels with min_area or more line pixels in their window
     near_core = cv2.dilate(core, np.ones((3, 3), np.uint8))  # dilate pads with -inf: no border effect
     n, labels = cv2.connectedComponents(cand, connectivity=8, ltype=cv2.CV_32S)
-    pts = pts.reshape(-1, 2)
+    pts = cv2.findNonZero(cand).reshape(-1, 2)  # (x, y) of the candidates: ~4x faster than np.flatnonzero
     idx = pts[:, 1].astype(np.intp) * cand.shape[1] + pts[:, 0]
     lab = labels.ravel()[idx]
     small = np.bincount(lab, minlength=n) < min_area
