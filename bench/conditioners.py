@@ -16,7 +16,8 @@ Timings are medians over interleaved repeats (the methods take turns, so drift h
 process CPU time are both reported (on a shared, loaded machine the CPU figures with --threads 1 are the
 trustworthy ones). The batch check compares one call on a batch of 8 different images with 8 single-image
 calls on the same images whose outputs are kept alive (as the batch's are), and, for reference, with 8 calls
-whose outputs are dropped at once (the allocator then recycles one warm buffer).
+whose outputs are dropped at once (the allocator then recycles one warm buffer); batch and singles take turns
+going first (ABBA), so the paired ratio carries no order bias.
 Peak memory: extra peak RSS of one call in a fresh subprocess (above the RSS after setup and a warm-up call
 on a tiny image).
 Every row prints its target and met/missed ("—" for the floor and the reference rows): Atelier Canny and
@@ -194,10 +195,15 @@ def bench_size(size: int, kind: str, repeats: int, builtin_repeats: int, builtin
 
     for k in OURS:
         ms[k](xb)
-    for _ in range(batch_rounds or max(3, repeats // 3)):
+    for r in range(batch_rounds or max(3, repeats // 3)):
         for k in OURS:
-            batch[k].append(timed(ms[k], xb))
-            singles[k].append(timed(kept_singles(ms[k]), xb))
+            # ABBA: the batch goes first in even rounds, the singles in odd ones (no order bias in the ratio)
+            if r % 2 == 0:
+                batch[k].append(timed(ms[k], xb))
+                singles[k].append(timed(kept_singles(ms[k]), xb))
+            else:
+                singles[k].append(timed(kept_singles(ms[k]), xb))
+                batch[k].append(timed(ms[k], xb))
             ts = [timed(ms[k], im) for im in imgs]
             dropped[k].append((sum(t[0] for t in ts), sum(t[1] for t in ts)))
     return {"size": size, "input": kind,
