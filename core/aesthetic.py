@@ -29,6 +29,7 @@ is resized to 224 with PIL bicubic (long side int(224*long/short)), centre-cropp
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -313,11 +314,14 @@ def _read_hf_state_dict(path: str, read: Reader | None = None, *, name: str = ""
     weights = hf_weights_file(path)
     try:
         sd, _ = (read or read_weights)(weights)
-    except AtelierError:
-        raise
-    except Exception as exc:
+    except AtelierError as exc:
+        if name and f"'{name}'" in exc.problem:
+            raise
+        raise _err(f"'{os.path.basename(weights)}' in model folder '{name}': {exc.problem}", node=exc.node or node,
+                   input=exc.input or input, expected=exc.expected, fix=exc.fix) from exc
+    except Exception as exc:  # a pickle with code in it (refused by weights_only), a truncated file, ...
         raise _err(f"could not read '{os.path.basename(weights)}' in model folder '{name}': {type(exc).__name__}: "
-                   f"{exc}", node=node, input=input,
+                   f"{str(exc)[:300]}", node=node, input=input,
                    expected="a complete model.safetensors (or a pytorch_model.bin loadable with weights_only=True)",
                    fix="download the model folder again.") from exc
     return sd
@@ -402,15 +406,35 @@ def load_hf_predictor(path: str, *, node: str | None = None, input: str | None =
                    fix="download the whole shunk031/aesthetics-predictor-v2-* repository folder into "
                        "ComfyUI/models/aesthetic/.")
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        raw = json.load(f)
+    cfg_fix = ("download config.json of the model folder again (the whole shunk031/aesthetics-predictor-v2-* "
+               "repository folder; config.json and the weights must come from the same repository).")
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _err(f"could not read 'config.json' in model folder '{name}': {type(exc).__name__}: "
+                   f"{str(exc)[:200]}", node=node, input=input,
+                   expected="a JSON object (a CLIPVisionConfig, model_type 'clip_vision_model')", fix=cfg_fix) from exc
+    if not isinstance(raw, dict):
+        raise _err(f"'config.json' in model folder '{name}' holds a JSON {type(raw).__name__}, not an object.",
+                   node=node, input=input, expected="a JSON object (a CLIPVisionConfig)", fix=cfg_fix)
     if raw.get("model_type") not in (None, "clip_vision_model"):
         # a full CLIP config (text + vision) also works: take its vision part
         if "vision_config" not in raw:
             raise _err(f"config.json in '{name}' has model_type '{raw.get('model_type')}'.", node=node, input=input,
                        expected="model_type 'clip_vision_model' (simple-aesthetics-predictor layout)",
                        fix="use an aesthetics-predictor-v1/v2 model folder.")
-    config = CLIPVisionConfig.from_pretrained(path)
+    try:
+        config = CLIPVisionConfig.from_pretrained(path)
+        dims = (int(config.image_size), int(config.projection_dim), int(config.hidden_size))
+    except Exception as exc:  # wrong types or values in an otherwise valid JSON
+        raise _err(f"'config.json' in model folder '{name}' is not a usable CLIP vision config: "
+                   f"{type(exc).__name__}: {str(exc)[:200]}", node=node, input=input,
+                   expected="a CLIPVisionConfig (image_size, hidden_size, projection_dim, ... as integers)",
+                   fix=cfg_fix) from exc
+    if min(dims) <= 0:
+        raise _err(f"'config.json' in model folder '{name}' has image_size/projection_dim/hidden_size {dims}.",
+                   node=node, input=input, expected="positive sizes", fix=cfg_fix)
     sd = _read_hf_state_dict(path, read, name=name, node=node, input=input)
     head = head_from_state_dict(sd, source=f"model folder '{name}'", node=node, input=input)
     clip_sd = {k: v for k, v in sd.items() if not k.startswith(("layers.", "predictor."))}
@@ -465,11 +489,35 @@ def select(scores: Sequence[float], *, mode: str = "threshold", threshold: float
 
 
 def gate(scores: Sequence[float], threshold: float = 6.0) -> tuple[bool, float]:
-    """(mean >= threshold, mean)."""
+    """(mean >= threshold, mean). A NaN/inf score or threshold never passes (the mean is then NaN/inf)."""
     if len(scores) == 0:
         raise _err("no scores to gate.", expected="at least one score")
-    mean = float(np.mean([float(s) for s in scores]))
-    return mean >= threshold, mean
+    vals = [float(s) for s in scores]
+    mean = float(np.mean(vals))
+    ok = all(math.isfinite(v) for v in vals) and math.isfinite(mean) and math.isfinite(float(threshold))
+    return bool(ok and mean >= threshold), mean
+
+
+def compare_text(value: float, threshold: float, op: str | None = None, names: tuple[str, str] = ("", "")) -> str:
+    """'value op threshold' with just enough digits that the printed numbers visibly compare the way the
+    real ones do (never '15.555 < 15.5547'), plus the difference when they are close: e.g.
+    '15.55468 < 15.5547 (2e-05 below)'. op defaults to '>=' or '<' by the actual comparison; names
+    (e.g. ("mean ", "threshold ")) go before each number."""
+    v, t = float(value), float(threshold)
+    if op is None:
+        op = ">=" if v >= t else "<"
+    if not (math.isfinite(v) and math.isfinite(t)):
+        return f"{names[0]}{v} {op} {names[1]}{t}"
+    for p in range(4, 18):
+        a, b = f"{v:.{p}g}", f"{t:.{p}g}"
+        fa, fb = float(a), float(b)
+        if (v == t and a == b) or (v > t and fa > fb) or (v < t and fa < fb):
+            break
+    text = f"{names[0]}{a} {op} {names[1]}{b}"
+    d = v - t
+    if d != 0 and abs(d) < 1e-3 * max(1.0, abs(t)):
+        text += f" ({abs(d):.2g} {'above' if d > 0 else 'below'})"
+    return text
 
 
 def format_report(scores: Sequence[float], threshold: float | None = None, title: str = "aesthetic scores") -> str:
@@ -486,6 +534,10 @@ def format_report(scores: Sequence[float], threshold: float | None = None, title
         mean = float(np.mean(s))
         lines.append(f"mean {mean:.3f}  min {min(s):.3f}  max {max(s):.3f}")
         if threshold is not None:
-            verdict = "PASS" if mean >= threshold else "FAIL"
-            lines.append(f"set gate: mean {mean:.3f} {'>=' if mean >= threshold else '<'} {threshold:g} -> {verdict}")
+            bad = [i for i, v in enumerate(s) if not math.isfinite(v)]
+            if bad:
+                lines.append(f"set gate: {len(bad)} of {len(s)} scores are NaN/inf -> FAIL")
+            else:
+                verdict = "PASS" if mean >= threshold else "FAIL"
+                lines.append(f"set gate: {compare_text(mean, threshold, names=('mean ', 'threshold '))} -> {verdict}")
     return "\n".join(lines)

@@ -631,6 +631,28 @@ class PromptResult:
     style: str = ""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text, *, node: str | None = None, input: str | None = None) -> str:
+    """`text` unchanged, or an AtelierError when it holds a lone surrogate (U+D800..U+DFFF): not a
+    character, so CLIP's tokenizer fails on it (TypeError) and it cannot be written as UTF-8. It comes
+    from an API client that split an emoji's UTF-16 pair (JSON "\\ud83d" without its "\\ude00")."""
+    if not isinstance(text, str):
+        return text
+    m = _SURROGATE.search(text)
+    if m is None:
+        return text
+    n = len(_SURROGATE.findall(text))
+    i = m.start()
+    around = text[max(0, i - 20):i + 20]
+    raise AtelierError(f"the text holds {n} lone surrogate{'s' if n != 1 else ''} (first U+{ord(m.group()):04X} at "
+                       f"character {i}, near {around!r}), which is not a Unicode character.", node=node, input=input,
+                       expected="text of whole Unicode characters (valid UTF-8)",
+                       fix="remove that character or send the whole emoji: a JSON client must send both halves of a "
+                           "surrogate pair (\\ud83d\\ude00) or the character itself, and never cut a string inside one.")
+
+
 def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, extra_negative: str = "",
                   style_id: str = "", count_tokens: Callable[[str], int] | None = None,
                   window: int = CLIP_WINDOW, node: str | None = None) -> PromptResult:
@@ -641,6 +663,8 @@ def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, e
     - Templates with {style}: `style_id` wins, else the first styleNN in the prompt (moved to where
       the template puts it), else the preset's default style; none at all is an AtelierError.
     """
+    for key, value in (("prompt", prompt), ("extra_negative", extra_negative), ("style_id", style_id)):
+        check_text(value, node=node, input=key)
     warnings: list[str] = []
     user = (prompt or "").strip()
     if not user:
@@ -704,8 +728,10 @@ def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, e
     return PromptResult(inj.text, neg.text, report, warnings, pos_rep, neg_rep, neg.categories, style)
 
 
-def split_lines(text: str, skip_comments: bool = True) -> list[str]:
-    """One prompt per non-empty line; lines starting with '#' are comments when `skip_comments`."""
+def split_lines(text: str, skip_comments: bool = True, *, node: str | None = None) -> list[str]:
+    """One prompt per non-empty line; lines starting with '#' are comments when `skip_comments`.
+    A lone surrogate anywhere is refused (see check_text)."""
+    check_text(text, node=node, input="text")
     out = []
     for line in (text or "").splitlines():
         s = line.strip()
