@@ -7,6 +7,7 @@ Model files live in ComfyUI/models/aesthetic/:
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -18,6 +19,7 @@ import folder_paths
 
 from ..core import aesthetic as core
 from ..core.errors import AtelierError, MissingModelError
+from ..core.finite import check_finite, check_finite_float, check_finite_floats
 from ..core.grid import AUTO_LAYOUT_RULE, make_grid
 from ._managed import load_to_device, managed, read_weights
 
@@ -230,6 +232,7 @@ class AtelierAestheticScorer:
         aesthetic_model = _one(aesthetic_model)
         clip_vision = _one(clip_vision)
         images = _cat_images(images, node)
+        check_finite(images, node=node, input="images")  # NaN pixels would be scored as black, silently
         if not isinstance(aesthetic_model, core.AestheticModel):
             raise AtelierError("this is not an aesthetic model.", node=node, input="aesthetic_model",
                                fix="connect Atelier Aesthetic Loader.")
@@ -250,7 +253,10 @@ class AtelierAestheticScorer:
             aesthetic_model = _with_image_size(aesthetic_model, getattr(clip_vision, "image_size", 224))
             scores = aesthetic_model.score(images, progress=progress, embed_fn=comfy_clip_vision_embedder(clip_vision),
                                            node=node, input="clip_vision")
-        vals = [float(s) for s in scores]
+        vals = check_finite_floats(
+            scores, node=node, input="aesthetic_model", what="scores",
+            fix=f"the aesthetic model '{aesthetic_model.name}' (or its CLIP vision) has NaN/inf weights: download it "
+                "again; a CLIP vision model loaded in fp16 can overflow, try --fp32-text-enc or another file.")
         order = core.order_by_score(vals)
         sorted_images = images[torch.tensor(order, dtype=torch.long)]
         report = core.format_report(vals)
@@ -299,7 +305,10 @@ class AtelierAestheticFilter:
         node = "Atelier Aesthetic Filter"
         batch = _cat_images(images, node)
         vals = _flat_scores(scores, node)
-        mode, threshold, top_k, if_none = _one(mode), float(_one(threshold)), int(_one(top_k)), _one(if_none_pass)
+        mode, top_k, if_none = _one(mode), int(_one(top_k)), _one(if_none_pass)
+        threshold = check_finite_float(_one(threshold), node=node, input="threshold")
+        check_finite_floats(vals, node=node, input="scores", what="scores")  # a NaN score has no rank
+        check_finite(batch, node=node, input="images")
         if len(vals) != batch.shape[0]:
             raise AtelierError(f"{len(vals)} scores for {batch.shape[0]} images.", node=node, input="scores",
                                expected="one score per image",
@@ -313,8 +322,8 @@ class AtelierAestheticFilter:
                       + ", ".join(f"#{i} {vals[i]:.3f}" for i in keep))
         else:
             best = core.order_by_score(vals)[0]
-            msg = (f"no image passed ({rule}); the best was #{best} with {vals[best]:.3f} "
-                   f"(mean {sum(vals) / len(vals):.3f}).")
+            msg = (f"no image passed ({rule}); the best was #{best} with "
+                   f"{core.compare_text(vals[best], threshold, names=('', 'threshold '))} (mean {sum(vals) / len(vals):.3f}).")
             if if_none == "stop with error":
                 raise AtelierError(msg, node=node, input="threshold", expected=f"at least one score >= {threshold:g}",
                                    fix="lower the threshold, use mode top_k, or set if_none_pass to 'keep best'.")
@@ -352,19 +361,36 @@ class AtelierAestheticSetGate:
         node = "Atelier Aesthetic Set Gate"
         batch = _cat_images(images, node)
         vals = _flat_scores(scores, node)
-        threshold, on_fail = float(_one(threshold)), _one(on_fail)
+        threshold, on_fail = check_finite_float(_one(threshold), node=node, input="threshold"), _one(on_fail)
         if len(vals) != batch.shape[0]:
             raise AtelierError(f"{len(vals)} scores for {batch.shape[0]} images.", node=node, input="scores",
                                expected="one score per image", fix="score exactly the images you gate.")
+        # a NaN/inf score or image fails the set, whatever its mean: it never passes
+        broken = None
+        for check in (lambda: check_finite_floats(vals, node=node, input="scores", what="scores"),
+                      lambda: check_finite(batch, node=node, input="images")):
+            try:
+                check()
+            except AtelierError as exc:
+                broken = broken or exc
         passed, mean = core.gate(vals, threshold)
+        passed = bool(passed) and broken is None
         report = core.format_report(vals, threshold, title="set gate")
-        if not passed and on_fail == "stop workflow":
-            raise AtelierError(f"set rejected: mean aesthetic score {mean:.3f} < {threshold:g}.", node=node,
-                               input="threshold", expected=f"mean >= {threshold:g}",
+        if broken is not None:
+            report += f"\nset gate: FAIL, {broken.problem}"
+            if on_fail == "stop workflow":
+                raise AtelierError(f"set rejected: {broken.problem}", node=node, input=broken.input,
+                                   expected=broken.expected, fix=broken.fix)
+        elif not passed and on_fail == "stop workflow":
+            raise AtelierError("set rejected: mean aesthetic score "
+                               f"{core.compare_text(mean, threshold, names=('', 'threshold '))}.", node=node, input="threshold", expected=f"mean >= {threshold:g}",
                                fix="re-render the set (other seed, prompts or LoRA strength), or lower the "
                                    "threshold, or set on_fail to 'continue'.")
-        ui = {"atelier_scores": vals, "atelier_gate": [{"passed": bool(passed), "mean": mean, "threshold": threshold}]}
-        return {"ui": ui, "result": (batch, bool(passed), mean, report)}
+        # the UI message is JSON: NaN/inf is not valid there, so it travels as null
+        ui = {"atelier_scores": [v if math.isfinite(v) else None for v in vals],
+              "atelier_gate": [{"passed": passed, "mean": mean if math.isfinite(mean) else None,
+                                "threshold": threshold}]}
+        return {"ui": ui, "result": (batch, passed, mean, report)}
 
 
 def _caption_font_dirs() -> list[str]:

@@ -285,7 +285,7 @@ class AtelierPromptLines:
     DESCRIPTION = "Splits a multiline prompt into one prompt per line (a batch for the story-set pipeline)."
 
     def run(self, text, skip_comments=True):
-        lines = core.split_lines(text, skip_comments=skip_comments)
+        lines = core.split_lines(text, skip_comments=skip_comments, node="AtelierPromptLines")
         if not lines:
             raise AtelierError("there are no prompt lines (the text is empty or only comments).",
                                node="AtelierPromptLines", input="text",

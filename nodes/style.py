@@ -24,6 +24,7 @@ from ..core import style as S
 from ..core import confine as C
 from ..core.errors import AtelierError
 from ..core.files import atomic_path
+from ..core.finite import check_finite, check_finite_float
 from ._managed import load_to_device, read_weights
 from .models import resolve_model
 
@@ -34,6 +35,7 @@ ADAPTER = "ATELIER_STYLE_ADAPTER"
 ADAPTER_FOLDER = "style_adapters"
 STYLE_SUFFIX = ".style.safetensors"
 STYLE_OUTPUT_SUBDIR = "atelier_styles"
+MAX_STYLE_NAME = 120  # characters of a Style Save name (file systems allow 255 bytes per name, the suffix and temp name need room)
 NO_ADAPTER = "none"  # the adapter loader's "no trained adapter" choice: the blend passes the conditioning through
 
 _ADAPTERS: dict = {}  # path -> (mtime, adapter)
@@ -161,6 +163,9 @@ class AtelierStyleEncode:
 
     def encode(self, images, vae, resolution, crop, images_2=None, images_3=None, name=""):
         node = "Atelier Style Encode"
+        for key, b in (("images", images), ("images_2", images_2), ("images_3", images_3)):
+            if b is not None:  # NaN pixels would become a NaN style that blackens every image it touches
+                check_finite(b, node=node, input=key)
         batches = [b for b in (images, images_2, images_3) if b is not None]
         model = getattr(vae, "first_stage_model", None)
         if model is None:
@@ -208,9 +213,14 @@ class AtelierStyleSave:
         name = (filename or "").strip().replace("\\", "/")
         if name.endswith(STYLE_SUFFIX):
             name = name[: -len(STYLE_SUFFIX)]
+        allowed = f"at most {MAX_STYLE_NAME} characters of letters A-Z a-z, digits, space, - _ . and / (a relative name)"
+        if len(name) > MAX_STYLE_NAME:
+            raise AtelierError(f"the file name is {len(name)} characters long ({name[:40]!r}...)",
+                               node="Atelier Style Save", input="filename", expected=allowed,
+                               fix="use a shorter name, e.g. style07 or brand/spring")
         if not name or not re.fullmatch(r"[A-Za-z0-9_.\-/ ]+", name) or ".." in name.split("/") or name.startswith("/"):
-            raise AtelierError(f"'{filename}' is not a usable style file name", node="Atelier Style Save",
-                               input="filename", expected="letters, digits, - _ . / (a relative name)",
+            raise AtelierError(f"{filename!r} is not a usable style file name", node="Atelier Style Save",
+                               input="filename", expected=allowed,
                                fix="e.g. style07 or brand/spring")
         base = os.path.join(folder_paths.get_output_directory(), STYLE_OUTPUT_SUBDIR)
         path = C.candidate(name + STYLE_SUFFIX, base)  # None: a symlinked subfolder would lead outside
@@ -333,6 +343,7 @@ class AtelierStyleConditioningBlend:
 
     def blend(self, conditioning, style, adapter, strength):
         node = "Atelier Style Conditioning Blend"
+        strength = check_finite_float(strength, node=node, input="strength")
         if adapter is None:  # Atelier Style Adapter Loader set to "none"
             log.info("[Atelier] %s: no trained style adapter ('%s' in Atelier Style Adapter Loader): the conditioning "
                      "passes through unchanged", node, NO_ADAPTER)
@@ -364,6 +375,7 @@ class AtelierStyleLatentMatch:
                    "img2img KSampler (denoise 0.4-0.8). A constant channel (empty latent) takes the style's mean.")
 
     def match(self, samples, style, strength):
+        strength = check_finite_float(strength, node="Atelier Style Latent Match", input="strength")
         try:
             out = dict(samples)
             out["samples"] = S.match_latent_stats(samples["samples"], style.channel_mean, style.channel_std, strength)
@@ -396,6 +408,8 @@ class AtelierStyleGuidance:
 
     def patch(self, model, style, strength, end_percent):
         node = "Atelier Style Guidance"
+        strength = check_finite_float(strength, node=node, input="strength")
+        end_percent = check_finite_float(end_percent, node=node, input="end_percent")
         m = model.clone()
         if strength == 0:
             return (m,)
