@@ -159,14 +159,40 @@ class GlobalGuidance(nn.Module):
         self.ppm_cat = _conv_relu(512 * (1 + len(PPM_BINS)), 512, 3)
         self.infos = nn.ModuleList(_conv_relu(512, c, 3) for c in INFO_CHANNELS)
 
-    def forward(self, x: torch.Tensor):
-        feats = self.resnet(x)
-        top = self.ppms_pre(feats[-1])
+    #: the upsampled guidance of one info conv is built in input-channel slices above this size
+    #: (at 2048^2 the /2 one is 512 channels x 1024^2 = 2 GB in fp32; sliced, the conv's sum over
+    #: channels runs in slices: identical up to float rounding)
+    SLICE_BYTES = 256 << 20
+
+    def guidance(self, top: torch.Tensor) -> torch.Tensor:
+        """Pyramid pooling over the deepest backbone map -> the global guidance g (512 ch, /16)."""
+        top = self.ppms_pre(top)
         size = top.shape[-2:]
         pyr = [top] + [_up(p(top), size) for p in self.ppms]
-        g = self.ppm_cat(torch.cat(pyr, dim=1))
+        return self.ppm_cat(torch.cat(pyr, dim=1))
+
+    def info(self, g: torch.Tensor, k: int, size) -> torch.Tensor:
+        """Guidance flow k: infos[k](upsample(g, size)), without holding the whole upsampled g when large."""
+        seq = self.infos[k]
+        n, c = g.shape[:2]
+        per_channel = n * int(size[0]) * int(size[1]) * g.element_size()
+        if c * per_channel <= self.SLICE_BYTES:
+            return seq(_up(g, size))
+        conv = seq[0]
+        step = max(1, self.SLICE_BYTES // per_channel)
+        out = None
+        for c0 in range(0, c, step):
+            part = F.conv2d(_up(g[:, c0:c0 + step], size), conv.weight[:, c0:c0 + step], None,
+                            conv.stride, conv.padding, conv.dilation)
+            out = part if out is None else out.add_(part)
+            del part
+        return F.relu_(out)
+
+    def forward(self, x: torch.Tensor):
+        feats = self.resnet(x)
+        g = self.guidance(feats[-1])
         # guidance k goes to the resolution of feats[3 - k]: /16, /8, /4, /2
-        infos = [conv(_up(g, feats[len(self.infos) - 1 - k].shape[-2:])) for k, conv in enumerate(self.infos)]
+        infos = [self.info(g, k, feats[len(self.infos) - 1 - k].shape[-2:]) for k in range(len(self.infos))]
         return feats, infos
 
 
@@ -245,13 +271,19 @@ class PoolNet(nn.Module):
             raise AtelierError(f"PoolNet input is {h}x{w} pixels, smaller than the network's minimum side",
                                expected=f"height and width >= {MIN_SIDE}",
                                fix="pad or upscale the image first (the matting node does this for you)")
-        feats, infos = self.base(x)
-        skips = self.convert(feats)[::-1]  # deepest first: /16, /16, /8, /4, /2
-        del feats  # the backbone maps are not needed once converted: free them before the decoder
-        infos = infos[::-1]
-        merge = self.deep_pool[0](skips.pop(0), skips.pop(0), infos.pop())
-        for k in range(1, len(self.deep_pool) - 1):  # pop: each skip and guidance map is freed once used
-            merge = self.deep_pool[k](merge, skips.pop(0), infos.pop())
+        feats = self.base.resnet(x)
+        g = self.base.guidance(feats[-1])
+        # convert deepest first, dropping each backbone map as soon as it is converted
+        convs = self.convert.convert0
+        skips = [convs[i](feats.pop()) for i in reversed(range(len(convs)))]  # /16, /16, /8, /4, /2
+        # each guidance map is computed when its decoder level needs it (never all at once), and every
+        # skip and guidance map is freed once used: the same values as self.base(x) -> decoder
+        merge = self.deep_pool[0](skips.pop(0), skips[0], self.base.info(g, 0, skips[0].shape[-2:]))
+        skips.pop(0)
+        for k in range(1, len(self.deep_pool) - 1):
+            skip = skips.pop(0)
+            merge = self.deep_pool[k](merge, skip, self.base.info(g, k, skip.shape[-2:]))
+            del skip
         merge = self.deep_pool[-1](merge)
         return self.score(merge, (h, w))
 
