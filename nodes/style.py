@@ -25,6 +25,7 @@ from ..core import confine as C
 from ..core.errors import AtelierError
 from ..core.files import atomic_path
 from ..core.finite import check_finite, check_finite_float
+from ..core.prompt import check_text
 from ._managed import load_to_device, read_weights
 from .models import resolve_model
 
@@ -163,6 +164,7 @@ class AtelierStyleEncode:
 
     def encode(self, images, vae, resolution, crop, images_2=None, images_3=None, name=""):
         node = "Atelier Style Encode"
+        check_text(name, node=node, input="name")  # stored in the style file's UTF-8 metadata
         for key, b in (("images", images), ("images_2", images_2), ("images_3", images_3)):
             if b is not None:  # NaN pixels would become a NaN style that blackens every image it touches
                 check_finite(b, node=node, input=key)

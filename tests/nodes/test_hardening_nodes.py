@@ -168,6 +168,11 @@ def test_style_encode_refuses_nan_images(SN):
                                        images_2=torch.rand(2, 64, 64, 3).index_fill_(0, torch.tensor([1]), NAN))
 
 
+def test_style_encode_refuses_a_lone_surrogate_in_the_name(SN):
+    with pytest.raises(AtelierError, match=r"\[Atelier Style Encode\] input 'name': the text holds 1 lone surrogate"):
+        SN.AtelierStyleEncode().encode(torch.rand(1, 64, 64, 3), None, 64, "center", name="style\ud83d07")
+
+
 def test_style_save_long_name_says_limit_and_characters(SN):
     with pytest.raises(AtelierError) as e:
         SN.AtelierStyleSave().save(None, "s" * 300)
