@@ -8,7 +8,14 @@ Nothing is ever matched by position, so a missing image cannot shift later ids.
 Manifest: ``<out>/manifest.jsonl``, one JSON line per finished attempt
 (id, status, server, prompt_id, outputs [{path, size, sha256}], seconds, error, attempt, seed, ts).
 The last line of an id wins. A re-run skips ids whose last line is ``done`` and whose output
-files are present and valid, and retries the others.
+files are present and valid, and retries the others. Each ``done`` line also records a
+``fingerprint`` (sha256 of the API prompt as patched for that row, plus the input image's sha256):
+an id whose fingerprint differs from what would be sent now (the workflow or its inputs changed) is
+run again, and the run says how many.
+
+One run per ``--out`` folder: the run holds an exclusive flock on ``<out>/.atelier-batch.lock``; a
+second run on the same folder stops at once (exit 2) naming the PID and host holding it. The kernel
+drops the lock when the holder exits or is killed, so a crashed run never blocks the next one.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import copy
 import hashlib
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -365,6 +373,189 @@ def write_atomic(path: str, data: bytes, fsync: bool = False) -> None:
         raise
 
 
+# ============================================================================ output folder, lock, fingerprints
+
+LOCK_NAME = ".atelier-batch.lock"
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - Windows
+    _fcntl = None
+
+
+def _errno_text(exc: OSError) -> str:
+    return f"{exc.strerror or exc} (errno {exc.errno})" if getattr(exc, "errno", None) else str(exc)
+
+
+def check_out_path(out_dir: str) -> None:
+    """--out (or a folder above it) being an existing file is bad input; nothing is created here."""
+    d = os.path.abspath(out_dir)
+    while True:
+        if os.path.exists(d):
+            if not os.path.isdir(d):
+                what = "is an existing file" if d == os.path.abspath(out_dir) else f"is inside {d}, which is a file"
+                raise AtelierError(f"--out {out_dir} {what}, not a folder",
+                                   expected="a folder for the outputs and the manifest (created when missing)",
+                                   fix="pass a folder path to --out, or move the file away")
+            return
+        parent = os.path.dirname(d)
+        if parent == d:
+            return
+        d = parent
+
+
+def prepare_out_dir(out_dir: str) -> None:
+    """Create --out if needed; a file in its place, or a folder that cannot be created, is bad input.
+
+    Folders this call created are removed again when it fails (nothing half-made is left)."""
+    check_out_path(out_dir)
+    absdir = os.path.abspath(out_dir)
+    created, d = [], absdir
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        created.append(d)
+        d = os.path.dirname(d)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        for c in created:  # innermost first
+            try:
+                os.rmdir(c)
+            except OSError:
+                pass
+        blocker = d if os.path.exists(d) and not os.path.isdir(d) else None
+        raise AtelierError(f"cannot create the output folder {out_dir}: {_errno_text(exc)}"
+                           + (f"; {blocker} is a file" if blocker else ""),
+                           expected="a folder path this user can create and write",
+                           fix="choose another --out, or fix the permissions / free space there") from exc
+
+
+class OutputFolderBusy(AtelierError):
+    """Another `atelier batch` run holds the lock on this --out folder."""
+
+
+class OutputLock:
+    """Exclusive, non-blocking lock on ``<out>/.atelier-batch.lock`` for the whole run.
+
+    fcntl.flock: the kernel drops it when the holding process exits or is killed, so a crashed run
+    never blocks the next one (the file itself may stay; it is only a lock and a note of who holds it)."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.path = os.path.join(out_dir, LOCK_NAME)
+        self.fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as exc:
+            raise AtelierError(f"cannot write in the output folder {self.out_dir} (lock file {self.path}): "
+                               f"{_errno_text(exc)}", expected="a writable --out folder",
+                               fix="choose another --out, or make that folder writable / free space there") from exc
+        try:
+            self._lock(fd)
+        except OSError as exc:
+            holder = self._holder(fd)
+            os.close(fd)
+            if exc.errno not in (getattr(_errno, "EAGAIN", 11), getattr(_errno, "EWOULDBLOCK", 11),
+                                 getattr(_errno, "EACCES", 13)):
+                raise AtelierError(f"cannot lock the output folder {self.out_dir} ({self.path}): "
+                                   f"{_errno_text(exc)}", fix="use a local folder for --out") from exc
+            raise OutputFolderBusy(
+                f"the output folder {os.path.abspath(self.out_dir)} is in use by another `atelier batch` run "
+                f"({holder})", expected="one run at a time per --out folder",
+                fix="wait for that run to finish (or stop it), or pass another --out; a run that crashed or was "
+                    "killed releases the folder by itself") from None
+        self.fd = fd
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n"
+        try:  # who holds it, for the message another run prints; the lock works without it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0) if hasattr(os, "pwrite") else os.write(fd, info.encode())
+        except OSError:
+            pass
+        return self
+
+    @staticmethod
+    def _lock(fd: int) -> None:
+        if _fcntl is not None:
+            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        else:  # pragma: no cover - Windows: a byte-range lock far past the holder note
+            import msvcrt
+            os.lseek(fd, 1 << 20, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            os.lseek(fd, 0, os.SEEK_SET)
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            info = json.loads(os.read(fd, 4096).decode("utf-8", "replace").splitlines()[0])
+            return f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started')}"
+        except (OSError, ValueError, IndexError, AttributeError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        """Idempotent, never raises (closing the descriptor drops the lock)."""
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            if _fcntl is not None:
+                _fcntl.flock(fd, _fcntl.LOCK_UN)
+        except OSError:
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def node_column_problems(prompt: dict, bindings: Bindings, rows: list[Row], object_info: dict) -> list[str]:
+    """Columns named NODE.INPUT whose node (in the workflow) has no such input: one line each, with
+    the node's id, class type and the inputs it does have (per the API prompt and /object_info)."""
+    problems = []
+    for col in sorted({k for r in rows for k in r.overrides}):
+        if col in bindings.targets or "." not in col:
+            continue
+        nid, inp = col.rsplit(".", 1)
+        if nid not in prompt:
+            continue
+        node = prompt[nid]
+        ctype = node.get("class_type")
+        have = list(_convert.node_inputs(object_info.get(ctype, {})))
+        have += [k for k in node.get("inputs", {}) if k not in have]
+        if inp not in have:
+            problems.append(f"column '{col}': node {nid} ({ctype}) has no input '{inp}'; its inputs are "
+                            + (", ".join(have) or "(none)"))
+    return problems
+
+
+def row_fingerprint(prompt: dict, bindings: Bindings, row: Row, *, seed_mode: str, seed_base: int,
+                    server_prefix: str, object_info: dict) -> str:
+    """What produced a row's outputs: sha256 of the canonical API prompt as patched for that row
+    (node titles left out) plus the sha256 of its input image. A resume re-runs an id whose
+    recorded fingerprint differs from this."""
+    image_name, image_sha = None, None
+    if row.image and bindings.get("image"):
+        image_name = f"{row.id}{os.path.splitext(row.image)[1].lower()}"  # the upload folder is per --out
+        h = hashlib.sha256()
+        try:
+            with open(row.image, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            image_sha = h.hexdigest()
+        except OSError:
+            image_sha = "unreadable"
+    p, _ = patch_prompt(prompt, bindings, row, image_name=image_name, seed_mode=seed_mode, seed_base=seed_base,
+                        server_prefix=server_prefix, object_info=object_info)
+    for n in p.values():
+        if isinstance(n, dict):
+            n.pop("_meta", None)
+    blob = json.dumps({"prompt": p, "image_sha256": image_sha}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 # ============================================================================ scheduler
 
 @dataclass
@@ -418,6 +609,7 @@ class BatchResult:
     prompt: dict | None = None
     bindings: Bindings | None = None
     problems: list[str] = field(default_factory=list)
+    rerun: list[str] = field(default_factory=list)  # done ids run again: workflow or inputs changed
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results.values() if r["status"] == status)
@@ -436,8 +628,10 @@ class _ServerState:
 
 class Runner:
     def __init__(self, cfg: BatchConfig, rows: list[Row], prompt: dict, bindings: Bindings, servers: list[_ServerState],
-                 manifest: Manifest, bar: ProgressBar, results: dict, object_info: dict, log: Callable[[str], None]):
+                 manifest: Manifest, bar: ProgressBar, results: dict, object_info: dict, log: Callable[[str], None],
+                 fingerprints: dict[str, str] | None = None):
         self.cfg, self.prompt, self.bindings = cfg, prompt, bindings
+        self.fingerprints = fingerprints or {}
         self.servers, self.manifest, self.bar, self.results = servers, manifest, bar, results
         self.object_info, self.log = object_info, log
         self.cond = threading.Condition()
@@ -606,6 +800,7 @@ class Runner:
             rec = {"id": row.id, "status": "done", "server": srv.url, "prompt_id": prompt_id, "outputs": outs,
                    "seconds": round(time.monotonic() - t0, 3), "error": None, "attempt": job.attempts,
                    "seed": applied.get("seed"), "moved_from": sorted(job.moved_from),
+                   "fingerprint": self.fingerprints.get(row.id),
                    "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             self.finish(job, rec)
         except _Stopped:
@@ -760,6 +955,7 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
 
     if not cfg.servers:
         raise AtelierError("no server given", fix="pass --server http://HOST:PORT (repeatable)")
+    check_out_path(cfg.out_dir)  # a file in its place is bad input, before anything else
     servers = [ComfyServer(u) for u in dict.fromkeys(cfg.servers)]
     ds = load_dataset(cfg.images, cfg.captions, id_column=cfg.id_column, prompt_column=cfg.prompt_column,
                       on_problem="fail" if cfg.on_missing == "fail" else "skip")
@@ -799,12 +995,18 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
     if problems:
         raise AtelierError("the workflow cannot run on the server(s): " + " | ".join(problems),
                            fix="install the missing nodes/models on the server or fix the workflow and bindings")
+    bad_columns = node_column_problems(prompt, bindings, ds.rows, object_info)
+    if bad_columns:
+        raise AtelierError("the captions name node inputs the workflow does not have: " + " | ".join(bad_columns),
+                           expected="columns named NODE.INPUT with an input that node has (or bound with --bind)",
+                           fix="rename the column to one of the node's inputs, or point it elsewhere with "
+                               "--bind COLUMN=NODE.INPUT")
 
     rows = ds.rows[: cfg.limit] if cfg.limit else ds.rows
     results: dict[str, dict] = {}
     for p in ds.problems:
         results[p.id] = {"id": p.id, "status": "skipped", "error": p.reason}
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    prepare_out_dir(cfg.out_dir)
     manifest_path = cfg.manifest or os.path.join(cfg.out_dir, "manifest.jsonl")
 
     if cfg.dry_run:
@@ -827,15 +1029,44 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
                 raise AtelierError("the patched prompt is invalid: " + " | ".join(more), fix="check the bindings")
         return BatchResult(EXIT_OK, results, ds, prompt, bindings)
 
+    lock = OutputLock(cfg.out_dir).acquire()  # before touching the folder: one run per --out
+    try:
+        return _run_locked(cfg, ds, rows, results, prompt, bindings, states, servers, object_info,
+                           manifest_path, log, stream)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg, ds, rows, results, prompt, bindings, states, servers, object_info, manifest_path, log,
+                stream) -> BatchResult:
     _clean_tmp(cfg.out_dir)
-    manifest = Manifest(manifest_path, fsync=cfg.fsync)
-    todo = []
+    try:
+        manifest = Manifest(manifest_path, fsync=cfg.fsync)
+    except OSError as exc:
+        raise AtelierError(f"cannot open the manifest {manifest_path}: {_errno_text(exc)}",
+                           expected="a writable file path (default OUT/manifest.jsonl)",
+                           fix="pass another --manifest (or --out), or fix the permissions there") from exc
+    fps = {r.id: row_fingerprint(prompt, bindings, r, seed_mode=cfg.seed_mode, seed_base=cfg.seed_base,
+                                 server_prefix=cfg.server_prefix, object_info=object_info) for r in rows}
+    todo, rerun, unrecorded = [], [], 0
     for r in rows:
         prev = manifest.records.get(r.id)
         if prev is not None and output_valid(prev, cfg.out_dir, verify_hash=cfg.verify_hash):
+            old = prev.get("fingerprint")
+            if old is not None and old != fps[r.id]:
+                rerun.append(r.id)
+                todo.append(r)
+                continue
+            unrecorded += old is None
             results[r.id] = dict(prev, status="already done")
         else:
             todo.append(r)
+    if rerun:
+        log(f"{len(rerun)} id(s) re-run: the workflow or their inputs changed since their outputs were made "
+            f"({', '.join(rerun[:8])}{', ...' if len(rerun) > 8 else ''})")
+    if unrecorded:
+        log(f"note: {unrecorded} done id(s) have no recorded fingerprint (manifest from an older version): kept "
+            "as they are; delete their manifest lines to run them again")
     # skipped rows are recorded once (not on every re-run)
     for p in ds.problems:
         prev = manifest.records.get(p.id)
@@ -846,7 +1077,7 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
     bar = ProgressBar(len(todo), stream=stream, enabled=cfg.progress and bool(todo))
     if len(todo) < len(rows):
         log(f"{len(rows) - len(todo)} id(s) already done (manifest {manifest_path}); {len(todo)} to run")
-    runner = Runner(cfg, todo, prompt, bindings, states, manifest, bar, results, object_info, log)
+    runner = Runner(cfg, todo, prompt, bindings, states, manifest, bar, results, object_info, log, fps)
     interrupted = False
     try:
         if todo:
@@ -875,7 +1106,7 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
         code = EXIT_WRITE_FAILED
     else:
         code = EXIT_FAILED_ROWS if any(v["status"] == "failed" for v in results.values()) else EXIT_OK
-    res = BatchResult(code, results, ds, prompt, bindings)
+    res = BatchResult(code, results, ds, prompt, bindings, rerun=rerun)
     if runner.fatal is not None:
         res.problems.append(runner.fatal)
     return res
@@ -963,6 +1194,8 @@ def main_batch(args) -> int:
         res = run_batch(cfg)
         if not cfg.dry_run:
             print(summary_table(res.results), file=sys.stderr)
+            if res.rerun:
+                print(f"{len(res.rerun)} ids re-run: the workflow or their inputs changed", file=sys.stderr)
             print(f"\noutputs: {os.path.abspath(cfg.out_dir)}  manifest: "
                   f"{os.path.abspath(cfg.manifest or os.path.join(cfg.out_dir, 'manifest.jsonl'))}", file=sys.stderr)
             if res.exit_code != EXIT_OK:

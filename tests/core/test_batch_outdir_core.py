@@ -1,0 +1,411 @@
+"""`atelier batch` and its output folder: one run per --out (a lock a crash cannot leave stuck),
+outputs re-run when the workflow or a row's inputs changed (a fingerprint per manifest line),
+NODE.INPUT columns checked against the node's real inputs, and --out / the manifest being
+unusable reported as bad input (exit 2, no traceback, nothing half-written).
+
+The servers are in-process fakes of the HTTP client (no ComfyUI needed)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from comfyui_atelier.client import batch
+from comfyui_atelier.core.errors import AtelierError
+
+
+def _png() -> bytes:
+    from tests.fixtures.client_data import id_image, write_png
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "x.png"
+        write_png(p, id_image("r0", 8))
+        return p.read_bytes()
+
+
+PNG = _png()
+OBJECT_INFO = {
+    "EmptyImage": {"input": {"required": {"width": ["INT", {"default": 8}], "height": ["INT", {"default": 8}],
+                                          "batch_size": ["INT", {"default": 1}], "color": ["INT", {"default": 0}]}},
+                   "output": ["IMAGE"], "output_name": ["IMAGE"], "output_node": False, "name": "EmptyImage"},
+    "SaveImage": {"input": {"required": {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
+                  "output": [], "output_name": [], "output_node": True, "name": "SaveImage"},
+}
+IDS = [f"r{i}" for i in range(6)]
+
+
+def _prompt(color=0):
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+
+
+class FakeServer:
+    """What run_batch uses of ComfyServer. `gate` (class attribute) holds every wait until set."""
+    gate: threading.Event | None = None
+    queued: list = []  # (row id, prompt) of every prompt queued, all servers
+
+    def __init__(self, url: str):
+        self.url, self.port = url, 1
+        self._prompts: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def ping(self, timeout=None):
+        return True
+
+    def object_info(self):
+        return OBJECT_INFO
+
+    def queue_prompt(self, p, extra_data=None):
+        with self.lock:
+            pid = f"p{len(type(self).queued)}"
+            type(self).queued.append((extra_data["atelier"]["id"], p))
+        self._prompts[pid] = p
+        return pid
+
+    def wait(self, pid, **_kw):
+        if type(self).gate is not None:
+            assert type(self).gate.wait(20)
+        sub, stem = self._prompts[pid]["2"]["inputs"]["filename_prefix"].rsplit("/", 1)
+        return {"status": {"status_str": "success", "completed": True, "messages": []},
+                "outputs": {"2": {"images": [{"filename": f"{stem}_00001_.png", "subfolder": sub, "type": "output"}]}}}
+
+    def view(self, filename, subfolder, type_):
+        return PNG
+
+    def cancel(self, ids):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture()
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "ComfyServer", FakeServer)
+    monkeypatch.setattr(FakeServer, "gate", None)
+    monkeypatch.setattr(FakeServer, "queued", [])
+    caps = tmp_path / "captions.jsonl"
+    out = tmp_path / "out"
+
+    def write_caps(rows=None):
+        rows = rows or [{"id": i, "prompt": f"p{i}"} for i in IDS]
+        caps.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write_caps()
+
+    def cfg(**kw):
+        base = dict(workflow=_prompt(), servers=["http://fake:1"], out_dir=str(out), captions=str(caps), inflight=2,
+                    retries=0, backoff=0.01, progress=False, use_ws=False, stream=open(os.devnull, "w"))
+        base.update(kw)
+        return batch.BatchConfig(**base)
+    cfg.write_caps = write_caps
+    return cfg, out
+
+
+def _run_bounded(cfg, seconds=30):
+    box = {}
+
+    def go():
+        try:
+            box["res"] = batch.run_batch(cfg)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["exc"] = e
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "the batch run hung"
+    if "exc" in box:
+        raise box["exc"]
+    return box["res"]
+
+
+def _cli(cfg, *extra, capsys):
+    wf = Path(cfg.captions).parent / "wf_api.json"
+    wf.write_text(json.dumps(cfg.workflow))
+    code = batch.main(["batch", "--server", "http://fake:1", "--captions", cfg.captions, "--out", cfg.out_dir,
+                       "--quiet", "--no-ws", "--retries", "0", *extra, str(wf)])
+    return code, capsys.readouterr().err
+
+
+def _lines(out):
+    return [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+# ============================================================================ 1. one run per --out
+
+def test_second_run_on_the_same_out_is_refused_while_the_first_runs(setup):
+    cfg, out = setup
+    FakeServer.gate = threading.Event()
+    box = {}
+    first = threading.Thread(target=lambda: box.setdefault("res", batch.run_batch(cfg())), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 10
+    while not FakeServer.queued and time.monotonic() < deadline:  # the first run is rendering
+        time.sleep(0.01)
+    assert FakeServer.queued
+    with pytest.raises(batch.OutputFolderBusy) as ei:
+        batch.run_batch(cfg())
+    msg = str(ei.value)
+    assert os.path.abspath(cfg().out_dir) in msg and f"pid {os.getpid()}" in msg
+    assert socket.gethostname() in msg and "another --out" in msg
+    FakeServer.gate.set()
+    first.join(20)
+    assert box["res"].exit_code == batch.EXIT_OK
+    rendered = [rid for rid, _ in FakeServer.queued]
+    assert sorted(rendered) == IDS  # every id rendered once: the refused run queued nothing
+    # the lock went with the first run: the next one resumes normally
+    res = _run_bounded(cfg())
+    assert res.exit_code == batch.EXIT_OK and res.count("already done") == 6
+
+
+def test_cli_busy_folder_exits_2_naming_folder_and_holder(setup, capsys):
+    cfg, out = setup
+    out.mkdir()
+    holder = batch.OutputLock(str(out)).acquire()
+    try:
+        code, err = _cli(cfg(), capsys=capsys)
+    finally:
+        holder.release()
+    assert code == batch.EXIT_BAD_INPUT == 2
+    assert "is in use by another `atelier batch` run" in err and str(out) in err
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in err
+    assert "Traceback" not in err
+    assert not (out / "manifest.jsonl").exists()  # refused before touching the folder
+    assert FakeServer.queued == []
+
+
+HOLD = ("import sys, time; from comfyui_atelier.client.batch import OutputLock; "
+        "OutputLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)")
+
+
+def test_a_killed_run_does_not_keep_the_folder_locked(setup):
+    cfg, out = setup
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(batch.OutputFolderBusy, match=f"pid {proc.pid} "):
+            batch.run_batch(cfg())
+        os.kill(proc.pid, signal.SIGKILL)  # a crash: no clean-up code runs
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert (out / batch.LOCK_NAME).exists()  # the file stays, the lock does not
+    res = _run_bounded(cfg())
+    assert res.exit_code == batch.EXIT_OK and sorted(r["id"] for r in _lines(out)) == IDS
+
+
+def test_dry_run_does_not_need_the_lock(setup):
+    cfg, out = setup
+    out.mkdir()
+    holder = batch.OutputLock(str(out)).acquire()
+    try:
+        assert batch.run_batch(cfg(dry_run=True)).exit_code == batch.EXIT_OK
+    finally:
+        holder.release()
+
+
+# ============================================================================ 2. fingerprints
+
+def test_same_workflow_skips_done_ids(setup, capsys):
+    cfg, out = setup
+    assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
+    fps = {r["id"]: r["fingerprint"] for r in _lines(out)}
+    assert all(v.startswith("sha256:") and len(v) == 71 for v in fps.values()) and len(set(fps.values())) == 6
+    FakeServer.queued.clear()
+    res = _run_bounded(cfg())
+    assert res.exit_code == batch.EXIT_OK and res.count("already done") == 6 and res.rerun == []
+    assert FakeServer.queued == []
+    code, err = _cli(cfg(), capsys=capsys)  # the CLI says nothing about re-runs either
+    assert code == 0 and "re-run" not in err
+
+
+def test_changed_workflow_reruns_every_id_and_says_so(setup, capsys):
+    cfg, out = setup
+    assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
+    old = {r["id"]: r["fingerprint"] for r in _lines(out)}
+    FakeServer.queued.clear()
+    code, err = _cli(cfg(workflow=_prompt(color=255)), capsys=capsys)
+    assert code == 0, err
+    assert "6 ids re-run: the workflow or their inputs changed" in err
+    assert sorted(rid for rid, _ in FakeServer.queued) == IDS
+    assert all(p["1"]["inputs"]["color"] == 255 for _, p in FakeServer.queued)
+    last = {}
+    for r in _lines(out):
+        last[r["id"]] = r
+    assert all(last[i]["status"] == "done" and last[i]["fingerprint"] != old[i] for i in IDS)
+    # and now that they match again, nothing runs
+    FakeServer.queued.clear()
+    res = _run_bounded(cfg(workflow=_prompt(color=255)))
+    assert res.count("already done") == 6 and FakeServer.queued == []
+
+
+def test_changed_row_input_reruns_only_that_id(setup):
+    cfg, out = setup
+    rows = [{"id": i, "prompt": f"p{i}", "1.color": 10} for i in IDS]
+    cfg.write_caps(rows)
+    assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
+    rows[2]["1.color"] = 99
+    cfg.write_caps(rows)
+    FakeServer.queued.clear()
+    res = _run_bounded(cfg())
+    assert res.rerun == ["r2"] and res.count("already done") == 5
+    assert [(rid, p["1"]["inputs"]["color"]) for rid, p in FakeServer.queued] == [("r2", 99)]
+
+
+def test_changed_input_image_reruns_that_id(setup, tmp_path):
+    from tests.fixtures.client_data import id_image, make_dataset, write_png
+    cfg, out = setup
+    imgs = tmp_path / "imgs"
+    make_dataset(imgs, ["a", "b"])
+    info = dict(OBJECT_INFO, LoadImage={"input": {"required": {"image": [["a.png"], {"image_upload": True}]}},
+                                        "output": ["IMAGE", "MASK"], "output_name": ["IMAGE", "MASK"],
+                                        "output_node": False, "name": "LoadImage"})
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    FakeServer.upload_image = lambda self, path, name, subfolder=None, overwrite=True: {"name": name,
+                                                                                        "subfolder": subfolder}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(FakeServer, "object_info", lambda self: info)
+            assert _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None)).exit_code == 0
+            FakeServer.queued.clear()
+            assert _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None)).count("already done") == 2
+            write_png(imgs / "b.png", id_image("zz", 16))  # same name, new pixels
+            res = _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None))
+            assert res.rerun == ["b"] and [rid for rid, _ in FakeServer.queued] == ["b"]
+    finally:
+        del FakeServer.upload_image
+
+
+def test_legacy_lines_without_fingerprint_are_kept(setup):
+    cfg, out = setup
+    assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
+    lines = _lines(out)
+    for r in lines:
+        r.pop("fingerprint")
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    FakeServer.queued.clear()
+    res = _run_bounded(cfg(workflow=_prompt(color=7)))
+    assert res.count("already done") == 6 and FakeServer.queued == [] and res.rerun == []
+
+
+def test_fingerprint_ignores_node_titles_but_not_values():
+    b = batch.Bindings()
+    row = batch.Row("x", None, None, {}, 1)
+    kw = dict(seed_mode="workflow", seed_base=0, server_prefix="atelier_batch", object_info=OBJECT_INFO)
+    titled = _prompt()
+    titled["1"]["_meta"] = {"title": "renamed"}
+    assert batch.row_fingerprint(_prompt(), b, row, **kw) == batch.row_fingerprint(titled, b, row, **kw)
+    assert batch.row_fingerprint(_prompt(), b, row, **kw) != batch.row_fingerprint(_prompt(1), b, row, **kw)
+    assert batch.row_fingerprint(_prompt(), b, row, **kw) != batch.row_fingerprint(
+        _prompt(), b, batch.Row("y", None, None, {}, 1), **kw)
+
+
+# ============================================================================ 3. NODE.INPUT columns
+
+def test_column_for_an_input_the_node_lacks_is_bad_input(setup, capsys):
+    cfg, out = setup
+    cfg.write_caps([{"id": i, "prompt": "p", "1.steps": 20} for i in IDS])
+    with pytest.raises(AtelierError) as ei:
+        batch.run_batch(cfg(dry_run=True))
+    msg = str(ei.value)
+    assert "column '1.steps'" in msg and "node 1 (EmptyImage) has no input 'steps'" in msg
+    assert "width, height, batch_size, color" in msg
+    code, err = _cli(cfg(), "--dry-run", capsys=capsys)
+    assert code == 2 and "column '1.steps'" in err and "Traceback" not in err
+    code, err = _cli(cfg(), capsys=capsys)  # a real run refuses too, before sending anything
+    assert code == 2 and FakeServer.queued == []
+
+
+def test_column_for_an_existing_input_passes(setup, capsys):
+    cfg, out = setup
+    cfg.write_caps([{"id": i, "prompt": "p", "1.color": 3} for i in IDS])
+    code, err = _cli(cfg(), "--dry-run", capsys=capsys)
+    assert code == 0, err
+    # an input only the API prompt has (not in /object_info) counts as one the node has
+    wf = _prompt()
+    wf["1"]["inputs"]["extra_widget"] = 1
+    cfg.write_caps([{"id": i, "prompt": "p", "1.extra_widget": 2} for i in IDS])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch._convert, "validate_api", lambda *a, **k: [])
+        assert batch.run_batch(cfg(workflow=wf, dry_run=True)).exit_code == 0
+
+
+def test_bad_column_on_the_save_node_lists_its_inputs(setup):
+    cfg, out = setup
+    cfg.write_caps([{"id": "r0", "2.prefix": "x"}])
+    with pytest.raises(AtelierError, match=r"node 2 \(SaveImage\) has no input 'prefix'; its inputs are "
+                                           r"images, filename_prefix"):
+        batch.run_batch(cfg(dry_run=True))
+
+
+# ============================================================================ 4. --out / manifest unusable
+
+def test_out_is_an_existing_file(setup, capsys):
+    cfg, out = setup
+    out.write_bytes(b"keep me")
+    code, err = _cli(cfg(), capsys=capsys)
+    assert code == 2 and f"--out {out} is an existing file, not a folder" in err and "Traceback" not in err
+    assert out.read_bytes() == b"keep me" and FakeServer.queued == []
+    code, err = _cli(cfg(), "--dry-run", capsys=capsys)
+    assert code == 2 and "is an existing file" in err
+
+
+def test_out_below_a_file(setup, capsys):
+    cfg, out = setup
+    out.write_bytes(b"x")
+    code, err = _cli(cfg(out_dir=str(out / "sub" / "deeper")), capsys=capsys)
+    assert code == 2 and f"which is a file" in err and "Traceback" not in err
+
+
+def test_out_cannot_be_created(setup, capsys, monkeypatch):
+    cfg, out = setup
+    target = out / "a" / "b"
+    real = os.mkdir
+
+    def ro_mkdir(path, *a, **k):
+        if os.fspath(path).endswith(os.sep + "b"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(path, *a, **k)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
+    code, err = _cli(cfg(out_dir=str(target)), capsys=capsys)
+    monkeypatch.undo()
+    assert code == 2 and "cannot create the output folder" in err and "Read-only file system" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # the folders made on the way were removed again
+
+
+def test_out_not_writable(setup, capsys, monkeypatch):
+    cfg, out = setup
+    out.mkdir()
+    real = os.open
+
+    def ro_open(path, flags, *a, **k):
+        if os.fspath(path).startswith(str(out)) and flags & os.O_CREAT:
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(path, flags, *a, **k)
+    monkeypatch.setattr(os, "open", ro_open)
+    code, err = _cli(cfg(), capsys=capsys)
+    monkeypatch.undo()
+    assert code == 2 and "cannot write in the output folder" in err and "Permission denied" in err
+    assert "Traceback" not in err and os.listdir(out) == [] and FakeServer.queued == []
+
+
+def test_manifest_path_is_a_folder(setup, capsys, tmp_path):
+    cfg, out = setup
+    (tmp_path / "m").mkdir()
+    code, err = _cli(cfg(), "--manifest", str(tmp_path / "m"), capsys=capsys)
+    assert code == 2 and "cannot open the manifest" in err and "Traceback" not in err
+    assert FakeServer.queued == []
