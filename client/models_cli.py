@@ -8,7 +8,9 @@
 The models dir defaults to $COMFYUI_PATH/models, else the ComfyUI this pack sits in
 (custom_nodes/<pack>), else the pack's own models/; the command always prints which one it uses.
 Downloads are verified (size and sha256) before they are renamed into place; a failure leaves
-nothing behind, prints the manual step and exits 1. Standard library only (no torch), except
+nothing behind, prints the manual step and exits 1; a models folder this machine cannot write
+(read-only, full, no permission, a file in the way) stops the downloads with that reason, exit 1.
+Standard library only (no torch), except
 `convert`, which loads the PoolNet converter on demand.
 """
 from __future__ import annotations
@@ -192,7 +194,7 @@ def cmd_download(manifest: Manifest, args) -> int:
     if args.missing:
         entries += [e for e in manifest if e not in entries and not check_entry(e, models_dir).present]
     failed: list[str] = []
-    for e in entries:
+    for k, e in enumerate(entries):
         print(f"{e.id}: {e.name} -> {e.target(models_dir)}")
         try:
             result = download_entry(e, models_dir, timeout=args.timeout, force=args.force,
@@ -201,6 +203,11 @@ def cmd_download(manifest: Manifest, args) -> int:
         except DownloadError as exc:
             failed.append(e.id)
             print(f"FAILED {e.id}: {exc.detail}", file=sys.stderr)
+            if exc.reason == "destination":  # every other file would fail the same way here
+                rest = [x.id for x in entries[k + 1:]]
+                if rest:
+                    print(f"not tried (the models folder cannot be written): {', '.join(rest)}", file=sys.stderr)
+                break
             print(manual_step(e, models_dir), file=sys.stderr)
             continue
         for rel, digest in result.items():
@@ -242,6 +249,10 @@ def cmd_convert(manifest: Manifest, args) -> int:
         info = convert(str(src), str(dst))
     except AtelierError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the destination: read-only, full, not writable
+        print(f"error: cannot write {dst}: {exc.strerror or exc} (errno {exc.errno}); choose another --out "
+              "or fix that folder", file=sys.stderr)
         return 1
     extra = ", ".join(f"{k} {v}" for k, v in info.items()) if isinstance(info, dict) else ""
     print(f"wrote {dst}" + (f" ({extra})" if extra else ""))

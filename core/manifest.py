@@ -21,6 +21,7 @@ names the exact manual step (file name, URL, destination folder).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -371,7 +372,8 @@ def manual_step(entry: ModelEntry, models_dir: str | os.PathLike | None = None) 
 class DownloadError(AtelierError):
     """A download failed (offline, HTTP error, size or sha256 mismatch); nothing was left behind.
 
-    `reason` is one of: "offline", "http", "size", "sha256", "unverified", "manual".
+    `reason` is one of: "offline", "http", "size", "sha256", "unverified", "manual", "destination"
+    (this machine cannot write the models folder: read-only, full, no permission, a file in the way).
     """
 
     def __init__(self, entry: ModelEntry, reason: str, detail: str, models_dir=None):
@@ -458,6 +460,22 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def _destination_error(entry: ModelEntry, path, exc: OSError, models_dir) -> DownloadError:
+    """A local write failure as a DownloadError naming the path, the OS reason and what to do."""
+    _e = errno
+    code = getattr(exc, "errno", None)
+    hints = {_e.ENOSPC: "the disk is full: free space there", _e.EROFS: "the file system is read-only",
+             _e.EACCES: "this user may not write there", _e.EPERM: "this user may not write there",
+             _e.ENOTDIR: "a file stands where a folder is needed", _e.EEXIST: "a file stands where a folder is needed",
+             _e.EISDIR: "a folder stands where the model file goes"}
+    if hasattr(_e, "EDQUOT"):
+        hints[_e.EDQUOT] = "the disk quota is used up: free space there"
+    hint = hints.get(code, "check that the folder is writable")
+    return DownloadError(entry, "destination",
+                         f"cannot write {path}: {exc.strerror or exc} (errno {code}); {hint}. Choose another "
+                         "--models-dir or fix that folder, then run the same command again", models_dir)
+
+
 def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: ProgressFn | None,
                   timeout: float, models_dir, allow_unverified: bool) -> str:
     """Stream spec.url to a temp file in dest's folder, verify, rename. Returns the sha256."""
@@ -469,8 +487,30 @@ def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: Pr
                             "(the computed sha256 is printed so the manifest can be completed)",
                             models_dir)
     created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+
+    def _remove_created():
+        for d in created:  # folders this attempt made, innermost first, if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+    blocker = None
+    for d in (dest.parent, *dest.parent.parents):
+        if d.exists():
+            if not d.is_dir():
+                blocker = d
+            break
+    if blocker is not None:
+        raise _destination_error(entry, blocker, OSError(errno.ENOTDIR, "Not a directory (a file, not a folder)"), models_dir)
+    if dest.is_dir():
+        raise _destination_error(entry, dest, OSError(errno.EISDIR, "Is a directory"), models_dir)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        _remove_created()
+        raise _destination_error(entry, dest.parent, exc, models_dir) from exc
     tmp = Path(tmp_name)
     h = hashlib.sha256()
     done = 0
@@ -502,7 +542,10 @@ def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: Pr
                                         models_dir) from exc
                 if not b:
                     break
-                out.write(b)
+                try:
+                    out.write(b)
+                except OSError as exc:
+                    raise _destination_error(entry, tmp, exc, models_dir) from exc
                 h.update(b)
                 done += len(b)
                 if spec.size is not None and done > spec.size:
@@ -510,24 +553,32 @@ def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: Pr
                                         models_dir)
                 if progress:
                     progress(done, total)
+            try:
+                out.flush()
+            except OSError as exc:
+                raise _destination_error(entry, tmp, exc, models_dir) from exc
         if spec.size is not None and done != spec.size:
             raise DownloadError(entry, "size", f"received {done} bytes, expected {spec.size}", models_dir)
         digest = h.hexdigest()
         if spec.sha256 is not None and digest != spec.sha256:
             raise DownloadError(entry, "sha256", f"sha256 of the download is {digest}, expected {spec.sha256}",
                                 models_dir)
-        os.chmod(tmp, file_mode())  # mkstemp made it 0600: a ComfyUI running as another user must read it
-        os.replace(tmp, dest)
+        try:
+            os.chmod(tmp, file_mode())  # mkstemp made it 0600: a ComfyUI running as another user must read it
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise _destination_error(entry, dest, exc, models_dir) from exc
         return digest
-    except BaseException:
+    except BaseException as exc:
         if fd >= 0:
             os.close(fd)
-        tmp.unlink(missing_ok=True)
-        for d in created:  # folders this attempt made, innermost first, if still empty
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        _remove_created()
+        if isinstance(exc, OSError):  # closing the temp file (its last buffer) failed: a local write error
+            raise _destination_error(entry, tmp, exc, models_dir) from exc
         raise
 
 
