@@ -444,7 +444,7 @@ class OutputLock:
         self.path = os.path.join(out_dir, LOCK_NAME)
         self.fd: int | None = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self, log: Callable[[str], None] | None = None) -> "OutputLock":
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
         except OSError as exc:
@@ -458,8 +458,11 @@ class OutputLock:
             os.close(fd)
             if exc.errno not in (getattr(_errno, "EAGAIN", 11), getattr(_errno, "EWOULDBLOCK", 11),
                                  getattr(_errno, "EACCES", 13)):
-                raise AtelierError(f"cannot lock the output folder {self.out_dir} ({self.path}): "
-                                   f"{_errno_text(exc)}", fix="use a local folder for --out") from exc
+                # the file system has no locks (some network mounts): run, but say the folder is unguarded
+                (log or (lambda m: print(m, file=sys.stderr)))(
+                    f"warning: cannot lock the output folder {self.out_dir} ({_errno_text(exc)}): nothing stops "
+                    "a second run on it from rendering the same ids; use a local folder for --out to be safe")
+                return self
             raise OutputFolderBusy(
                 f"the output folder {os.path.abspath(self.out_dir)} is in use by another `atelier batch` run "
                 f"({holder})", expected="one run at a time per --out folder",
@@ -1029,7 +1032,7 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
                 raise AtelierError("the patched prompt is invalid: " + " | ".join(more), fix="check the bindings")
         return BatchResult(EXIT_OK, results, ds, prompt, bindings)
 
-    lock = OutputLock(cfg.out_dir).acquire()  # before touching the folder: one run per --out
+    lock = OutputLock(cfg.out_dir).acquire(log)  # before touching the folder: one run per --out
     try:
         return _run_locked(cfg, ds, rows, results, prompt, bindings, states, servers, object_info,
                            manifest_path, log, stream)

@@ -409,3 +409,17 @@ def test_manifest_path_is_a_folder(setup, capsys, tmp_path):
     code, err = _cli(cfg(), "--manifest", str(tmp_path / "m"), capsys=capsys)
     assert code == 2 and "cannot open the manifest" in err and "Traceback" not in err
     assert FakeServer.queued == []
+
+
+def test_a_file_system_without_locks_warns_and_runs(setup, monkeypatch):
+    cfg, out = setup
+
+    def nolock(fd):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(batch.OutputLock, "_lock", staticmethod(nolock))
+    logged = []
+    monkeypatch.setattr(batch.OutputLock, "acquire", lambda self, log=None, _a=batch.OutputLock.acquire:
+                        _a(self, lambda m: (logged.append(m), log and log(m))))
+    res = _run_bounded(cfg())
+    assert res.exit_code == batch.EXIT_OK and res.count("done") == 6
+    assert any("cannot lock the output folder" in m and "No locks available" in m for m in logged)
