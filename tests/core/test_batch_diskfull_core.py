@@ -14,74 +14,15 @@ import time
 import pytest
 
 from comfyui_atelier.client import batch
+from tests.fixtures.instant_server import PNG, InstantServer, empty_image_prompt
 
-
-
-def _png() -> bytes:
-    import tempfile
-    from pathlib import Path
-
-    from tests.fixtures.client_data import id_image, write_png
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "x.png"
-        write_png(p, id_image("r0", 8))
-        return p.read_bytes()
-
-
-PNG = _png()  # a real (tiny) PNG: resume checks the image header and trailer
-OBJECT_INFO = {
-    "EmptyImage": {"input": {"required": {"width": ["INT", {"default": 8}], "height": ["INT", {"default": 8}],
-                                          "batch_size": ["INT", {"default": 1}], "color": ["INT", {"default": 0}]}},
-                   "output": ["IMAGE"], "output_name": ["IMAGE"], "output_node": False, "name": "EmptyImage"},
-    "SaveImage": {"input": {"required": {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
-                  "output": [], "output_name": [], "output_node": True, "name": "SaveImage"},
-}
-PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
-
-
-class FakeServer:
-    """What run_batch uses of ComfyServer, answering at once."""
-
-    def __init__(self, url: str):
-        self.url, self.port = url, 1
-        self._prompts: dict[str, dict] = {}
-        self._n = 0
-        self.cancelled: list = []
-        self.lock = threading.Lock()
-
-    def ping(self, timeout=None):
-        return True
-
-    def object_info(self):
-        return OBJECT_INFO
-
-    def queue_prompt(self, p, extra_data=None):
-        with self.lock:
-            self._n += 1
-            pid = f"p{self._n}"
-        self._prompts[pid] = p
-        return pid
-
-    def wait(self, pid, **_kw):
-        prefix = self._prompts[pid]["2"]["inputs"]["filename_prefix"]
-        sub, stem = prefix.rsplit("/", 1)
-        return {"status": {"status_str": "success", "completed": True, "messages": []},
-                "outputs": {"2": {"images": [{"filename": f"{stem}_00001_.png", "subfolder": sub, "type": "output"}]}}}
-
-    def view(self, filename, subfolder, type_):
-        return PNG
-
-    def cancel(self, ids):
-        self.cancelled += list(ids)
-
-    def close(self):
-        pass
+PROMPT = empty_image_prompt()
 
 
 @pytest.fixture()
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(batch, "ComfyServer", FakeServer)
+    monkeypatch.setattr(batch, "ComfyServer", InstantServer)
+    monkeypatch.setattr(InstantServer, "queued", [])  # class-wide record: never the shared default
     caps = tmp_path / "captions.jsonl"
     caps.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"p{i}"}) + "\n" for i in range(6)))
     out = tmp_path / "out"

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,78 +20,18 @@ from pathlib import Path
 import pytest
 
 from comfyui_atelier.client import batch
+from tests.fixtures.instant_server import OBJECT_INFO, InstantServer, empty_image_prompt
 from comfyui_atelier.core.errors import AtelierError
 
 
-def _png() -> bytes:
-    from tests.fixtures.client_data import id_image, write_png
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "x.png"
-        write_png(p, id_image("r0", 8))
-        return p.read_bytes()
-
-
-PNG = _png()
-OBJECT_INFO = {
-    "EmptyImage": {"input": {"required": {"width": ["INT", {"default": 8}], "height": ["INT", {"default": 8}],
-                                          "batch_size": ["INT", {"default": 1}], "color": ["INT", {"default": 0}]}},
-                   "output": ["IMAGE"], "output_name": ["IMAGE"], "output_node": False, "name": "EmptyImage"},
-    "SaveImage": {"input": {"required": {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
-                  "output": [], "output_name": [], "output_node": True, "name": "SaveImage"},
-}
 IDS = [f"r{i}" for i in range(6)]
-
-
-def _prompt(color=0):
-    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
-
-
-class FakeServer:
-    """What run_batch uses of ComfyServer. `gate` (class attribute) holds every wait until set."""
-    gate: threading.Event | None = None
-    queued: list = []  # (row id, prompt) of every prompt queued, all servers
-
-    def __init__(self, url: str):
-        self.url, self.port = url, 1
-        self._prompts: dict[str, dict] = {}
-        self.lock = threading.Lock()
-
-    def ping(self, timeout=None):
-        return True
-
-    def object_info(self):
-        return OBJECT_INFO
-
-    def queue_prompt(self, p, extra_data=None):
-        with self.lock:
-            pid = f"p{len(type(self).queued)}"
-            type(self).queued.append((extra_data["atelier"]["id"], p))
-        self._prompts[pid] = p
-        return pid
-
-    def wait(self, pid, **_kw):
-        if type(self).gate is not None:
-            assert type(self).gate.wait(20)
-        sub, stem = self._prompts[pid]["2"]["inputs"]["filename_prefix"].rsplit("/", 1)
-        return {"status": {"status_str": "success", "completed": True, "messages": []},
-                "outputs": {"2": {"images": [{"filename": f"{stem}_00001_.png", "subfolder": sub, "type": "output"}]}}}
-
-    def view(self, filename, subfolder, type_):
-        return PNG
-
-    def cancel(self, ids):
-        pass
-
-    def close(self):
-        pass
 
 
 @pytest.fixture()
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(batch, "ComfyServer", FakeServer)
-    monkeypatch.setattr(FakeServer, "gate", None)
-    monkeypatch.setattr(FakeServer, "queued", [])
+    monkeypatch.setattr(batch, "ComfyServer", InstantServer)
+    monkeypatch.setattr(InstantServer, "gate", None)
+    monkeypatch.setattr(InstantServer, "queued", [])
     caps = tmp_path / "captions.jsonl"
     out = tmp_path / "out"
 
@@ -103,7 +42,7 @@ def setup(tmp_path, monkeypatch):
     write_caps()
 
     def cfg(**kw):
-        base = dict(workflow=_prompt(), servers=["http://fake:1"], out_dir=str(out), captions=str(caps), inflight=2,
+        base = dict(workflow=empty_image_prompt(), servers=["http://fake:1"], out_dir=str(out), captions=str(caps), inflight=2,
                     retries=0, backoff=0.01, progress=False, use_ws=False, stream=open(os.devnull, "w"))
         base.update(kw)
         return batch.BatchConfig(**base)
@@ -144,23 +83,23 @@ def _lines(out):
 
 def test_second_run_on_the_same_out_is_refused_while_the_first_runs(setup):
     cfg, out = setup
-    FakeServer.gate = threading.Event()
+    InstantServer.gate = threading.Event()
     box = {}
     first = threading.Thread(target=lambda: box.setdefault("res", batch.run_batch(cfg())), daemon=True)
     first.start()
     deadline = time.monotonic() + 10
-    while not FakeServer.queued and time.monotonic() < deadline:  # the first run is rendering
+    while not InstantServer.queued and time.monotonic() < deadline:  # the first run is rendering
         time.sleep(0.01)
-    assert FakeServer.queued
+    assert InstantServer.queued
     with pytest.raises(batch.OutputFolderBusy) as ei:
         batch.run_batch(cfg())
     msg = str(ei.value)
     assert os.path.abspath(cfg().out_dir) in msg and f"pid {os.getpid()}" in msg
     assert socket.gethostname() in msg and "another --out" in msg
-    FakeServer.gate.set()
+    InstantServer.gate.set()
     first.join(20)
     assert box["res"].exit_code == batch.EXIT_OK
-    rendered = [rid for rid, _ in FakeServer.queued]
+    rendered = [rid for rid, _ in InstantServer.queued]
     assert sorted(rendered) == IDS  # every id rendered once: the refused run queued nothing
     # the lock went with the first run: the next one resumes normally
     res = _run_bounded(cfg())
@@ -180,7 +119,7 @@ def test_cli_busy_folder_exits_2_naming_folder_and_holder(setup, capsys):
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in err
     assert "Traceback" not in err
     assert not (out / "manifest.jsonl").exists()  # refused before touching the folder
-    assert FakeServer.queued == []
+    assert InstantServer.queued == []
 
 
 HOLD = ("import sys, time; from comfyui_atelier.client.batch import OutputLock; "
@@ -223,10 +162,10 @@ def test_same_workflow_skips_done_ids(setup, capsys):
     assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
     fps = {r["id"]: r["fingerprint"] for r in _lines(out)}
     assert all(v.startswith("sha256:") and len(v) == 71 for v in fps.values()) and len(set(fps.values())) == 6
-    FakeServer.queued.clear()
+    InstantServer.queued.clear()
     res = _run_bounded(cfg())
     assert res.exit_code == batch.EXIT_OK and res.count("already done") == 6 and res.rerun == []
-    assert FakeServer.queued == []
+    assert InstantServer.queued == []
     code, err = _cli(cfg(), capsys=capsys)  # the CLI says nothing about re-runs either
     assert code == 0 and "re-run" not in err
 
@@ -235,20 +174,20 @@ def test_changed_workflow_reruns_every_id_and_says_so(setup, capsys):
     cfg, out = setup
     assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
     old = {r["id"]: r["fingerprint"] for r in _lines(out)}
-    FakeServer.queued.clear()
-    code, err = _cli(cfg(workflow=_prompt(color=255)), capsys=capsys)
+    InstantServer.queued.clear()
+    code, err = _cli(cfg(workflow=empty_image_prompt(color=255)), capsys=capsys)
     assert code == 0, err
     assert "6 ids re-run: the workflow or their inputs changed" in err
-    assert sorted(rid for rid, _ in FakeServer.queued) == IDS
-    assert all(p["1"]["inputs"]["color"] == 255 for _, p in FakeServer.queued)
+    assert sorted(rid for rid, _ in InstantServer.queued) == IDS
+    assert all(p["1"]["inputs"]["color"] == 255 for _, p in InstantServer.queued)
     last = {}
     for r in _lines(out):
         last[r["id"]] = r
     assert all(last[i]["status"] == "done" and last[i]["fingerprint"] != old[i] for i in IDS)
     # and now that they match again, nothing runs
-    FakeServer.queued.clear()
-    res = _run_bounded(cfg(workflow=_prompt(color=255)))
-    assert res.count("already done") == 6 and FakeServer.queued == []
+    InstantServer.queued.clear()
+    res = _run_bounded(cfg(workflow=empty_image_prompt(color=255)))
+    assert res.count("already done") == 6 and InstantServer.queued == []
 
 
 def test_changed_row_input_reruns_only_that_id(setup):
@@ -258,10 +197,10 @@ def test_changed_row_input_reruns_only_that_id(setup):
     assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
     rows[2]["1.color"] = 99
     cfg.write_caps(rows)
-    FakeServer.queued.clear()
+    InstantServer.queued.clear()
     res = _run_bounded(cfg())
     assert res.rerun == ["r2"] and res.count("already done") == 5
-    assert [(rid, p["1"]["inputs"]["color"]) for rid, p in FakeServer.queued] == [("r2", 99)]
+    assert [(rid, p["1"]["inputs"]["color"]) for rid, p in InstantServer.queued] == [("r2", 99)]
 
 
 def test_changed_input_image_reruns_that_id(setup, tmp_path):
@@ -274,19 +213,19 @@ def test_changed_input_image_reruns_that_id(setup, tmp_path):
                                         "output_node": False, "name": "LoadImage"})
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
-    FakeServer.upload_image = lambda self, path, name, subfolder=None, overwrite=True: {"name": name,
+    InstantServer.upload_image = lambda self, path, name, subfolder=None, overwrite=True: {"name": name,
                                                                                         "subfolder": subfolder}
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(FakeServer, "object_info", lambda self: info)
+            mp.setattr(InstantServer, "object_info", lambda self: info)
             assert _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None)).exit_code == 0
-            FakeServer.queued.clear()
+            InstantServer.queued.clear()
             assert _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None)).count("already done") == 2
             write_png(imgs / "b.png", id_image("zz", 16))  # same name, new pixels
             res = _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None))
-            assert res.rerun == ["b"] and [rid for rid, _ in FakeServer.queued] == ["b"]
+            assert res.rerun == ["b"] and [rid for rid, _ in InstantServer.queued] == ["b"]
     finally:
-        del FakeServer.upload_image
+        del InstantServer.upload_image
 
 
 def test_legacy_lines_without_fingerprint_are_kept(setup):
@@ -296,21 +235,21 @@ def test_legacy_lines_without_fingerprint_are_kept(setup):
     for r in lines:
         r.pop("fingerprint")
     (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    FakeServer.queued.clear()
-    res = _run_bounded(cfg(workflow=_prompt(color=7)))
-    assert res.count("already done") == 6 and FakeServer.queued == [] and res.rerun == []
+    InstantServer.queued.clear()
+    res = _run_bounded(cfg(workflow=empty_image_prompt(color=7)))
+    assert res.count("already done") == 6 and InstantServer.queued == [] and res.rerun == []
 
 
 def test_fingerprint_ignores_node_titles_but_not_values():
     b = batch.Bindings()
     row = batch.Row("x", None, None, {}, 1)
     kw = dict(seed_mode="workflow", seed_base=0, server_prefix="atelier_batch", object_info=OBJECT_INFO)
-    titled = _prompt()
+    titled = empty_image_prompt()
     titled["1"]["_meta"] = {"title": "renamed"}
-    assert batch.row_fingerprint(_prompt(), b, row, **kw) == batch.row_fingerprint(titled, b, row, **kw)
-    assert batch.row_fingerprint(_prompt(), b, row, **kw) != batch.row_fingerprint(_prompt(1), b, row, **kw)
-    assert batch.row_fingerprint(_prompt(), b, row, **kw) != batch.row_fingerprint(
-        _prompt(), b, batch.Row("y", None, None, {}, 1), **kw)
+    assert batch.row_fingerprint(empty_image_prompt(), b, row, **kw) == batch.row_fingerprint(titled, b, row, **kw)
+    assert batch.row_fingerprint(empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(empty_image_prompt(1), b, row, **kw)
+    assert batch.row_fingerprint(empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(
+        empty_image_prompt(), b, batch.Row("y", None, None, {}, 1), **kw)
 
 
 # ============================================================================ 3. NODE.INPUT columns
@@ -326,7 +265,7 @@ def test_column_for_an_input_the_node_lacks_is_bad_input(setup, capsys):
     code, err = _cli(cfg(), "--dry-run", capsys=capsys)
     assert code == 2 and "column '1.steps'" in err and "Traceback" not in err
     code, err = _cli(cfg(), capsys=capsys)  # a real run refuses too, before sending anything
-    assert code == 2 and FakeServer.queued == []
+    assert code == 2 and InstantServer.queued == []
 
 
 def test_column_for_an_existing_input_passes(setup, capsys):
@@ -335,7 +274,7 @@ def test_column_for_an_existing_input_passes(setup, capsys):
     code, err = _cli(cfg(), "--dry-run", capsys=capsys)
     assert code == 0, err
     # an input only the API prompt has (not in /object_info) counts as one the node has
-    wf = _prompt()
+    wf = empty_image_prompt()
     wf["1"]["inputs"]["extra_widget"] = 1
     cfg.write_caps([{"id": i, "prompt": "p", "1.extra_widget": 2} for i in IDS])
     with pytest.MonkeyPatch.context() as mp:
@@ -358,7 +297,7 @@ def test_out_is_an_existing_file(setup, capsys):
     out.write_bytes(b"keep me")
     code, err = _cli(cfg(), capsys=capsys)
     assert code == 2 and f"--out {out} is an existing file, not a folder" in err and "Traceback" not in err
-    assert out.read_bytes() == b"keep me" and FakeServer.queued == []
+    assert out.read_bytes() == b"keep me" and InstantServer.queued == []
     code, err = _cli(cfg(), "--dry-run", capsys=capsys)
     assert code == 2 and "is an existing file" in err
 
@@ -367,7 +306,7 @@ def test_out_below_a_file(setup, capsys):
     cfg, out = setup
     out.write_bytes(b"x")
     code, err = _cli(cfg(out_dir=str(out / "sub" / "deeper")), capsys=capsys)
-    assert code == 2 and f"which is a file" in err and "Traceback" not in err
+    assert code == 2 and "which is a file" in err and "Traceback" not in err
 
 
 def test_out_cannot_be_created(setup, capsys, monkeypatch):
@@ -396,11 +335,11 @@ def test_out_not_writable(setup, capsys, monkeypatch):
         if os.fspath(path).startswith(str(out)) and flags & os.O_CREAT:
             raise OSError(errno.EACCES, "Permission denied")
         return real(path, flags, *a, **k)
-    monkeypatch.setattr(os, "open", ro_open)
-    code, err = _cli(cfg(), capsys=capsys)
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:  # only os.open: the fixture's patches stay
+        mp.setattr(os, "open", ro_open)
+        code, err = _cli(cfg(), capsys=capsys)
     assert code == 2 and "cannot write in the output folder" in err and "Permission denied" in err
-    assert "Traceback" not in err and os.listdir(out) == [] and FakeServer.queued == []
+    assert "Traceback" not in err and os.listdir(out) == [] and InstantServer.queued == []
 
 
 def test_manifest_path_is_a_folder(setup, capsys, tmp_path):
@@ -408,7 +347,7 @@ def test_manifest_path_is_a_folder(setup, capsys, tmp_path):
     (tmp_path / "m").mkdir()
     code, err = _cli(cfg(), "--manifest", str(tmp_path / "m"), capsys=capsys)
     assert code == 2 and "cannot open the manifest" in err and "Traceback" not in err
-    assert FakeServer.queued == []
+    assert InstantServer.queued == []
 
 
 def test_a_file_system_without_locks_warns_and_runs(setup, monkeypatch):
