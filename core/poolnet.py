@@ -147,6 +147,26 @@ def _conv_relu(cin: int, cout: int, k: int, pre: nn.Module | None = None) -> nn.
     return nn.Sequential(*mods)
 
 
+def _conv_of_upsampled(conv: nn.Conv2d, x: torch.Tensor, size) -> torch.Tensor:
+    """conv(upsample(x, size)); above GlobalGuidance.SLICE_BYTES the upsampled input is built and
+    convolved in input-channel slices whose results are summed (never the whole upsampled map)."""
+    n, c = x.shape[:2]
+    per_channel = n * int(size[0]) * int(size[1]) * x.element_size()
+    limit = GlobalGuidance.SLICE_BYTES
+    if c * per_channel <= limit:
+        return conv(_up(x, size))
+    step = max(1, limit // per_channel)
+    out = None
+    for c0 in range(0, c, step):
+        part = F.conv2d(_up(x[:, c0:c0 + step], size), conv.weight[:, c0:c0 + step], None,
+                        conv.stride, conv.padding, conv.dilation)
+        out = part if out is None else out.add_(part)
+        del part
+    if conv.bias is not None:
+        out.add_(conv.bias.view(1, -1, 1, 1))
+    return out
+
+
 class GlobalGuidance(nn.Module):
     """Backbone + global guidance module (pyramid pooling over the deepest features, then one
     guidance flow per decoder level). Attribute names give the ``base.*`` keys."""
@@ -173,20 +193,7 @@ class GlobalGuidance(nn.Module):
 
     def info(self, g: torch.Tensor, k: int, size) -> torch.Tensor:
         """Guidance flow k: infos[k](upsample(g, size)), without holding the whole upsampled g when large."""
-        seq = self.infos[k]
-        n, c = g.shape[:2]
-        per_channel = n * int(size[0]) * int(size[1]) * g.element_size()
-        if c * per_channel <= self.SLICE_BYTES:
-            return seq(_up(g, size))
-        conv = seq[0]
-        step = max(1, self.SLICE_BYTES // per_channel)
-        out = None
-        for c0 in range(0, c, step):
-            part = F.conv2d(_up(g[:, c0:c0 + step], size), conv.weight[:, c0:c0 + step], None,
-                            conv.stride, conv.padding, conv.dilation)
-            out = part if out is None else out.add_(part)
-            del part
-        return F.relu_(out)
+        return F.relu_(_conv_of_upsampled(self.infos[k][0], g, size))
 
     def forward(self, x: torch.Tensor):
         feats = self.resnet(x)
@@ -230,10 +237,13 @@ class FeatureAggregation(nn.Module):
             acc = x + up if acc is None else acc.add_(up)
             del up
         acc = F.relu_(acc)
-        if self.upsample:
-            acc = _up(acc, skip.shape[-2:])
-        acc = self.conv_sum(acc)
+        if self.upsample:  # conv_sum(upsample(acc)), sliced over channels when the upsampled map is large
+            acc = _conv_of_upsampled(self.conv_sum, acc, skip.shape[-2:])
+        else:
+            acc = self.conv_sum(acc)
         if self.fuse:
+            if callable(guide):  # computed only now (PoolNet.forward): not held during the convs above
+                guide = guide()
             acc = self.conv_sum_c(acc.add_(skip).add_(guide))
         return acc
 
@@ -282,7 +292,7 @@ class PoolNet(nn.Module):
         skips.pop(0)
         for k in range(1, len(self.deep_pool) - 1):
             skip = skips.pop(0)
-            merge = self.deep_pool[k](merge, skip, self.base.info(g, k, skip.shape[-2:]))
+            merge = self.deep_pool[k](merge, skip, lambda k=k, size=skip.shape[-2:]: self.base.info(g, k, size))
             del skip
         merge = self.deep_pool[-1](merge)
         return self.score(merge, (h, w))
