@@ -376,18 +376,68 @@ def pad(img: np.ndarray, info: PadInfo, value: float = 0) -> np.ndarray:
 
 
 def check_pad_info(info: object, *, node: str | None = None, input: str = "pad_info") -> PadInfo:
-    """Validate a PadInfo-like dict (e.g. loaded from JSON) and return it with int values."""
-    keys = PadInfo.__annotations__.keys()
-    if not isinstance(info, dict) or any(k not in info for k in keys):
+    """Validate a PadInfo-like dict (e.g. loaded from JSON) and return it with int values.
+
+    Refused: not a dict, a missing key, a value that is not a whole number (3.5, "64", NaN, True), a negative
+    value, a zero size, or a size above MAX_SIDE x 16 (a restore to it could not be allocated).
+    """
+    keys = list(PadInfo.__annotations__.keys())
+    expected = f"the ATELIER_PAD output of an Atelier conditioner (a dict with {', '.join(keys)})"
+    if not isinstance(info, dict):
         raise AtelierError(f"is not crop-back information (got {type(info).__name__})", node=node, input=input,
-                           expected=f"the ATELIER_PAD output of an Atelier conditioner (a dict with {', '.join(keys)})",
-                           fix="connect the pad_info output of Atelier Canny / Atelier Lineart.")
-    out = {k: int(info[k]) for k in keys}
-    if min(out.values()) < 0 or min(out["orig_h"], out["orig_w"], out["scaled_h"], out["scaled_w"]) < 1:
-        raise AtelierError(f"has impossible sizes {out}", node=node, input=input,
+                           expected=expected, fix="connect the pad_info output of Atelier Canny / Atelier Lineart.")
+    missing = [k for k in keys if k not in info]
+    if missing:
+        raise AtelierError(f"is not crop-back information: missing {', '.join(missing)}", node=node, input=input,
+                           expected=expected, fix="connect the pad_info output of Atelier Canny / Atelier Lineart.")
+    out: dict[str, int] = {}
+    for k in keys:
+        v = info[k]
+        whole = (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))) or (
+            isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer())
+        if not whole:
+            raise AtelierError(f"{k} is {v!r}, not a whole number of pixels", node=node, input=input,
+                               expected="integer sizes and padding (pixels)",
+                               fix="connect the pad_info output of Atelier Canny / Atelier Lineart unchanged.")
+        out[k] = int(v)
+    bad = [k for k in keys if out[k] < 0] + [k for k in ("orig_h", "orig_w", "scaled_h", "scaled_w") if out[k] == 0]
+    big = [k for k in keys if out[k] > MAX_SIDE * 16]
+    if bad or big:
+        what = (f"negative or zero {', '.join(bad)}" if bad else f"{', '.join(big)} above {MAX_SIDE * 16}")
+        raise AtelierError(f"has impossible sizes ({what}): {out}", node=node, input=input,
                            expected="positive sizes and non-negative padding",
                            fix="connect the pad_info output of Atelier Canny / Atelier Lineart unchanged.")
     return PadInfo(**out)  # type: ignore[typeddict-item]
+
+
+def check_pad_fits(img_h: int, img_w: int, info: PadInfo, *, node: str | None = None,
+                   input: str = "pad_info", multiple: int = 8) -> None:
+    """Refuse applying ``info`` to an ``img_h x img_w`` image that cannot come from its padded size.
+
+    The image may be the padded map at any scale (a 2x upscale, a 1.5x one), and each side may have lost up
+    to ``multiple - 1`` pixels before scaling (a latent rounds the size down to a multiple of 8): accepted
+    when one scale ``s`` gives ``s * (padded - (multiple - 1)) - 1 <= image <= s * padded + 1`` on both axes.
+    Another image's pad_info (a different aspect) is refused, naming both sizes.
+    """
+    ph = info["scaled_h"] + info["top"] + info["bottom"]
+    pw = info["scaled_w"] + info["left"] + info["right"]
+    slack = max(0, multiple - 1)
+
+    def scales(n: int, p: int) -> tuple[float, float]:
+        lo = max(n - 1, 0) / p
+        hi = (n + 1) / (p - slack) if p - slack > 0 else math.inf
+        return lo, hi
+
+    (lo_h, hi_h), (lo_w, hi_w) = scales(img_h, ph), scales(img_w, pw)
+    if max(lo_h, lo_w) > min(hi_h, hi_w):
+        raise AtelierError(
+            f"describes a {pw}x{ph} padded image (content {info['scaled_w']}x{info['scaled_h']}, original "
+            f"{info['orig_w']}x{info['orig_h']}) but the image it is applied to is {img_w}x{img_h}, which is not "
+            f"that size at any scale (aspect {img_w / img_h:.3f} vs {pw / ph:.3f})", node=node, input=input,
+            expected=f"an image of {pw}x{ph} (or the same aspect at another scale) made from this pad_info's "
+                     "conditioner output",
+            fix="connect the pad_info of the conditioner whose output this image was generated from (the same "
+                "Atelier Canny / Atelier Lineart that fed the ControlNet and the latent size).")
 
 
 def crop_box(img_h: int, img_w: int, info: PadInfo) -> tuple[int, int, int, int]:

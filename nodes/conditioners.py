@@ -13,6 +13,7 @@ import torch
 
 from ..core import edges as E
 from ..core.errors import AtelierError
+from ..core.finite import check_finite, check_finite_float
 
 CATEGORY = "atelier/conditioning"
 PAD_TYPE = "ATELIER_PAD"
@@ -155,8 +156,11 @@ class AtelierCanny:
                                expected="'manual' or 'auto_median'", fix="pick one from the list.")
         if not auto:
             E.check_thresholds(low_threshold, high_threshold, node=node)
+        # NaN passes ComfyUI's min/max check; a NaN sigma would give NaN thresholds or an unblurred map
+        auto_sigma = check_finite_float(auto_sigma, node=node, input="auto_sigma")
+        blur_sigma = check_finite_float(blur_sigma, node=node, input="blur_sigma")
         resolution = _check_resolution(resolution, node)
-        x = as_image_batch(image, node)
+        x = check_finite(as_image_batch(image, node), node=node, input="image")  # NaN pixels trace as black
 
         def one(img):
             edges, info, _ = E.canny_image(img, low=low_threshold, high=high_threshold, auto=auto, sigma=auto_sigma,
@@ -211,11 +215,12 @@ class AtelierLineart:
         if polarity not in ("auto", "dark_on_light", "light_on_dark"):
             raise AtelierError(f"unknown polarity {polarity!r}", node=node, input="polarity",
                                expected="'auto', 'dark_on_light' or 'light_on_dark'", fix="pick one from the list.")
-        if not 0.0 <= float(threshold) <= 1.0:
+        threshold = check_finite_float(threshold, node=node, input="threshold")
+        if not 0.0 <= threshold <= 1.0:
             raise AtelierError(f"threshold {threshold} is outside 0..1", node=node, input="threshold",
                                expected="0 (automatic) or a fraction such as 0.5", fix="use a value in 0..1.")
         resolution = _check_resolution(resolution, node)
-        x = as_image_batch(image, node)
+        x = check_finite(as_image_batch(image, node), node=node, input="image")
         thr = None if float(threshold) <= 0.0 else int(round(float(threshold) * 255))
 
         def one(img):
@@ -260,8 +265,9 @@ class AtelierCropBack:
     def crop(self, image, pad_info, restore_size=True, mask=None):
         node = self.DISPLAY
         info = E.check_pad_info(pad_info, node=node)
-        x = as_image_batch(image, node)
+        x = check_finite(as_image_batch(image, node), node=node, input="image")
         b, h, w, c = x.shape
+        E.check_pad_fits(h, w, info, node=node)  # another image's pad_info would crop the wrong box, silently
         y0, y1, x0, x1 = E.crop_box(h, w, info)
         out = x[:, y0:y1, x0:x1]
         if c <= 2:  # gray (+ alpha): 3-channel gray, as an IMAGE should be
@@ -271,7 +277,8 @@ class AtelierCropBack:
                                                          info["orig_h"], info["orig_w"])) for o in out])
         out = out.contiguous()
         if mask is not None:
-            m = as_image_batch(mask, node, "mask")[..., 0]
+            m = check_finite(as_image_batch(mask, node, "mask")[..., 0], node=node, input="mask", what="masks",
+                             unit="values", fix="the node that makes this mask produced NaN/inf; a MASK is 0..1.")
             if m.shape[1:] != (h, w):
                 raise AtelierError(f"mask is {m.shape[2]}x{m.shape[1]} but image is {w}x{h}", node=node,
                                    input="mask", expected="a mask of the same size as image",
@@ -315,7 +322,7 @@ class AtelierEmptyLatentLike:
 
     def generate(self, image, batch_size=1):
         node = self.DISPLAY
-        x = as_image_batch(image, node)
+        x = check_finite(as_image_batch(image, node), node=node, input="image")  # a NaN image means a broken chain
         b, h, w = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
         if h < 8 or w < 8:
             raise AtelierError(f"the image is {w}x{h}, smaller than one latent pixel (8x8)", node=node, input="image",

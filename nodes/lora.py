@@ -19,6 +19,7 @@ import folder_paths
 
 from ..core import confine as _confine
 from ..core.errors import AtelierError
+from ..core.finite import check_finite_float
 from ._managed import read_weights
 
 log = logging.getLogger("atelier")
@@ -130,6 +131,9 @@ class AtelierOptionalLora:
         return os.path.getmtime(path) if path else float("nan")
 
     def apply(self, model, clip, lora_name, strength_model=1.0, strength_clip=1.0):
+        # NaN passes ComfyUI's min/max check and would patch every weight to NaN (a black image)
+        strength_model = check_finite_float(strength_model, node=DISPLAY, input="strength_model")
+        strength_clip = check_finite_float(strength_clip, node=DISPLAY, input="strength_clip")
         if lora_name == NONE:
             log.info("[Atelier] %s: 'none' selected, model and clip pass through without a LoRA", DISPLAY)
             return (model, clip)

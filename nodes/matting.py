@@ -18,6 +18,7 @@ import folder_paths
 
 from ..core import matting as core
 from ..core.errors import AtelierError
+from ..core.finite import check_finite, check_finite_float
 from ..core.manifest import PACK_FOLDERS
 from ..core.poolnet import load_poolnet
 from ._managed import load_to_device, managed, read_weights
@@ -192,6 +193,13 @@ class AtelierRemoveBackground:
         if image is None or image.ndim not in (3, 4) or image.shape[0] == 0:
             raise AtelierError(f"image has shape {None if image is None else tuple(image.shape)}", node=REMOVER,
                                input="image", expected="IMAGE [batch, height, width, channels]")
+        # NaN would pass min/max: a NaN threshold erases the product, NaN pixels composite to black, not white
+        threshold = check_finite_float(threshold, node=REMOVER, input="threshold")
+        feather = check_finite_float(feather, node=REMOVER, input="feather")
+        check_finite(image, node=REMOVER, input="image")
+        if mask is not None:
+            check_finite(mask, node=REMOVER, input="mask", what="masks", unit="values",
+                         fix="the node that makes this mask produced NaN/inf; a MASK is 0..1 (1 = product).")
         try:
             color = core.parse_color(background, node=REMOVER)
             if saliency_model.kind == "poolnet":
