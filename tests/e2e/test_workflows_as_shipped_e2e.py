@@ -30,6 +30,7 @@ from PIL import Image
 from comfyui_atelier.client import convert, runtime
 from comfyui_atelier.core import manifest as mf
 from tests.fixtures import aesthetic_models as AFX
+from tests.fixtures import link_file
 from tests.fixtures import poolnet_models as PFX
 
 PACK = runtime.PACK_DIR
@@ -99,13 +100,6 @@ def load_images(name: str) -> list[str]:
     return [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "LoadImage" and n.get("mode", 0) == 0]
 
 
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.is_symlink() or dst.exists():
-        dst.unlink()
-    dst.symlink_to(Path(src).resolve())
-
-
 def aesthetic_head(path: Path, bias: float) -> Path:
     """A LAION v2 linear head (.pth, published key layout) whose scores sit near `bias`."""
     sd = AFX.head_state_dict("linear", 768, seed=5)
@@ -162,7 +156,7 @@ def shipped(stand_ins, tmp_path_factory, start_comfy) -> Shipped:
     root = runtime.prepare_workspace(tmp_path_factory.mktemp("as-shipped"))
     targets = manifest_targets()
     for model_id, src in stand_ins.items():
-        _link(src, root / "models" / targets[model_id])
+        link_file(src, root / "models" / targets[model_id])
     server = start_comfy(root)
     # Example inputs: nothing is copied here. The pack copies example_inputs/*.png into ComfyUI's input
     # folder when ComfyUI loads it (nodes/_example_inputs.py), as it does for a user.
@@ -190,7 +184,7 @@ def sdxl(shipped, request, tmp_path_factory) -> Shipped:
             "aesthetic-laion-v2-linear": aesthetic_head(cache / "aesthetic_head.pth", AESTHETIC_PASS_BIAS)}
     targets = manifest_targets()
     for model_id, src in more.items():
-        _link(src, shipped.server.models_dir / targets[model_id])
+        link_file(src, shipped.server.models_dir / targets[model_id])
         shipped.stand_ins[model_id] = src
     shipped.info = shipped.server.object_info()  # the new files are listed after a refresh
     return shipped
@@ -292,7 +286,7 @@ def test_story_set_failing_set_stops_before_the_grid(sdxl):
     head = sdxl.server.models_dir / manifest_targets()["aesthetic-laion-v2-linear"]
     passing = head.resolve()
     failing = aesthetic_head(passing.with_name("failing_head.pth"), AESTHETIC_FAIL_BIAS)
-    _link(failing, head)  # same file name, new content and mtime: the loader reloads it
+    link_file(failing, head)  # same file name, new content and mtime: the loader reloads it
     try:
         _, prompt = sdxl.prompt("story_set")
         saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
@@ -304,4 +298,4 @@ def test_story_set_failing_set_stops_before_the_grid(sdxl):
         outputs = err.value.entry.get("outputs") or {}
         assert not any(outputs.get(k, {}).get("images") for k in saves)
     finally:
-        _link(passing, head)
+        link_file(passing, head)
