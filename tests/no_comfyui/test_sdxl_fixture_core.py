@@ -1,5 +1,5 @@
 """The tiny SDXL builder's pieces that need no ComfyUI: the streaming safetensors writer and the key layouts
-(the files themselves are checked against ComfyUI's detection in tests/e2e/test_sdxl_e2e.py)."""
+(the files themselves are checked against ComfyUI's detection in tests/comfyui_server/test_sdxl_e2e.py)."""
 from __future__ import annotations
 
 import struct

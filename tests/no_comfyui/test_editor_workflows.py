@@ -1,6 +1,6 @@
 """Shipped UI workflows are well-formed for the graph editor (no ComfyUI needed).
 
-The browser tests (tests/e2e/test_editor_browser.py) load them in the real editor; these checks name the
+The browser tests (tests/comfyui_server/test_editor_browser.py) load them in the real editor; these checks name the
 exact problem without a browser: link slots are indices that agree with both nodes' slot lists (the
 current frontend's schema check rejects a slot given by name), every workflow has a Note, and the ids
 are consistent.

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from comfyui_atelier.core import manifest as mf
-from tests.core.test_models_download import PAYLOAD, _entry, server  # noqa: F401  (the local HTTP fixture)
+from tests.no_comfyui.test_models_download import PAYLOAD, _entry, server  # noqa: F401  (the local HTTP fixture)
 
 
 # ----------------------------------------------------------------------------- 2. download file modes
@@ -29,7 +29,7 @@ def test_downloaded_file_gets_normal_permissions(server, tmp_path, umask):  # no
 
 def test_directory_entry_files_get_normal_permissions(server, tmp_path):  # noqa: F811
     import hashlib
-    from tests.core.test_models_download import SHA, _Handler
+    from tests.no_comfyui.test_models_download import SHA, _Handler
     cfg = _Handler.routes["/dir/config.json"]
     files = [{"path": "config.json", "url": server + "/dir/config.json",
               "sha256": hashlib.sha256(cfg).hexdigest(), "size": len(cfg)},
