@@ -1,0 +1,94 @@
+"""The one home for ComfyUI IMAGE plumbing: batch normalising, RGB conversion, float <-> uint8.
+
+ComfyUI's IMAGE is float32 ``[B,H,W,C]`` in 0..1. Every family goes through these, so an image and
+its saved PNG give the same analysis (``to_uint8`` is the conversion ComfyUI's Save Image uses:
+scale by 255, clip, truncate) and an RGBA or gray input is treated the same way everywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import AtelierError
+
+#: where RGBA/LA pixels are laid when flattening: white (the neutral page colour, and the colour a
+#: transparent product shot should end on); glyph and line maps pass 0.0 (black) explicitly
+WHITE = (1.0, 1.0, 1.0)
+
+
+def image_batch(image, node: str | None = None, input: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE (or something close to it) -> CPU float32 ``[B,H,W,C]``, C in 1..4.
+
+    Accepts ``[B,H,W,C]``, a single ``[H,W,C]`` (C <= 4) and gray ``[B,H,W]`` / ``[H,W]``. No copy when
+    the input already is a CPU float32 IMAGE. Anything else raises an AtelierError naming node and input.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise AtelierError(f"got {type(image).__name__}, not an image tensor", node=node, input=input,
+                           expected="an IMAGE (float tensor [B,H,W,C] in 0..1)",
+                           fix="connect an IMAGE output (Load Image, VAE Decode, ...).")
+    x = image.detach()
+    if x.ndim == 2:
+        x = x[None, :, :, None]
+    elif x.ndim == 3:
+        x = x[None] if x.shape[-1] <= 4 else x[..., None]
+    if x.ndim != 4 or x.shape[-1] > 4:
+        raise AtelierError(f"got a tensor of shape {tuple(image.shape)}", node=node, input=input,
+                           expected="an IMAGE [B,H,W,C] with C = 1, 2, 3 or 4",
+                           fix="connect an IMAGE output; to use a MASK, convert it with 'Convert Mask to Image'.")
+    if 0 in x.shape:
+        raise AtelierError(f"got an empty image batch of shape {tuple(image.shape)}", node=node, input=input,
+                           expected="at least one image of at least 1x1 pixel",
+                           fix="check the node that produces this image.")
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        x = x.to("cpu", torch.float32)
+    return x
+
+
+def to_rgb(image: torch.Tensor, background: float | tuple[float, float, float] = WHITE) -> torch.Tensor:
+    """``[B,H,W,C]`` float with C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) -> ``[B,H,W,3]`` in 0..1.
+
+    Gray is repeated; alpha is composited onto ``background`` (a float for gray, or an RGB triple), because
+    the stored colour of transparent pixels is arbitrary. Values are clamped to 0..1. A 3-channel input
+    in range is returned as is (no copy). Normalise odd shapes with :func:`image_batch` first.
+    """
+    x = image if image.ndim == 4 else image_batch(image)
+    c = x.shape[-1]
+    if c not in (1, 2, 3, 4):
+        raise AtelierError(f"an image has {c} channels", expected="1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)")
+    if not x.is_floating_point():
+        x = x.float()
+    if c in (2, 4):
+        rgb, a = x[..., :c - 1], x[..., c - 1:].clamp(0, 1)
+        if rgb.shape[-1] == 1:
+            rgb = rgb.expand(*rgb.shape[:-1], 3)
+        bg = torch.as_tensor(background, dtype=x.dtype, device=x.device)
+        return (rgb * a + bg * (1 - a)).clamp(0, 1)
+    if c == 1:
+        x = x.expand(*x.shape[:-1], 3)
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        x = x.clamp(0, 1)
+    return x
+
+
+def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """float 0..1 (any shape) -> uint8 ndarray, exactly as ComfyUI's Save Image writes it
+    (``clip(255 * x, 0, 255)`` then truncation), so analysing an IMAGE and its saved PNG agree.
+    NaN becomes 0 (what Save Image's cast gives on x86)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().to("cpu", torch.float32).numpy()
+    if image.dtype == np.uint8:
+        return image
+    a = np.asarray(image, dtype=np.float32) * np.float32(255.0)
+    np.clip(a, 0, 255, out=a)
+    np.nan_to_num(a, copy=False, nan=0.0)
+    return a.astype(np.uint8)
+
+
+def rgb_uint8(image: torch.Tensor, background: float | tuple[float, float, float] = WHITE) -> np.ndarray:
+    """IMAGE (any accepted channel count) -> uint8 RGB ``[B,H,W,3]``: :func:`to_rgb` then :func:`to_uint8`."""
+    return to_uint8(to_rgb(image_batch(image) if image.ndim != 4 else image, background))
+
+
+def from_uint8(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``[..., C]`` -> float32 tensor in 0..1 (the inverse of :func:`to_uint8` on its values)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32).div_(255.0)

@@ -1,0 +1,129 @@
+"""The shared plumbing every family goes through: images, the file cache, the size budget."""
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_atelier.core import budget, images
+from comfyui_atelier.core.cache import FileCache
+from comfyui_atelier.core.errors import AtelierError
+
+
+def test_image_batch_shapes_and_errors():
+    assert images.image_batch(torch.zeros(4, 5)).shape == (1, 4, 5, 1)
+    assert images.image_batch(torch.zeros(4, 5, 3)).shape == (1, 4, 5, 3)
+    assert images.image_batch(torch.zeros(2, 4, 5)).shape == (2, 4, 5, 1)
+    x = torch.zeros(2, 4, 5, 3)
+    assert images.image_batch(x).data_ptr() == x.data_ptr()  # no copy
+    with pytest.raises(AtelierError, match=r"\[N\] input 'img'.*shape \(1, 2, 3, 7\)"):
+        images.image_batch(torch.zeros(1, 2, 3, 7), node="N", input="img")
+    with pytest.raises(AtelierError, match="empty image batch"):
+        images.image_batch(torch.zeros(0, 4, 4, 3))
+    with pytest.raises(AtelierError, match="not an image tensor"):
+        images.image_batch(np.zeros((4, 4, 3)))
+
+
+def test_to_rgb_channel_rules():
+    gray = torch.full((1, 2, 2, 1), 0.25)
+    assert torch.equal(images.to_rgb(gray), torch.full((1, 2, 2, 3), 0.25))
+    rgba = torch.tensor([0.2, 0.4, 0.6, 0.5]).expand(1, 2, 2, 4)
+    expect_white = torch.tensor([0.6, 0.7, 0.8])
+    assert torch.allclose(images.to_rgb(rgba)[0, 0, 0], expect_white)
+    assert torch.allclose(images.to_rgb(rgba, background=0.0)[0, 0, 0], torch.tensor([0.1, 0.2, 0.3]))
+    la = torch.tensor([0.2, 0.0]).expand(1, 1, 1, 2)  # fully transparent gray -> background
+    assert torch.equal(images.to_rgb(la, background=(0.0, 1.0, 0.0))[0, 0, 0], torch.tensor([0.0, 1.0, 0.0]))
+    rgb = torch.rand(1, 3, 3, 3)
+    assert images.to_rgb(rgb) is rgb
+    assert images.to_rgb(rgb * 3).max() == 1
+
+
+def test_to_uint8_matches_save_image():
+    x = torch.tensor([0.0, 0.5, 0.999, 1.0, 1.7, -0.2, 0.3])
+    want = np.clip(255.0 * x.numpy(), 0, 255).astype(np.uint8)  # ComfyUI SaveImage's conversion
+    assert np.array_equal(images.to_uint8(x), want)
+    assert images.to_uint8(torch.tensor([float("nan")]))[0] == 0
+    a = (np.arange(256, dtype=np.uint8)).reshape(16, 16, 1)
+    assert np.array_equal(images.to_uint8(images.from_uint8(a)), a)  # a PNG round-trips exactly
+
+
+def test_rgb_uint8_is_to_rgb_then_to_uint8():
+    x = torch.rand(2, 3, 4, 4)
+    assert np.array_equal(images.rgb_uint8(x), images.to_uint8(images.to_rgb(x)))
+    assert images.rgb_uint8(x).shape == (2, 3, 4, 3)
+
+
+def test_file_cache_reloads_changed_file(tmp_path):
+    p = tmp_path / "m.bin"
+    p.write_bytes(b"one")
+    cache, calls = FileCache(max_items=2), []
+
+    def load(path):
+        calls.append(path)
+        return open(path, "rb").read()
+
+    assert cache.get(p, load) == b"one" and cache.get(p, load) == b"one" and len(calls) == 1
+    p.write_bytes(b"three")  # new size (and mtime): loaded again
+    assert cache.get(p, load) == b"three" and len(calls) == 2
+    assert cache.peek(p) == b"three"
+    for i in range(3):  # LRU bound
+        q = tmp_path / f"x{i}"
+        q.write_bytes(b"x")
+        cache.get(q, load)
+    assert cache.peek(p) is None and len(cache.values()) == 2
+
+
+def test_file_cache_concurrent_loads_share_one(tmp_path):
+    p = tmp_path / "m.bin"
+    p.write_bytes(b"x")
+    cache, calls = FileCache(), []
+
+    def slow(path):
+        calls.append(1)
+        time.sleep(0.05)
+        return object()
+
+    got = []
+    ts = [threading.Thread(target=lambda: got.append(cache.get(p, slow))) for _ in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert len(calls) == 1 and len({id(g) for g in got}) == 1
+
+
+def test_file_cache_folder_stamp_sees_new_file(tmp_path):
+    d = tmp_path / "predictor"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    cache = FileCache()
+    first = cache.get(d, lambda path: object())
+    (d / "model.safetensors").write_bytes(b"12345")
+    assert cache.get(d, lambda path: object()) is not first
+
+
+def test_budget_refuses_before_allocating(monkeypatch):
+    budget.check_size(8192, 8192)  # the default allows 8192^2
+    with pytest.raises(AtelierError) as e:
+        budget.check_size(111, 2_220_000, node="Atelier Remove Background", input="image", what="the PoolNet input")
+    msg = str(e.value)
+    assert "[Atelier Remove Background] input 'image'" in msg and "246.4 megapixels" in msg
+    assert budget.PIXELS_ENV in msg
+    with pytest.raises(AtelierError, match="GiB at once"):
+        budget.check_size(4096, 4096, batch=300, node="N", input="batch")
+    monkeypatch.setenv(budget.PIXELS_ENV, "1")
+    with pytest.raises(AtelierError, match="budget of 1.0 megapixels"):
+        budget.check_size(1001, 1000)
+    monkeypatch.setenv(budget.PIXELS_ENV, "nan")  # a bad setting falls back to the default
+    budget.check_size(8192, 8192)
+    for bad in (0, -3, 2.5, float("nan"), "x"):
+        with pytest.raises(AtelierError, match="positive whole-number"):
+            budget.check_size(bad, 10, node="N", input="h")
+
+
+def test_progress_is_a_no_op_outside_comfyui():
+    from comfyui_atelier.nodes._progress import Progress
+    p = Progress(3)
+    p.step()
+    p.set(2)
+    p.callback()(3, 3)
