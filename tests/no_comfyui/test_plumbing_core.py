@@ -127,3 +127,26 @@ def test_progress_is_a_no_op_outside_comfyui():
     p.step()
     p.set(2)
     p.callback()(3, 3)
+
+
+def test_folder_walk_follows_links_once_and_caps_depth(tmp_path):
+    from comfyui_atelier.core import folders
+    root = tmp_path / "models"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "x.pth").write_bytes(b"")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "h.pth").write_bytes(b"")
+    (root / "top.safetensors").write_bytes(b"")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # a link loop must end
+    names = [rel for rel, _ in folders.walk(root)]
+    assert names == ["a/b/x.pth", "top.safetensors"]
+    deep = root
+    for i in range(12):
+        deep = deep / f"d{i}"
+    deep.mkdir(parents=True)
+    (deep / "deep.pth").write_bytes(b"")
+    assert not any(n.endswith("deep.pth") for n, _ in folders.walk(root))
+    assert [n for n, _ in folders.list_files([root, tmp_path / "missing"], [".PTH"])] == ["a/b/x.pth"]
+    assert not (tmp_path / "missing").exists()  # listing creates nothing
+    stop = [n for n, _ in folders.walk(root, stop=lambda d: d.endswith("/b"))]
+    assert stop == ["a/b", "top.safetensors"]
