@@ -42,7 +42,7 @@ install_comfy_requirements() {
 }
 install_comfy_requirements "$COMFY_REQ"
 
-# The current ComfyUI the tests also run on (DESIGN.md §4): a source tarball that sits in ../shared
+# The current ComfyUI the tests also run on (ComfyUI 0.3.64, October 2025): a source tarball that sits in ../shared
 # beside a team checkout; a user's fresh clone has none, and the tests then use the pinned runtime alone.
 CURRENT_TARBALL=${ATELIER_CURRENT_TARBALL:-../shared/runtimes/comfyui-0.3.64.tar.gz}
 CURRENT_SHA256=641b8f603c886d33e8cbb070216fe988e701723a30d476b0ae5be7455b05bd66

@@ -2,7 +2,7 @@
 
 Smoke only: a bench's exit status and the shape of what it printed (a header line with a target column,
 then at least one row carrying a verdict: "met", "missed" or "—"). Timings are never asserted here; the
-targets live in the benches as ratios against each row's peer (DESIGN.md §5).
+targets live in the benches as ratios against each row's peer, measured in the same run.
 """
 from __future__ import annotations
 
