@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # for fixtures.client_data (bench helpe
 
 from comfyui_atelier.client import runtime  # noqa: E402
 from comfyui_atelier.client.batch import BatchConfig, run_batch  # noqa: E402
-from comfyui_atelier.client.comfy_api import ComfyServer  # noqa: E402
+from comfyui_atelier.client.server_api import ComfyServer  # noqa: E402
 from fixtures.client_data import make_dataset  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from ..core.errors import AtelierError
 from . import convert as _convert
-from .comfy_api import (ComfyServer, ExecutionFailed, PromptRejected, ServerUnavailable, history_error,
+from .server_api import (ComfyServer, ExecutionFailed, PromptRejected, ServerUnavailable, history_error,
                         output_files)
 from .dataset import Dataset, Row, image_problem, load_dataset
 from .progress import ProgressBar, summary_table

@@ -463,7 +463,7 @@ def validate_api(prompt: dict, object_info: dict, *, check_combos: bool = True,
 
 def main_convert(args) -> int:
     """`atelier convert WORKFLOW --server URL | --object-info FILE [-o OUT]`."""
-    from .comfy_api import ComfyServer  # local import keeps convert usable alone
+    from .server_api import ComfyServer  # local import keeps convert usable alone
     if args.object_info:
         info = load_json(args.object_info)
     else:

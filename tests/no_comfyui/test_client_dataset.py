@@ -99,7 +99,7 @@ def test_client_imports_without_torch():
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, _Poison())\n"
             "sys.modules['torch'] = None\n"
-            "import comfyui_atelier.client.convert, comfyui_atelier.client.dataset, comfyui_atelier.client.comfy_api\n"
+            "import comfyui_atelier.client.convert, comfyui_atelier.client.dataset, comfyui_atelier.client.server_api\n"
             "import comfyui_atelier.client.batch, comfyui_atelier.client.progress\n"
             "p = comfyui_atelier.client.batch\n"
             "import argparse; ap = argparse.ArgumentParser(); p.add_parser(ap.add_subparsers())\n"
