@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..core import manifest as mf
 from . import models_cli, runtime
+from .download import DownloadError, download_entry
 
 PACK = runtime.PACK_DIR
 WORKFLOW_UI = PACK / "workflows" / "line2product.json"
@@ -107,8 +108,8 @@ def ensure_models(models_dir: Path, offline: bool) -> list[str]:
             continue
         print(f"  fetch   {entry.id:28s} -> {models_dir / entry.save_path}")
         try:
-            mf.download_entry(entry, models_dir, progress_factory=_bar)
-        except mf.DownloadError as exc:
+            download_entry(entry, models_dir, progress_factory=_bar)
+        except DownloadError as exc:
             print(f"  missing {entry.id:28s} {exc}", file=sys.stderr)
             missing.append(entry.id)
     return missing

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from ..core.errors import AtelierError
-from ..core.manifest import (DownloadError, Manifest, ModelEntry, check_entry, download_entry,
-                             entries_for_workflow_file, human_size, load_manifest, manual_step)
+from ..core.manifest import (Manifest, ModelEntry, check_entry, entries_for_workflow_file, human_size,
+                             load_manifest, manual_step)
+from .download import DownloadError, download_entry
 
 PACK_ROOT = Path(__file__).absolute().parent.parent
 WORKFLOWS_DIR = PACK_ROOT / "workflows"

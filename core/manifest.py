@@ -1,6 +1,7 @@
-"""The model manifest (models_manifest.json): load, validate, look up, download and verify.
+"""The model manifest (models_manifest.json): load, validate, look up, and check what is on disk.
 
-Standard library only (the torch-free client imports it). No ComfyUI, no folder_paths.
+Standard library only (the torch-free client imports it). No ComfyUI, no folder_paths, no network:
+the downloader that fetches entries is client/download.py.
 
 The manifest is a JSON object ``{"version": 1, "models": [entry, ...]}``; ComfyUI-Manager reads the
 same ``models`` list (its model-list.json has the same shape), so every entry carries Manager's fields
@@ -15,24 +16,18 @@ same ``models`` list (its model-list.json has the same shape), so every entry ca
 - ``kind``: ``"file"`` (default) or ``"directory"``; a directory entry is a folder named
   ``filename`` holding ``files`` (each ``{"path", "url", "sha256", "size"}``, same null rules).
 
-Downloads stream to a temporary file beside the target, are checked for size and sha256, and are
-renamed into place only when both match; on any failure nothing is left behind and the error
-names the exact manual step (file name, URL, destination folder).
+`manual_step(entry)` is the exact manual download for an entry (file name, URL, destination folder);
+`check_entry` says whether an entry's files are present with the right size (and sha256).
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import re
-import socket
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from .errors import AtelierError
 
@@ -349,7 +344,7 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
     return manifest
 
 
-# ----------------------------------------------------------------------------- manual step / errors
+# ----------------------------------------------------------------------------- manual step
 
 def manual_step(entry: ModelEntry, models_dir: str | os.PathLike | None = None) -> str:
     """The exact manual download instructions for an entry: URL(s), file name(s), destination folder."""
@@ -367,19 +362,6 @@ def manual_step(entry: ModelEntry, models_dir: str | os.PathLike | None = None) 
     if entry.license:
         lines.append(f"  License: {entry.license}; see {entry.reference}")
     return "\n".join(lines)
-
-
-class DownloadError(AtelierError):
-    """A download failed (offline, HTTP error, size or sha256 mismatch); nothing was left behind.
-
-    `reason` is one of: "offline", "http", "size", "sha256", "unverified", "manual", "destination"
-    (this machine cannot write the models folder: read-only, full, no permission, a file in the way).
-    """
-
-    def __init__(self, entry: ModelEntry, reason: str, detail: str, models_dir=None):
-        self.entry, self.reason, self.detail = entry, reason, detail
-        super().__init__(f"could not download '{entry.id}': {detail}",
-                         fix="\n" + manual_step(entry, models_dir))
 
 
 # ----------------------------------------------------------------------------- hashing / verifying
@@ -435,179 +417,6 @@ def check_entry(entry: ModelEntry, models_dir: str | os.PathLike, *, hash_files:
     return Status(entry, entry.target(models_dir), present, problems)
 
 
-# ----------------------------------------------------------------------------- download
-
-USER_AGENT = "comfyui-atelier-model-downloader/1"
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux /proc), else by the
-    usual set-and-restore."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """Mode of a downloaded model file: what open() would give a new file, 0666 & ~umask."""
-    return 0o666 & ~current_umask()
-
-
-def _destination_error(entry: ModelEntry, path, exc: OSError, models_dir) -> DownloadError:
-    """A local write failure as a DownloadError naming the path, the OS reason and what to do."""
-    _e = errno
-    code = getattr(exc, "errno", None)
-    hints = {_e.ENOSPC: "the disk is full: free space there", _e.EROFS: "the file system is read-only",
-             _e.EACCES: "this user may not write there", _e.EPERM: "this user may not write there",
-             _e.ENOTDIR: "a file stands where a folder is needed", _e.EEXIST: "a file stands where a folder is needed",
-             _e.EISDIR: "a folder stands where the model file goes"}
-    if hasattr(_e, "EDQUOT"):
-        hints[_e.EDQUOT] = "the disk quota is used up: free space there"
-    hint = hints.get(code, "check that the folder is writable")
-    return DownloadError(entry, "destination",
-                         f"cannot write {path}: {exc.strerror or exc} (errno {code}); {hint}. Choose another "
-                         "--models-dir or fix that folder, then run the same command again", models_dir)
-
-
-def _download_one(entry: ModelEntry, spec: FileSpec, dest: Path, *, progress: ProgressFn | None,
-                  timeout: float, models_dir, allow_unverified: bool) -> str:
-    """Stream spec.url to a temp file in dest's folder, verify, rename. Returns the sha256."""
-    if not allow_unverified and (spec.sha256 is None or spec.size is None):
-        raise DownloadError(entry, "unverified",
-                            f"the manifest has no {'sha256' if spec.sha256 is None else 'size'} for "
-                            f"{spec.relpath} ({entry.sha256_note or entry.size_note or 'not verified'}), "
-                            "so it cannot be checked; pass --allow-unverified to download it anyway "
-                            "(the computed sha256 is printed so the manifest can be completed)",
-                            models_dir)
-    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
-
-    def _remove_created():
-        for d in created:  # folders this attempt made, innermost first, if still empty
-            try:
-                d.rmdir()
-            except OSError:
-                break
-
-    blocker = None
-    for d in (dest.parent, *dest.parent.parents):
-        if d.exists():
-            if not d.is_dir():
-                blocker = d
-            break
-    if blocker is not None:
-        raise _destination_error(entry, blocker, OSError(errno.ENOTDIR, "Not a directory (a file, not a folder)"), models_dir)
-    if dest.is_dir():
-        raise _destination_error(entry, dest, OSError(errno.EISDIR, "Is a directory"), models_dir)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as exc:
-        _remove_created()
-        raise _destination_error(entry, dest.parent, exc, models_dir) from exc
-    tmp = Path(tmp_name)
-    h = hashlib.sha256()
-    done = 0
-    try:
-        req = urllib.request.Request(spec.url, headers={"User-Agent": USER_AGENT})
-        try:
-            resp = urllib.request.urlopen(req, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            raise DownloadError(entry, "http", f"{spec.url} answered HTTP {exc.code} {exc.reason}",
-                                models_dir) from exc
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-            why = getattr(exc, "reason", exc)
-            raise DownloadError(entry, "offline", f"cannot reach {spec.url} ({why}); are you offline?",
-                                models_dir) from exc
-        with resp, os.fdopen(fd, "wb") as out:
-            fd = -1
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else spec.size
-            if spec.size is not None and length and length.isdigit() and int(length) != spec.size:
-                raise DownloadError(entry, "size", f"{spec.url} announces {length} bytes, the manifest "
-                                    f"expects {spec.size}; the file upstream may have changed", models_dir)
-            if progress:
-                progress(0, total)
-            while True:
-                try:
-                    b = resp.read(1 << 20)
-                except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-                    raise DownloadError(entry, "offline", f"connection lost after {done} bytes ({exc})",
-                                        models_dir) from exc
-                if not b:
-                    break
-                try:
-                    out.write(b)
-                except OSError as exc:
-                    raise _destination_error(entry, tmp, exc, models_dir) from exc
-                h.update(b)
-                done += len(b)
-                if spec.size is not None and done > spec.size:
-                    raise DownloadError(entry, "size", f"received more than the expected {spec.size} bytes",
-                                        models_dir)
-                if progress:
-                    progress(done, total)
-            try:
-                out.flush()
-            except OSError as exc:
-                raise _destination_error(entry, tmp, exc, models_dir) from exc
-        if spec.size is not None and done != spec.size:
-            raise DownloadError(entry, "size", f"received {done} bytes, expected {spec.size}", models_dir)
-        digest = h.hexdigest()
-        if spec.sha256 is not None and digest != spec.sha256:
-            raise DownloadError(entry, "sha256", f"sha256 of the download is {digest}, expected {spec.sha256}",
-                                models_dir)
-        try:
-            os.chmod(tmp, file_mode())  # mkstemp made it 0600: a ComfyUI running as another user must read it
-            os.replace(tmp, dest)
-        except OSError as exc:
-            raise _destination_error(entry, dest, exc, models_dir) from exc
-        return digest
-    except BaseException as exc:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        _remove_created()
-        if isinstance(exc, OSError):  # closing the temp file (its last buffer) failed: a local write error
-            raise _destination_error(entry, tmp, exc, models_dir) from exc
-        raise
-
-
-def download_entry(entry: ModelEntry, models_dir: str | os.PathLike, *, progress_factory=None,
-                   timeout: float = 30.0, force: bool = False, allow_unverified: bool = False) -> dict:
-    """Download every file of an entry into models_dir/<save_path>/, verified.
-
-    progress_factory(spec) -> ProgressFn (or None) is called once per file.
-    Returns {relpath: sha256 or "present"}. Files already there with the expected size (and hash,
-    when known) are kept. Raises DownloadError (nothing half-written is left behind).
-    """
-    base = Path(models_dir) / entry.save_path
-    result: dict[str, str] = {}
-    if entry.manual_only and not check_entry(entry, models_dir).present:
-        raise DownloadError(entry, "manual", "this model cannot be fetched automatically "
-                            "(its host needs a browser)", models_dir)
-    for spec in entry.file_specs():
-        dest = base / spec.relpath
-        if dest.is_file() and not force:
-            size_ok = spec.size is None or dest.stat().st_size == spec.size
-            if size_ok and (spec.sha256 is None or sha256_file(dest) == spec.sha256):
-                result[spec.relpath] = "present"
-                continue
-        prog = progress_factory(spec) if progress_factory else None
-        result[spec.relpath] = _download_one(entry, spec, dest, progress=prog, timeout=timeout,
-                                             models_dir=models_dir, allow_unverified=allow_unverified)
-    return result
-
-
 # ----------------------------------------------------------------------------- workflows
 
 def workflow_models(workflow: dict) -> list[dict]:
@@ -644,7 +453,3 @@ def human_size(n: int | None) -> str:
         n /= 1000
     return f"{n}"
 
-
-def iter_missing(manifest: Manifest, models_dir, ids: Iterable[str] | None = None) -> list[Status]:
-    chosen = [manifest.by_id(i) for i in ids] if ids is not None else list(manifest)
-    return [s for s in (check_entry(e, models_dir) for e in chosen) if not s.ok]

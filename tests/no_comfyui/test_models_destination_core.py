@@ -4,51 +4,20 @@ reason, exit 1 (a failed download, as documented), no traceback, nothing half-wr
 from __future__ import annotations
 
 import errno
-import hashlib
-import http.server
-import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
+from comfyui_atelier.client import download as dl
 from comfyui_atelier.client import models_cli
 from comfyui_atelier.core import manifest as mf
-
-PAYLOAD = bytes((i * 11 + 5) % 251 for i in range(200_000))
-SHA = hashlib.sha256(PAYLOAD).hexdigest()
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+from tests.fixtures.http_models import PAYLOAD, entry, write_manifest
+from tests.fixtures.http_models import model_server as server  # noqa: F401  (pytest fixture)
 
 
 def _manifest(tmp_path, url, ids=("one", "two")) -> Path:
-    entries = [{"id": mid, "name": f"test {mid}", "type": "saliency", "base": "test", "save_path": "saliency",
-                "folder": "saliency", "filename": f"{mid}.safetensors", "url": f"{url}/{mid}.safetensors",
-                "sha256": SHA, "size": len(PAYLOAD), "license": "MIT",
-                "used_by": {"nodes": [], "workflows": ["wf_test"]}, "description": "t",
-                "reference": "https://example.invalid/ref"} for mid in ids]
-    p = tmp_path / "manifest.json"
-    p.write_text(json.dumps({"version": 1, "models": entries}), encoding="utf-8")
-    return p
+    return write_manifest(tmp_path, [entry(mid, f"{url}/good.safetensors") for mid in ids])
 
 
 def _files(d: Path) -> list[str]:
@@ -68,7 +37,7 @@ def test_read_only_models_dir(server, tmp_path, capsys, monkeypatch):
 
     def ro(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(mf.tempfile, "mkstemp", ro)
+    monkeypatch.setattr(dl.tempfile, "mkstemp", ro)
     rc, out, err = _download(tmp_path, server, models, capsys)
     assert rc == 1 and "Traceback" not in err
     assert f"FAILED one: cannot write {models / 'saliency'}: Read-only file system (errno {errno.EROFS})" in err
@@ -99,7 +68,7 @@ def test_disk_full_while_writing(server, tmp_path, capsys, monkeypatch):
         def __exit__(self, *a):
             self.f.close()
 
-    monkeypatch.setattr(mf.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    monkeypatch.setattr(dl.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
     rc, out, err = _download(tmp_path, server, models, capsys, "one")
     assert rc == 1 and "Traceback" not in err
     assert "FAILED one: cannot write" in err and ".part" in err and "No space left on device" in err
@@ -128,7 +97,7 @@ def test_close_fails_with_disk_full(server, tmp_path, capsys, monkeypatch):
         def __exit__(self, *a):
             self.f.close()
 
-    monkeypatch.setattr(mf.os, "fdopen", lambda fd, mode: FullAtFlush(real_fdopen(fd, mode)))
+    monkeypatch.setattr(dl.os, "fdopen", lambda fd, mode: FullAtFlush(real_fdopen(fd, mode)))
     rc, out, err = _download(tmp_path, server, models, capsys, "one")
     assert rc == 1 and "Traceback" not in err and "No space left on device" in err
     assert _files(models) == []
@@ -157,7 +126,7 @@ def test_rename_refused(server, tmp_path, capsys, monkeypatch):
 
     def denied(*a, **k):
         raise OSError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr(mf.os, "replace", denied)
+    monkeypatch.setattr(dl.os, "replace", denied)
     rc, out, err = _download(tmp_path, server, models, capsys, "one")
     assert rc == 1 and "Traceback" not in err and "this user may not write there" in err
     assert _files(models) == []
@@ -167,8 +136,8 @@ def test_download_error_reason_is_destination(server, tmp_path):
     models = tmp_path / "models"
     models.write_bytes(b"x")
     man = mf.load_manifest(_manifest(tmp_path, server))
-    with pytest.raises(mf.DownloadError) as ei:
-        mf.download_entry(man.by_id("one"), models)
+    with pytest.raises(dl.DownloadError) as ei:
+        dl.download_entry(man.by_id("one"), models)
     assert ei.value.reason == "destination"
 
 

@@ -1,105 +1,30 @@
 """The verified downloader and the `atelier models` CLI against a local HTTP server (no hubs).
 
-A ThreadingHTTPServer on 127.0.0.1 serves a small generated file under several paths: intact,
-truncated, corrupted (same size, different bytes), oversized, and 404. "Offline" is a port on
-127.0.0.1 that nothing listens on.
+The server and the entries pointing at it are tests/fixtures/http_models.py: a small generated file
+under several paths (intact, truncated, corrupted, oversized, 404); "offline" is a port on 127.0.0.1
+that nothing listens on.
 """
 from __future__ import annotations
 
-import hashlib
-import http.server
 import json
 import os
-import socket
-import threading
-from pathlib import Path
 
 import pytest
 
+from comfyui_atelier.client import download as dl
 from comfyui_atelier.client import models_cli
 from comfyui_atelier.core import manifest as mf
-
-PAYLOAD = bytes((i * 7 + 3) % 251 for i in range(300_000))  # ~300 KB, several read chunks
-SHA = hashlib.sha256(PAYLOAD).hexdigest()
-CORRUPT = PAYLOAD[:-1] + bytes([(PAYLOAD[-1] + 1) % 256])
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    routes = {
-        "/good.safetensors": PAYLOAD,
-        "/short.safetensors": PAYLOAD[:-1000],
-        "/corrupt.safetensors": CORRUPT,
-        "/long.safetensors": PAYLOAD + b"tail",
-        "/dir/config.json": b'{"model_type": "clip_vision_model"}',
-        "/dir/model.safetensors": PAYLOAD,
-    }
-    requests: list = []
-
-    def do_GET(self):  # noqa: N802
-        type(self).requests.append(self.path)
-        body = self.routes.get(self.path)
-        if body is None:
-            self.send_error(404, "Not Found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        if self.path != "/long.safetensors":  # no length: the size check must happen while streaming
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+from tests.fixtures.http_models import CORRUPT, PAYLOAD, SHA, directory_entry, request_count
+from tests.fixtures.http_models import entry as _entry, leftovers as _leftovers, write_manifest as _manifest
+from tests.fixtures.http_models import dead_url, model_server as server  # noqa: F401  (pytest fixtures)
 
 
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def dead_url():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now: connection refused, like being offline
-    return f"http://127.0.0.1:{port}/good.safetensors"
-
-
-def _entry(mid, url, *, size=len(PAYLOAD), sha=SHA, filename=None, **extra):
-    e = {"id": mid, "name": f"test model {mid}", "type": "saliency", "base": "test", "save_path": "saliency",
-         "folder": "saliency", "filename": filename or f"{mid}.safetensors", "url": url, "sha256": sha,
-         "size": size, "license": "MIT", "used_by": {"nodes": [], "workflows": ["wf_test"]},
-         "description": "test entry", "reference": "https://example.invalid/ref"}
-    if sha is None:
-        e["sha256_note"] = "not verified here: test"
-    if size is None:
-        e["size_note"] = "not verified here: test"
-    e.update(extra)
-    return e
-
-
-def _manifest(tmp_path, entries) -> Path:
-    p = tmp_path / "manifest.json"
-    p.write_text(json.dumps({"version": 1, "models": entries}), encoding="utf-8")
-    return p
-
-
-def _leftovers(models_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(models_dir)) for p in models_dir.rglob("*") if p.is_file())
-
-
-# ----------------------------------------------------------------------------- core downloader
+# ----------------------------------------------------------------------------- downloader (client/download.py)
 
 def test_download_success_verifies_and_renames(server, tmp_path):
     m = mf.parse({"models": [_entry("good", server + "/good.safetensors")]})
     seen = []
-    out = mf.download_entry(m.by_id("good"), tmp_path, progress_factory=lambda spec: (lambda d, t: seen.append((d, t))))
+    out = dl.download_entry(m.by_id("good"), tmp_path, progress_factory=lambda spec: (lambda d, t: seen.append((d, t))))
     target = tmp_path / "saliency" / "good.safetensors"
     assert target.read_bytes() == PAYLOAD
     assert out == {"good.safetensors": SHA}
@@ -107,9 +32,9 @@ def test_download_success_verifies_and_renames(server, tmp_path):
     assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     # second call: already present and verified, no new request
-    n = len(_Handler.requests)
-    assert mf.download_entry(m.by_id("good"), tmp_path) == {"good.safetensors": "present"}
-    assert len(_Handler.requests) == n
+    n = request_count()
+    assert dl.download_entry(m.by_id("good"), tmp_path) == {"good.safetensors": "present"}
+    assert request_count() == n
 
 
 @pytest.mark.parametrize("path, reason", [
@@ -119,8 +44,8 @@ def test_download_success_verifies_and_renames(server, tmp_path):
 ])
 def test_mismatch_leaves_nothing_behind(server, tmp_path, path, reason):
     m = mf.parse({"models": [_entry("bad", server + path)]})
-    with pytest.raises(mf.DownloadError) as ei:
-        mf.download_entry(m.by_id("bad"), tmp_path)
+    with pytest.raises(dl.DownloadError) as ei:
+        dl.download_entry(m.by_id("bad"), tmp_path)
     assert ei.value.reason == reason
     assert _leftovers(tmp_path) == []
     assert not (tmp_path / "saliency").exists()  # the folder it created is gone too
@@ -132,8 +57,8 @@ def test_mismatch_keeps_existing_folder_and_other_files(server, tmp_path):
     (tmp_path / "saliency").mkdir()
     (tmp_path / "saliency" / "mine.pth").write_bytes(b"user file")
     m = mf.parse({"models": [_entry("bad", server + "/corrupt.safetensors")]})
-    with pytest.raises(mf.DownloadError):
-        mf.download_entry(m.by_id("bad"), tmp_path)
+    with pytest.raises(dl.DownloadError):
+        dl.download_entry(m.by_id("bad"), tmp_path)
     assert _leftovers(tmp_path) == ["saliency/mine.pth"]
 
 
@@ -142,14 +67,14 @@ def test_corrupt_existing_file_is_replaced_only_by_a_verified_one(server, tmp_pa
     target = tmp_path / "saliency" / "good.safetensors"
     target.write_bytes(CORRUPT)  # right size, wrong bytes
     m = mf.parse({"models": [_entry("good", server + "/good.safetensors")]})
-    assert mf.download_entry(m.by_id("good"), tmp_path) == {"good.safetensors": SHA}
+    assert dl.download_entry(m.by_id("good"), tmp_path) == {"good.safetensors": SHA}
     assert target.read_bytes() == PAYLOAD
 
 
 def test_offline_names_manual_step(dead_url, tmp_path):
     m = mf.parse({"models": [_entry("off", dead_url)]})
-    with pytest.raises(mf.DownloadError) as ei:
-        mf.download_entry(m.by_id("off"), tmp_path, timeout=5)
+    with pytest.raises(dl.DownloadError) as ei:
+        dl.download_entry(m.by_id("off"), tmp_path, timeout=5)
     assert ei.value.reason == "offline"
     assert dead_url in str(ei.value) and "off.safetensors" in str(ei.value)
     assert _leftovers(tmp_path) == []
@@ -157,42 +82,35 @@ def test_offline_names_manual_step(dead_url, tmp_path):
 
 def test_http_error(server, tmp_path):
     m = mf.parse({"models": [_entry("gone", server + "/missing.safetensors")]})
-    with pytest.raises(mf.DownloadError) as ei:
-        mf.download_entry(m.by_id("gone"), tmp_path)
+    with pytest.raises(dl.DownloadError) as ei:
+        dl.download_entry(m.by_id("gone"), tmp_path)
     assert ei.value.reason == "http" and "404" in str(ei.value)
     assert _leftovers(tmp_path) == []
 
 
 def test_unverified_entry_needs_opt_in(server, tmp_path):
     m = mf.parse({"models": [_entry("nohash", server + "/good.safetensors", sha=None, size=None)]})
-    with pytest.raises(mf.DownloadError) as ei:
-        mf.download_entry(m.by_id("nohash"), tmp_path)
+    with pytest.raises(dl.DownloadError) as ei:
+        dl.download_entry(m.by_id("nohash"), tmp_path)
     assert ei.value.reason == "unverified" and "--allow-unverified" in str(ei.value)
     assert _leftovers(tmp_path) == []
-    out = mf.download_entry(m.by_id("nohash"), tmp_path, allow_unverified=True)
+    out = dl.download_entry(m.by_id("nohash"), tmp_path, allow_unverified=True)
     assert out == {"nohash.safetensors": SHA}
 
 
 def test_manual_only_entry_is_never_fetched(server, tmp_path):
     m = mf.parse({"models": [_entry("drive", server + "/good.safetensors", sha=None, size=None,
                                     manual_only=True, manual_note="open it in a browser")]})
-    n = len(_Handler.requests)
-    with pytest.raises(mf.DownloadError) as ei:
-        mf.download_entry(m.by_id("drive"), tmp_path, allow_unverified=True)
+    n = request_count()
+    with pytest.raises(dl.DownloadError) as ei:
+        dl.download_entry(m.by_id("drive"), tmp_path, allow_unverified=True)
     assert ei.value.reason == "manual" and "open it in a browser" in str(ei.value)
-    assert len(_Handler.requests) == n
+    assert request_count() == n
 
 
 def test_directory_entry(server, tmp_path):
-    files = [{"path": "config.json", "url": server + "/dir/config.json",
-              "sha256": hashlib.sha256(_Handler.routes["/dir/config.json"]).hexdigest(),
-              "size": len(_Handler.routes["/dir/config.json"])},
-             {"path": "model.safetensors", "url": server + "/dir/model.safetensors", "sha256": SHA,
-              "size": len(PAYLOAD)}]
-    e = _entry("hfdir", server + "/dir", sha=None, size=None, filename="predictor", kind="directory", files=files)
-    e["url"] = "https://example.invalid/repo"
-    m = mf.parse({"models": [e]})
-    mf.download_entry(m.by_id("hfdir"), tmp_path)
+    m = mf.parse({"models": [directory_entry("hfdir", server)]})
+    dl.download_entry(m.by_id("hfdir"), tmp_path)
     assert _leftovers(tmp_path) == ["saliency/predictor/config.json", "saliency/predictor/model.safetensors"]
     assert mf.check_entry(m.by_id("hfdir"), tmp_path, hash_files=True).ok
 
@@ -296,10 +214,10 @@ def test_cli_convert_poolnet_pth_to_safetensors(tmp_path, capsys):
     pytest.importorskip("safetensors")
     from safetensors.torch import load_file
 
-    from tests.fixtures.poolnet_models import random_state_dict, save_pth
+    from tests.fixtures import poolnet_models as PM
     src = tmp_path / "saliency" / "poolnet_resnet50_final.pth"
-    sd = random_state_dict(0, num_batches_tracked=True)
-    save_pth(sd, str(src))
+    sd = PM.random_state_dict(0, num_batches_tracked=True)
+    PM.save_pth(sd, str(src))
     rc = models_cli.main(["convert", "poolnet-resnet50", "--models-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert rc == 0, err

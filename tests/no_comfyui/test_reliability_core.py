@@ -7,8 +7,10 @@ import stat
 
 import pytest
 
+from comfyui_atelier.client import download as dl
 from comfyui_atelier.core import manifest as mf
-from tests.no_comfyui.test_models_download import PAYLOAD, _entry, server  # noqa: F401  (the local HTTP fixture)
+from tests.fixtures.http_models import PAYLOAD, directory_entry, entry
+from tests.fixtures.http_models import model_server as server  # noqa: F401  (pytest fixture)
 
 
 # ----------------------------------------------------------------------------- 2. download file modes
@@ -17,9 +19,9 @@ from tests.no_comfyui.test_models_download import PAYLOAD, _entry, server  # noq
 def test_downloaded_file_gets_normal_permissions(server, tmp_path, umask):  # noqa: F811
     old = os.umask(umask)
     try:
-        assert mf.current_umask() == umask
-        m = mf.parse({"models": [_entry("good", server + "/good.safetensors")]})
-        mf.download_entry(m.by_id("good"), tmp_path)
+        assert dl.current_umask() == umask
+        m = mf.parse({"models": [entry("good", server + "/good.safetensors")]})
+        dl.download_entry(m.by_id("good"), tmp_path)
     finally:
         os.umask(old)
     target = tmp_path / "saliency" / "good.safetensors"
@@ -28,18 +30,9 @@ def test_downloaded_file_gets_normal_permissions(server, tmp_path, umask):  # no
 
 
 def test_directory_entry_files_get_normal_permissions(server, tmp_path):  # noqa: F811
-    import hashlib
-    from tests.no_comfyui.test_models_download import SHA, _Handler
-    cfg = _Handler.routes["/dir/config.json"]
-    files = [{"path": "config.json", "url": server + "/dir/config.json",
-              "sha256": hashlib.sha256(cfg).hexdigest(), "size": len(cfg)},
-             {"path": "model.safetensors", "url": server + "/dir/model.safetensors", "sha256": SHA,
-              "size": len(PAYLOAD)}]
-    e = _entry("hfdir", server + "/dir", sha=None, size=None, filename="predictor", kind="directory", files=files)
-    e["url"] = "https://example.invalid/repo"
     old = os.umask(0o022)
     try:
-        mf.download_entry(mf.parse({"models": [e]}).by_id("hfdir"), tmp_path)
+        dl.download_entry(mf.parse({"models": [directory_entry("hfdir", server)]}).by_id("hfdir"), tmp_path)
     finally:
         os.umask(old)
     got = sorted((p.name, stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "saliency").rglob("*") if p.is_file())
