@@ -12,12 +12,17 @@ import pytest
 from comfyui_atelier.client import download as dl
 from comfyui_atelier.client import models_cli
 from comfyui_atelier.core import manifest as mf
-from tests.fixtures.http_models import PAYLOAD, entry, write_manifest
-from tests.fixtures.http_models import model_server as server  # noqa: F401  (pytest fixture)
+from tests.fixtures import http_models as HM
+
+
+@pytest.fixture(scope="module")
+def server():
+    with HM.serve() as url:
+        yield url
 
 
 def _manifest(tmp_path, url, ids=("one", "two")) -> Path:
-    return write_manifest(tmp_path, [entry(mid, f"{url}/good.safetensors") for mid in ids])
+    return HM.write_manifest(tmp_path, [HM.entry(mid, f"{url}/good.safetensors") for mid in ids])
 
 
 def _files(d: Path) -> list[str]:
@@ -145,4 +150,4 @@ def test_writable_dir_still_downloads(server, tmp_path, capsys):
     models = tmp_path / "models"
     rc, out, err = _download(tmp_path, server, models, capsys)
     assert rc == 0, err
-    assert (models / "saliency" / "one.safetensors").read_bytes() == PAYLOAD
+    assert (models / "saliency" / "one.safetensors").read_bytes() == HM.PAYLOAD

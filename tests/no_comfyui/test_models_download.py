@@ -14,27 +14,33 @@ import pytest
 from comfyui_atelier.client import download as dl
 from comfyui_atelier.client import models_cli
 from comfyui_atelier.core import manifest as mf
-from tests.fixtures.http_models import CORRUPT, PAYLOAD, SHA, directory_entry, request_count
-from tests.fixtures.http_models import entry as _entry, leftovers as _leftovers, write_manifest as _manifest
-from tests.fixtures.http_models import dead_url, model_server as server  # noqa: F401  (pytest fixtures)
+from tests.fixtures import http_models as HM
+
+PAYLOAD, SHA = HM.PAYLOAD, HM.SHA
+
+
+@pytest.fixture(scope="module")
+def server():
+    with HM.serve() as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------- downloader (client/download.py)
 
 def test_download_success_verifies_and_renames(server, tmp_path):
-    m = mf.parse({"models": [_entry("good", server + "/good.safetensors")]})
+    m = mf.parse({"models": [HM.entry("good", server + "/good.safetensors")]})
     seen = []
     out = dl.download_entry(m.by_id("good"), tmp_path, progress_factory=lambda spec: (lambda d, t: seen.append((d, t))))
     target = tmp_path / "saliency" / "good.safetensors"
     assert target.read_bytes() == PAYLOAD
     assert out == {"good.safetensors": SHA}
-    assert _leftovers(tmp_path) == ["saliency/good.safetensors"]  # no temp file left
+    assert HM.leftovers(tmp_path) == ["saliency/good.safetensors"]  # no temp file left
     assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     # second call: already present and verified, no new request
-    n = request_count()
+    n = HM.request_count()
     assert dl.download_entry(m.by_id("good"), tmp_path) == {"good.safetensors": "present"}
-    assert request_count() == n
+    assert HM.request_count() == n
 
 
 @pytest.mark.parametrize("path, reason", [
@@ -43,11 +49,11 @@ def test_download_success_verifies_and_renames(server, tmp_path):
     ("/long.safetensors", "size"),
 ])
 def test_mismatch_leaves_nothing_behind(server, tmp_path, path, reason):
-    m = mf.parse({"models": [_entry("bad", server + path)]})
+    m = mf.parse({"models": [HM.entry("bad", server + path)]})
     with pytest.raises(dl.DownloadError) as ei:
         dl.download_entry(m.by_id("bad"), tmp_path)
     assert ei.value.reason == reason
-    assert _leftovers(tmp_path) == []
+    assert HM.leftovers(tmp_path) == []
     assert not (tmp_path / "saliency").exists()  # the folder it created is gone too
     msg = str(ei.value)
     assert server + path in msg and "bad.safetensors" in msg and str(tmp_path / "saliency") in msg
@@ -56,69 +62,70 @@ def test_mismatch_leaves_nothing_behind(server, tmp_path, path, reason):
 def test_mismatch_keeps_existing_folder_and_other_files(server, tmp_path):
     (tmp_path / "saliency").mkdir()
     (tmp_path / "saliency" / "mine.pth").write_bytes(b"user file")
-    m = mf.parse({"models": [_entry("bad", server + "/corrupt.safetensors")]})
+    m = mf.parse({"models": [HM.entry("bad", server + "/corrupt.safetensors")]})
     with pytest.raises(dl.DownloadError):
         dl.download_entry(m.by_id("bad"), tmp_path)
-    assert _leftovers(tmp_path) == ["saliency/mine.pth"]
+    assert HM.leftovers(tmp_path) == ["saliency/mine.pth"]
 
 
 def test_corrupt_existing_file_is_replaced_only_by_a_verified_one(server, tmp_path):
     (tmp_path / "saliency").mkdir()
     target = tmp_path / "saliency" / "good.safetensors"
-    target.write_bytes(CORRUPT)  # right size, wrong bytes
-    m = mf.parse({"models": [_entry("good", server + "/good.safetensors")]})
+    target.write_bytes(HM.CORRUPT)  # right size, wrong bytes
+    m = mf.parse({"models": [HM.entry("good", server + "/good.safetensors")]})
     assert dl.download_entry(m.by_id("good"), tmp_path) == {"good.safetensors": SHA}
     assert target.read_bytes() == PAYLOAD
 
 
-def test_offline_names_manual_step(dead_url, tmp_path):
-    m = mf.parse({"models": [_entry("off", dead_url)]})
+def test_offline_names_manual_step(tmp_path):
+    dead_url = HM.dead_url()
+    m = mf.parse({"models": [HM.entry("off", dead_url)]})
     with pytest.raises(dl.DownloadError) as ei:
         dl.download_entry(m.by_id("off"), tmp_path, timeout=5)
     assert ei.value.reason == "offline"
     assert dead_url in str(ei.value) and "off.safetensors" in str(ei.value)
-    assert _leftovers(tmp_path) == []
+    assert HM.leftovers(tmp_path) == []
 
 
 def test_http_error(server, tmp_path):
-    m = mf.parse({"models": [_entry("gone", server + "/missing.safetensors")]})
+    m = mf.parse({"models": [HM.entry("gone", server + "/missing.safetensors")]})
     with pytest.raises(dl.DownloadError) as ei:
         dl.download_entry(m.by_id("gone"), tmp_path)
     assert ei.value.reason == "http" and "404" in str(ei.value)
-    assert _leftovers(tmp_path) == []
+    assert HM.leftovers(tmp_path) == []
 
 
 def test_unverified_entry_needs_opt_in(server, tmp_path):
-    m = mf.parse({"models": [_entry("nohash", server + "/good.safetensors", sha=None, size=None)]})
+    m = mf.parse({"models": [HM.entry("nohash", server + "/good.safetensors", sha=None, size=None)]})
     with pytest.raises(dl.DownloadError) as ei:
         dl.download_entry(m.by_id("nohash"), tmp_path)
     assert ei.value.reason == "unverified" and "--allow-unverified" in str(ei.value)
-    assert _leftovers(tmp_path) == []
+    assert HM.leftovers(tmp_path) == []
     out = dl.download_entry(m.by_id("nohash"), tmp_path, allow_unverified=True)
     assert out == {"nohash.safetensors": SHA}
 
 
 def test_manual_only_entry_is_never_fetched(server, tmp_path):
-    m = mf.parse({"models": [_entry("drive", server + "/good.safetensors", sha=None, size=None,
+    m = mf.parse({"models": [HM.entry("drive", server + "/good.safetensors", sha=None, size=None,
                                     manual_only=True, manual_note="open it in a browser")]})
-    n = request_count()
+    n = HM.request_count()
     with pytest.raises(dl.DownloadError) as ei:
         dl.download_entry(m.by_id("drive"), tmp_path, allow_unverified=True)
     assert ei.value.reason == "manual" and "open it in a browser" in str(ei.value)
-    assert request_count() == n
+    assert HM.request_count() == n
 
 
 def test_directory_entry(server, tmp_path):
-    m = mf.parse({"models": [directory_entry("hfdir", server)]})
+    m = mf.parse({"models": [HM.directory_entry("hfdir", server)]})
     dl.download_entry(m.by_id("hfdir"), tmp_path)
-    assert _leftovers(tmp_path) == ["saliency/predictor/config.json", "saliency/predictor/model.safetensors"]
+    assert HM.leftovers(tmp_path) == ["saliency/predictor/config.json", "saliency/predictor/model.safetensors"]
     assert mf.check_entry(m.by_id("hfdir"), tmp_path, hash_files=True).ok
 
 
 # ----------------------------------------------------------------------------- CLI
 
 def test_cli_download_success_prints_where(server, tmp_path, capsys):
-    man = _manifest(tmp_path, [_entry("good", server + "/good.safetensors")])
+    man = HM.write_manifest(tmp_path, [HM.entry("good", server + "/good.safetensors")])
     models = tmp_path / "models"
     rc = models_cli.main(["--manifest", str(man), "download", "good", "--models-dir", str(models)])
     out, err = capsys.readouterr()
@@ -129,18 +136,19 @@ def test_cli_download_success_prints_where(server, tmp_path, capsys):
 
 
 def test_cli_sha_mismatch_exits_nonzero_and_leaves_nothing(server, tmp_path, capsys):
-    man = _manifest(tmp_path, [_entry("bad", server + "/corrupt.safetensors")])
+    man = HM.write_manifest(tmp_path, [HM.entry("bad", server + "/corrupt.safetensors")])
     models = tmp_path / "models"
     rc = models_cli.main(["--manifest", str(man), "download", "bad", "--models-dir", str(models)])
     out, err = capsys.readouterr()
     assert rc == 1
-    assert not models.exists() or _leftovers(models) == []
+    assert not models.exists() or HM.leftovers(models) == []
     assert "sha256 of the download is" in err
     assert server + "/corrupt.safetensors" in err and "bad.safetensors" in err and str(models / "saliency") in err
 
 
-def test_cli_offline_prints_manual_step(dead_url, tmp_path, capsys):
-    man = _manifest(tmp_path, [_entry("off", dead_url)])
+def test_cli_offline_prints_manual_step(tmp_path, capsys):
+    dead_url = HM.dead_url()
+    man = HM.write_manifest(tmp_path, [HM.entry("off", dead_url)])
     rc = models_cli.main(["--manifest", str(man), "download", "off", "--models-dir", str(tmp_path / "m"),
                           "--timeout", "5"])
     _, err = capsys.readouterr()
@@ -150,9 +158,9 @@ def test_cli_offline_prints_manual_step(dead_url, tmp_path, capsys):
 
 
 def test_cli_check_and_workflow(server, tmp_path, capsys):
-    man = _manifest(tmp_path, [_entry("good", server + "/good.safetensors"),
-                               _entry("other", server + "/good.safetensors",
-                                      used_by={"nodes": [], "workflows": ["wf_other"]})])
+    man = HM.write_manifest(tmp_path, [HM.entry("good", server + "/good.safetensors"),
+                                       HM.entry("other", server + "/good.safetensors",
+                                                used_by={"nodes": [], "workflows": ["wf_other"]})])
     models = tmp_path / "models"
     args = ["--manifest", str(man)]
     assert models_cli.main(args + ["check", "--workflow", "wf_test", "--models-dir", str(models)]) == 1
@@ -170,7 +178,7 @@ def test_cli_check_and_workflow(server, tmp_path, capsys):
 
 def test_cli_models_dir_default_from_comfyui_path(server, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "ComfyUI"))
-    man = _manifest(tmp_path, [_entry("good", server + "/good.safetensors")])
+    man = HM.write_manifest(tmp_path, [HM.entry("good", server + "/good.safetensors")])
     assert models_cli.main(["--manifest", str(man), "download", "good"]) == 0
     out, _ = capsys.readouterr()
     assert "from $COMFYUI_PATH" in out

@@ -9,30 +9,35 @@ import pytest
 
 from comfyui_atelier.client import download as dl
 from comfyui_atelier.core import manifest as mf
-from tests.fixtures.http_models import PAYLOAD, directory_entry, entry
-from tests.fixtures.http_models import model_server as server  # noqa: F401  (pytest fixture)
+from tests.fixtures import http_models as HM
+
+
+@pytest.fixture(scope="module")
+def server():
+    with HM.serve() as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------- 2. download file modes
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
-def test_downloaded_file_gets_normal_permissions(server, tmp_path, umask):  # noqa: F811
+def test_downloaded_file_gets_normal_permissions(server, tmp_path, umask):
     old = os.umask(umask)
     try:
         assert dl.current_umask() == umask
-        m = mf.parse({"models": [entry("good", server + "/good.safetensors")]})
+        m = mf.parse({"models": [HM.entry("good", server + "/good.safetensors")]})
         dl.download_entry(m.by_id("good"), tmp_path)
     finally:
         os.umask(old)
     target = tmp_path / "saliency" / "good.safetensors"
-    assert target.read_bytes() == PAYLOAD
+    assert target.read_bytes() == HM.PAYLOAD
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
-def test_directory_entry_files_get_normal_permissions(server, tmp_path):  # noqa: F811
+def test_directory_entry_files_get_normal_permissions(server, tmp_path):
     old = os.umask(0o022)
     try:
-        dl.download_entry(mf.parse({"models": [directory_entry("hfdir", server)]}).by_id("hfdir"), tmp_path)
+        dl.download_entry(mf.parse({"models": [HM.directory_entry("hfdir", server)]}).by_id("hfdir"), tmp_path)
     finally:
         os.umask(old)
     got = sorted((p.name, stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "saliency").rglob("*") if p.is_file())
