@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import AtelierError
+from .images import to_uint8
 from .weights import Reader, read_weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -189,36 +190,29 @@ def load_head_file(path: str, *, node: str | None = None, input: str | None = No
 
 # --------------------------------------------------------------------------- pre-processing
 def to_uint8_rgb(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """ComfyUI IMAGE [B,H,W,C] (or [H,W,C]) float 0..1 -> uint8 RGB [B,H,W,3].
+    """ComfyUI IMAGE [B,H,W,C] (or [H,W,C]) float 0..1 -> the uint8 RGB [B,H,W,3] a CLIP processor reads
+    from the PNG that ComfyUI's Save Image writes of it, so an image scores the same in the graph as saved.
 
-    8-bit conversion matches ComfyUI's SaveImage (clip to 0..255 then truncate), so an image scores
-    the same in the graph as the PNG it is saved to. C=1 is expanded, C=2 (gray+alpha) and C=4 are
-    composited on white with the 8-bit alpha (as transformers' convert_to_rgb does).
+    The 8-bit values are core.images.to_uint8's (Save Image: x255, clip, truncate); gray is expanded; gray+alpha
+    and RGBA are laid on white *in 8 bit* with the saved alpha, as transformers' convert_to_rgb does with the
+    PNG (PIL alpha_composite, rounded), which a float composite before truncation would miss by one level.
     """
-    # numpy (single-threaded, called per image from a thread pool): small torch ops would start
-    # OpenMP parallel regions, which cost more than they save on a busy CPU
-    a = images.detach().to("cpu").numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if a.dtype != np.uint8:
-        a = a.astype(np.float32, copy=False) * np.float32(255.0)
-        a = np.clip(a, 0, 255, out=a).astype(np.uint8)
+    a = images.detach() if isinstance(images, torch.Tensor) else np.asarray(images)
     if a.ndim == 3:
         a = a[None]
-    if a.ndim != 4:
-        raise _err(f"image array has shape {a.shape}.", expected="[B,H,W,C]")
-    c = a.shape[-1]
-    if c == 1:
-        return np.repeat(a, 3, axis=-1)
+    if a.ndim != 4 or a.shape[-1] not in (1, 2, 3, 4):
+        raise _err(f"image array has shape {tuple(a.shape)}.", expected="[B,H,W,C] with 1, 2, 3 or 4 channels")
+    # numpy only (called per image from a thread pool): small torch ops would start OpenMP regions
+    u8 = to_uint8(a)
+    c = u8.shape[-1]
     if c == 3:
-        return np.ascontiguousarray(a)
-    if c in (2, 4):
-        rgb = a[..., :-1] if c == 4 else np.repeat(a[..., :1], 3, axis=-1)
-        alpha = a[..., -1:].astype(np.uint16)
-        # PIL alpha_composite on an opaque white background: out = (c*a + 255*(255-a)) / 255, rounded
-        out = (rgb.astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255
-        return out.astype(np.uint8)
-    if c > 4:
-        return np.ascontiguousarray(a[..., :3])
-    raise _err(f"image has {c} channels.", expected="1, 3 or 4 channels")
+        return np.ascontiguousarray(u8)
+    if c == 1:
+        return np.repeat(u8, 3, axis=-1)
+    rgb = u8[..., :-1] if c == 4 else np.repeat(u8[..., :1], 3, axis=-1)
+    alpha = u8[..., -1:].astype(np.uint16)
+    # PIL alpha_composite on an opaque white background: out = (c*a + 255*(255-a)) / 255, rounded
+    return ((rgb.astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
 def _crop_one(f: np.ndarray, size: int, n: int = 0) -> np.ndarray:

@@ -24,6 +24,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from . import glyph
 from .errors import AtelierError
+from .images import image_batch, to_rgb
 
 AUTO_LAYOUT_RULE = ("0 = automatic: two images a row like the story seed's pages, near-square from 9 on "
                     "(columns = max(2, floor(sqrt(n))), rows = ceil(n / columns)): 8 images -> 4 rows x 2 "
@@ -107,15 +108,11 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 
 def _frames(images) -> list[torch.Tensor]:
-    """IMAGE [B,H,W,C] / [H,W,C] or a list of those -> list of [H,W,C] float CPU tensors."""
+    """IMAGE [B,H,W,C] / [H,W,C] / gray [B,H,W], or a list of those -> list of [H,W,C] float CPU tensors."""
     items = images if isinstance(images, (list, tuple)) else [images]
     frames = []
     for t in items:
-        t = torch.as_tensor(t).detach().cpu().float()
-        if t.ndim == 3:
-            t = t[None]
-        if t.ndim != 4:
-            raise AtelierError(f"image tensor has shape {tuple(t.shape)}.", input="images", expected="[B,H,W,C]")
+        t = image_batch(torch.as_tensor(t), input="images")
         frames.extend(t[i] for i in range(t.shape[0]))
     return frames
 
@@ -154,7 +151,6 @@ def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
     gh = gap + rows * (h + cap_h + gap)
     gw = gap + cols * (w + gap)
 
-    from .aesthetic import to_uint8_rgb  # same 8-bit conversion as the scorer / SaveImage
     arr = np.empty((gh, gw, 3), dtype=np.uint8)
     arr[:] = np.array(bg, dtype=np.uint8)
     # keep full float precision for cells: paste floats, build the caption layer in 8 bit
@@ -163,7 +159,7 @@ def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
         r, cc = divmod(i, cols)
         y, x = gap + r * (h + cap_h + gap), gap + cc * (w + gap)
         if cell.shape[-1] != 3:
-            cell = torch.from_numpy(to_uint8_rgb(cell[None])[0].astype(np.float32) / 255.0)
+            cell = to_rgb(cell[None])[0]  # gray expanded, alpha laid on white (the page), full precision
         fh, fw = int(cell.shape[0]), int(cell.shape[1])
         oy, ox = (h - fh) // 2, (w - fw) // 2  # smaller images are centred in their cell
         out[y + oy:y + oy + fh, x + ox:x + ox + fw] = cell.clamp(0, 1)

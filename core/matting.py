@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AtelierError
+from .images import from_uint8, image_batch, to_rgb, to_uint8
 
 # alpha below / above these is snapped to exactly 0 / 1 before compositing, so a background that
 # the model is sure about becomes exactly the background colour after 8-bit saving (SaveImage truncates)
@@ -23,32 +24,6 @@ ALPHA_SNAP_HIGH = 254.0 / 255.0
 
 
 # ----------------------------------------------------------------------------------------- inputs
-
-def to_rgb(image: torch.Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
-    """[B,H,W,C] (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) or [H,W,C]/[B,H,W] -> [B,H,W,3] float.
-
-    Transparent pixels of RGBA/LA inputs are flattened onto ``background`` (their stored colour is
-    arbitrary and would mislead the saliency model)."""
-    x = image
-    if x.ndim == 2:
-        x = x[None, ..., None]
-    elif x.ndim == 3:
-        x = x[None] if x.shape[-1] in (1, 2, 3, 4) and x.shape[0] > 4 else x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 2, 3, 4):
-        raise AtelierError(f"image has shape {tuple(image.shape)}", input="image",
-                           expected="IMAGE [batch, height, width, channels] with 1, 3 or 4 channels")
-    x = x.float()
-    c = x.shape[-1]
-    if c in (2, 4):
-        rgb, a = x[..., :c - 1], x[..., c - 1:].clamp(0, 1)
-        if rgb.shape[-1] == 1:
-            rgb = rgb.expand(*rgb.shape[:-1], 3)
-        bg = torch.tensor(background, dtype=x.dtype, device=x.device)
-        return (rgb * a + bg * (1 - a)).clamp(0, 1)
-    if c == 1:
-        return x.expand(*x.shape[:-1], 3).clamp(0, 1)
-    return x.clamp(0, 1)
-
 
 def parse_color(text: str, node: str | None = None, input: str = "background") -> tuple[float, float, float]:
     """'#RRGGBB', '#RGB', 'r,g,b' (0..255) or a few names -> RGB floats 0..1."""
@@ -332,7 +307,7 @@ def classical_alpha(image: torch.Tensor, tolerance: float = 0.08, grabcut_iters:
     out = []
     b, h, w, _ = image.shape
     for i in range(b):
-        img = (image[i].clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        img = to_uint8(image[i])  # Save Image's conversion: the IMAGE and its PNG give the same mask
         scale = min(1.0, work_side / max(h, w)) if work_side else 1.0
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
         small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else img
@@ -495,11 +470,12 @@ def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(
     brought back with a fast guided filter (refine='guided_filter') or bilinear resizing.
     ``batch_size`` None: as many images per forward pass as fit PIXEL_BUDGET (PoolNet's decoder needs
     about 1.3 GB per 1024x1024 image in fp32)."""
+    image = image_batch(image, node=node)
     rgb = to_rgb(image, background)
     b, h, w, _ = rgb.shape
-    if h < 1 or w < 1 or b < 1:
-        raise AtelierError(f"image batch has shape {tuple(image.shape)}", node=node, input="image",
-                           expected="at least one image of at least 1x1 pixel")
+    # the model and the edge refinement see the 8-bit pixels Save Image would write, so an IMAGE and
+    # its saved PNG give the same mask; the composite keeps the full float precision
+    seen = from_uint8(to_uint8(rgb))
     refine = refine or "none"
     if refine not in ("none", "guided_filter"):
         raise AtelierError(f"unknown edge refinement '{refine}'", node=node, input="refine_edges",
@@ -517,7 +493,7 @@ def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(
             y = model.predict(x, batch_size=batch_size, progress=progress)
             holder["lr"] = (x, y)
             return y
-        sal = run_at_working_size(rgb, predict, max_side, model.min_side, small_input)
+        sal = run_at_working_size(seen, predict, max_side, model.min_side, small_input)
         down = wh < h and ww < w
         low = None
         if down and refine == "guided_filter" and "lr" in holder and holder["lr"][0].shape[1:3] == (wh, ww):
@@ -527,12 +503,12 @@ def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(
         # coefficients at the working size, applied at full size (fast guided filter)
         scale = max(h, w) / max(low[0].shape[1:3])
         lr_radius = max(1, round(r / scale))
-        alpha = guided_upsample(rgb, low[0], low[1], lr_radius)
-        alpha = refine_alpha(rgb, alpha, mode=alpha_mode, threshold=threshold, grow=grow, feather_px=feather_px,
+        alpha = guided_upsample(seen, low[0], low[1], lr_radius)
+        alpha = refine_alpha(seen, alpha, mode=alpha_mode, threshold=threshold, grow=grow, feather_px=feather_px,
                              refine="none")
     else:
-        alpha = refine_alpha(rgb, sal, mode=alpha_mode, threshold=threshold, grow=grow, feather_px=feather_px,
+        alpha = refine_alpha(seen, sal, mode=alpha_mode, threshold=threshold, grow=grow, feather_px=feather_px,
                              refine=refine, refine_radius=r)
-    if image.ndim == 4 and image.shape[-1] in (2, 4):  # keep the input's own transparency
-        alpha = alpha * image[..., -1].float().clamp(0, 1)
+    if image.shape[-1] in (2, 4):  # keep the input's own transparency
+        alpha = alpha * image[..., -1].clamp(0, 1)
     return composite(rgb, alpha, background), alpha, rgba_cutout(rgb, alpha), sal

@@ -9,105 +9,57 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 
 import torch
 
 import comfy.model_management
-import comfy.utils
 import folder_paths
 
 from ..core import aesthetic as core
-from ..core.errors import AtelierError, MissingModelError
+from ..core.cache import FileCache, file_stamp
+from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float, check_finite_floats
+from ..core.folders import walk
 from ..core.grid import AUTO_LAYOUT_RULE, make_grid
+from ..core.images import image_batch
 from ._managed import load_to_device, managed, read_weights
+from ._progress import Progress
+from .models import resolve_model  # importing it registers the model folders (aesthetic among them)
 
 FOLDER = "aesthetic"
 AESTHETIC_TYPE = "ATELIER_AESTHETIC"
 CATEGORY = "atelier/aesthetic"
 
-if FOLDER not in folder_paths.folder_names_and_paths:  # the models family normally registers it
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-
-_DEFAULT_IDS = {"dir": ("aesthetic-predictor-v2-hf", "https://huggingface.co/shunk031/aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"),
-                "head": ("aesthetic-laion-v2-linear", "https://github.com/christophschuhmann/improved-aesthetic-predictor")}
-
 
 # --------------------------------------------------------------------------- model files
-def _folders() -> list[str]:
-    try:
-        return [p for p in folder_paths.get_folder_paths(FOLDER) if os.path.isdir(p)]
-    except Exception:
-        return []
-
-
 def list_aesthetic_models() -> list[str]:
-    """Model folders (relative path of a dir holding config.json + weights) and head files, sorted."""
-    found = set()
-    for root in _folders():
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            rel = os.path.relpath(dirpath, root)
-            if core.is_hf_predictor_dir(dirpath) and rel != ".":
-                found.add(rel.replace(os.sep, "/"))
-                dirnames[:] = []  # weights inside are part of the folder model
-                continue
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for f in filenames:
-                if f.lower().endswith(core.HEAD_FILE_EXTENSIONS) and not f.startswith("."):
-                    found.add(os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/"))
-    return sorted(found, key=str.lower)
+    """Model folders (relative path of a dir holding config.json + weights) and head files, sorted.
 
-
-def _manifest_id(name: str) -> tuple[str, str | None]:
+    core.folders.walk: bounded, each real folder once (a link loop ends), hidden entries skipped,
+    nothing created; a predictor folder is one entry, its weights are not listed on their own."""
     try:
-        from ..core.manifest import load_manifest
-        base = os.path.basename(name.rstrip("/"))
-        for e in load_manifest():
-            if e.folder == FOLDER and e.filename == base:
-                return e.id, e.url
-    except Exception:
-        pass
-    kind = "head" if name.lower().endswith(core.HEAD_FILE_EXTENSIONS) else "dir"
-    return _DEFAULT_IDS[kind]
+        roots = folder_paths.get_folder_paths(FOLDER)
+    except KeyError:
+        roots = []
+    found = set()
+    for root in roots:
+        for rel, full in walk(root, stop=core.is_hf_predictor_dir):
+            if rel.lower().endswith(core.HEAD_FILE_EXTENSIONS) or os.path.isdir(full):  # a dir: a predictor
+                found.add(rel)
+    return sorted(found, key=str.lower)
 
 
 def resolve_aesthetic(name: str, node: str, input: str = "model_name") -> str:
     """Path of a head file or model folder; a missing one raises MissingModelError naming the manifest entry."""
-    try:
-        from .models import resolve_model  # the pack's shared resolver (manifest ids, directories)
-    except ImportError:
-        resolve_model = None
-    if resolve_model is not None:
-        return resolve_model(FOLDER, name, node=node, input=input)
-    for root in _folders():
-        p = os.path.join(root, name)
-        if os.path.isdir(p) and core.is_hf_predictor_dir(p) or os.path.isfile(p):
-            return p
-    mid, url = _manifest_id(name)
-    raise MissingModelError(mid, name, FOLDER, node=node, input=input, url=url)
+    return resolve_model(FOLDER, name, node=node, input=input)
 
 
-_CACHE: dict = {}
-_LOCK = threading.Lock()
-
-
-def _stamp(path: str) -> float:
-    if os.path.isdir(path):
-        return max(os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path))
-    return os.path.getmtime(path)
+#: loaded models by path and stamp (a predictor folder's stamp covers the files inside it)
+_CACHE: FileCache[core.AestheticModel] = FileCache(max_items=2)
 
 
 def load_cached(path: str, node: str, input: str = "model_name") -> core.AestheticModel:
-    key = (os.path.realpath(path), _stamp(path))
-    with _LOCK:
-        m = _CACHE.get(key)
-        if m is None:
-            for k in [k for k in _CACHE if k[0] == key[0]]:
-                del _CACHE[k]
-            m = core.load_aesthetic_model(path, node=node, input=input, read=read_weights)
-            _CACHE[key] = m
-    return m
+    return _CACHE.get(path, lambda p: core.load_aesthetic_model(p, node=node, input=input, read=read_weights))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,13 +112,6 @@ def _one(v, default=None):
     return default if v is None else v
 
 
-def _rgb3(images: torch.Tensor) -> torch.Tensor:
-    """Any channel count -> RGB float, same conversion as the scorer (alpha on white, gray expanded)."""
-    if images.shape[-1] == 3:
-        return images
-    return torch.from_numpy(core.to_uint8_rgb(images).astype("float32") / 255.0)
-
-
 # --------------------------------------------------------------------------- nodes
 class AtelierAestheticLoader:
     @classmethod
@@ -193,7 +138,7 @@ class AtelierAestheticLoader:
         """Re-run when the file (or the folder's weights) changes on disk."""
         try:
             path = resolve_aesthetic(model_name, "Atelier Aesthetic Loader")
-            return f"{os.path.realpath(path)}:{_stamp(path)}"
+            return repr(file_stamp(path))
         except Exception:
             return model_name  # the run itself reports the missing model
 
@@ -237,8 +182,7 @@ class AtelierAestheticScorer:
             raise AtelierError("this is not an aesthetic model.", node=node, input="aesthetic_model",
                                fix="connect Atelier Aesthetic Loader.")
         n = int(images.shape[0])
-        pbar = comfy.utils.ProgressBar(n)
-        progress = lambda done, total: pbar.update_absolute(done, total)  # noqa: E731
+        progress = Progress(n).callback()
         if aesthetic_model.has_clip:
             # CLIP tower + head as one model under ComfyUI's model management (offloaded like a CLIP vision)
             load_to_device(managed(aesthetic_model, aesthetic_model.clip, aesthetic_model.head,
@@ -439,7 +383,7 @@ class AtelierImageGrid:
         items = [t for t in (images if isinstance(images, (list, tuple)) else [images]) if t is not None]
         if not items:
             raise AtelierError("no images arrived.", node=node, input="images", expected="an IMAGE batch")
-        items = [_rgb3(t) for t in items]
+        items = [image_batch(t, node=node, input="images") for t in items]
         n = sum(int(t.shape[0]) for t in items)
         text = _one(captions, "") or ""
         caps = None

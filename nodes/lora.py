@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 
 import folder_paths
 
 from ..core import confine as _confine
+from ..core.cache import FileCache
 from ..core.errors import AtelierError
 from ..core.finite import check_finite_float
 from ._managed import read_weights
@@ -27,8 +27,7 @@ log = logging.getLogger("atelier")
 NONE = "none"
 FOLDER = "loras"
 DISPLAY = "Atelier LoRA (optional)"
-_CACHE: "OrderedDict[str, tuple[float, dict]]" = OrderedDict()  # path -> (mtime, state dict)
-_CACHE_SIZE = 2  # LoRA files can be hundreds of MB: keep the last two only
+_CACHE: FileCache[dict] = FileCache(max_items=2)  # LoRA files can be hundreds of MB: keep the last two only
 
 
 def lora_choices() -> list[str]:
@@ -64,16 +63,7 @@ def _missing(lora_name: str) -> AtelierError:
                             f"or pick '{NONE}' to run without a LoRA.")
 
 
-def load_lora_cached(path: str) -> dict:
-    """The LoRA's state dict, as ComfyUI's LoraLoader reads it; cached by path and mtime."""
-    mtime = os.path.getmtime(path)
-    hit = _CACHE.get(path)
-    if hit is not None and hit[0] == mtime:
-        _CACHE.move_to_end(path)
-        return hit[1]
-    _CACHE.pop(path, None)
-    while len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+def _read_lora(path: str) -> dict:
     try:
         sd, _meta = read_weights(path)  # ComfyUI's loader, so a model policy gates it like core's LoRAs
     except AtelierError as exc:  # a policy refusal or an unsafe-pickle PyTorch: say so, not "re-download"
@@ -82,8 +72,12 @@ def load_lora_cached(path: str) -> dict:
         raise AtelierError(f"cannot read LoRA file '{os.path.basename(path)}': {type(exc).__name__}: {exc}",
                            node=DISPLAY, input="lora_name", expected="a LoRA in .safetensors (or a weights-only .pt)",
                            fix="re-download or re-export the LoRA, or pick 'none'.") from exc
-    _CACHE[path] = (mtime, sd)
     return sd
+
+
+def load_lora_cached(path: str) -> dict:
+    """The LoRA's state dict, as ComfyUI's LoraLoader reads it; cached by path and mtime."""
+    return _CACHE.get(path, _read_lora)
 
 
 class AtelierOptionalLora:

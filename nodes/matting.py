@@ -10,19 +10,19 @@ Model files live in ComfyUI/models/saliency/:
 from __future__ import annotations
 
 import os
-import threading
 
 import comfy.model_management
-import comfy.utils
 import folder_paths
 
 from ..core import matting as core
+from ..core.cache import FileCache
 from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float
 from ..core.manifest import PACK_FOLDERS
 from ..core.poolnet import load_poolnet
 from ._managed import load_to_device, managed, read_weights
 from ._preview import with_preview
+from ._progress import Progress
 from .models import resolve_model  # importing it registers the model folders
 
 FOLDER = "saliency"
@@ -46,8 +46,8 @@ def resolve_saliency(name: str, node: str = LOADER, input: str = "model_name") -
     return resolve_model(FOLDER, name, node=node, input=input)
 
 
-_CACHE: dict = {}
-_LOCK = threading.Lock()
+#: loaded models by path and mtime (with their ModelPatcher, once used); a replaced file is loaded again
+_CACHE: FileCache[core.SaliencyModel] = FileCache(max_items=2)
 
 
 def _load(path: str) -> core.SaliencyModel:
@@ -60,18 +60,10 @@ def _load(path: str) -> core.SaliencyModel:
 
 
 def load_cached(path: str | None) -> core.SaliencyModel:
-    """The model for `path` (None: classical), cached by path and mtime (with its ModelPatcher, once used)."""
+    """The model for `path` (None: classical), cached by path and mtime."""
     if path is None:
         return core.load_saliency_model(None)
-    key = (os.path.realpath(path), os.path.getmtime(path))
-    with _LOCK:
-        m = _CACHE.get(key)
-        if m is None:
-            for k in [k for k in _CACHE if k[0] == key[0]]:
-                del _CACHE[k]
-            m = _load(path)
-            _CACHE[key] = m
-    return m
+    return _CACHE.get(path, _load)
 
 
 POOLNET_BYTES_PER_PIXEL = 1300  # fp32 working memory per input pixel (measured: 1.33 GB peak for one 1024x1024 on the CPU)
@@ -205,11 +197,11 @@ class AtelierRemoveBackground:
             if saliency_model.kind == "poolnet":
                 load_to_device(managed(saliency_model, saliency_model.net),
                                memory_required=_poolnet_memory(image, max_side))
-            bar = comfy.utils.ProgressBar(int(image.shape[0]))
+            bar = Progress(int(image.shape[0]))
             out, alpha, rgba, sal = core.remove_background(
                 saliency_model, image, background=color, mask=mask, alpha_mode=alpha_mode, threshold=threshold,
                 grow=grow_shrink, feather_px=feather, refine=refine_edges, refine_radius=refine_radius,
-                max_side=max_side, small_input=small_input, progress=bar.update, node=REMOVER)
+                max_side=max_side, small_input=small_input, progress=bar.step, node=REMOVER)
         except AtelierError as exc:
             raise exc.at(REMOVER) from exc
         return (out.cpu(), alpha.cpu(), rgba.cpu(), sal.cpu())
