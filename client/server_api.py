@@ -1,22 +1,28 @@
-"""HTTP + WebSocket client for one ComfyUI server (standard library only).
+"""HTTP + WebSocket client for one ComfyUI server.
 
-``ComfyServer`` wraps /object_info, /upload/image, /prompt, /history, /view, /queue and a
-minimal RFC 6455 WebSocket follower on /ws (text frames only). The follower only *wakes up*
-waiters; the result of a prompt is always read from /history, so losing the socket (or a
-server without /ws) just falls back to polling.
+``ComfyServer`` wraps /object_info, /upload/image, /prompt, /history, /view, /queue (standard
+library ``http.client``) and follows /ws with the ``websocket-client`` library (ws:// for an
+http server, wss:// for https). The follower only *wakes up* waiters; the result of a prompt is
+always read from /history, so losing the socket (or a server without /ws) just falls back to
+polling. ``websocket-client`` is imported lazily: without it the client still works, polls
+/history, and says so once.
+
+Proxies come from the standard environment variables (``http_proxy``, ``https_proxy``,
+``no_proxy``, upper case too) for HTTP and WebSocket alike; loopback addresses never use one.
 """
 from __future__ import annotations
 
 import base64
 import http.client
+import ipaddress
 import json
 import mimetypes
 import os
-import socket
-import struct
+import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from typing import Any, Callable
 
@@ -90,6 +96,71 @@ def output_files(entry: dict) -> list[dict]:
     return files
 
 
+# ---------------------------------------------------------------------- proxies and the ws library
+
+PROXY_TYPES = ("http", "socks4", "socks4a", "socks5", "socks5h")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_for(scheme: str, host: str, port: int) -> dict | None:
+    """The proxy the standard environment gives for ``scheme://host:port``, or None (direct).
+
+    Returns {"host", "port", "auth": (user, password) | None, "type": "http" | "socks5" ...}.
+    ``no_proxy`` (with its host, domain-suffix and host:port forms) and loopback hosts go direct.
+    """
+    if _is_loopback(host):
+        return None
+    proxies = urllib.request.getproxies()
+    url = proxies.get("https" if scheme in ("https", "wss") else "http")
+    if not url:
+        return None
+    if urllib.request.proxy_bypass(f"{host}:{port}") or urllib.request.proxy_bypass(host):
+        return None
+    if "://" not in url:
+        url = "http://" + url
+    u = urllib.parse.urlsplit(url)
+    if not u.hostname:
+        return None
+    ptype = u.scheme if u.scheme in PROXY_TYPES else "http"
+    auth = (urllib.parse.unquote(u.username or ""), urllib.parse.unquote(u.password or "")) if u.username else None
+    return {"host": u.hostname, "port": u.port or (1080 if ptype.startswith("socks") else 80), "auth": auth,
+            "type": ptype}
+
+
+_ws_note_lock = threading.Lock()
+_ws_noted = False
+
+
+def _note(msg: str) -> None:
+    """Where the once-per-process notes go (the batch log is stderr too)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def websocket_module():
+    """The ``websocket`` module of websocket-client, or None when it is not installed (said once)."""
+    global _ws_noted
+    try:
+        import websocket  # websocket-client: lazy, so the client imports without it
+        if not hasattr(websocket, "WebSocket"):
+            raise ImportError("a module named websocket that is not websocket-client")
+        return websocket
+    except ImportError:
+        with _ws_note_lock:
+            if not _ws_noted:
+                _ws_noted = True
+                _note("note: websocket-client is not installed: following the servers by polling /history "
+                      "(pip install websocket-client for live progress over /ws)")
+        return None
+
+
 class ComfyServer:
     """One ComfyUI server. Thread-safe: each request opens its own HTTP connection."""
 
@@ -113,16 +184,37 @@ class ComfyServer:
     def __repr__(self):
         return f"ComfyServer({self.url})"
 
+    @property
+    def ws_url(self) -> str:
+        """/ws of this server: wss:// for an https server, ws:// for http."""
+        scheme = "wss" if self.scheme == "https" else "ws"
+        netloc = urllib.parse.urlsplit(self.url).netloc
+        return f"{scheme}://{netloc}{self.base_path}/ws?clientId={urllib.parse.quote(self.client_id)}"
+
     # ------------------------------------------------------------------ HTTP
-    def _conn(self, timeout: float | None = None) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=timeout or self.timeout)
+    def _conn(self, timeout: float | None = None) -> tuple[http.client.HTTPConnection, str, dict]:
+        """(connection, request-target prefix, extra headers), through the environment's proxy if any."""
+        timeout = timeout or self.timeout
+        proxy = proxy_for(self.scheme, self.host, self.port)
+        if proxy is None or proxy["type"] != "http":  # socks proxies are for the ws library only
+            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            return cls(self.host, self.port, timeout=timeout), self.base_path, {}
+        auth = {}
+        if proxy["auth"]:
+            token = base64.b64encode(":".join(proxy["auth"]).encode()).decode()
+            auth = {"Proxy-Authorization": f"Basic {token}"}
+        if self.scheme == "https":  # CONNECT tunnel through the proxy, TLS to the server
+            conn = http.client.HTTPSConnection(proxy["host"], proxy["port"], timeout=timeout)
+            conn.set_tunnel(self.host, self.port, headers=auth)
+            return conn, self.base_path, {}
+        conn = http.client.HTTPConnection(proxy["host"], proxy["port"], timeout=timeout)
+        return conn, f"http://{self.host}:{self.port}{self.base_path}", auth
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                 timeout: float | None = None) -> tuple[int, bytes]:
-        conn = self._conn(timeout)
+        conn, prefix, extra = self._conn(timeout)
         try:
-            conn.request(method, self.base_path + path, body=body, headers=headers or {})
+            conn.request(method, prefix + path, body=body, headers={**(headers or {}), **extra})
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (OSError, http.client.HTTPException) as e:
@@ -215,10 +307,14 @@ class ComfyServer:
         return data
 
     # ------------------------------------------------------------------ waiting
-    def follower(self) -> "_WSFollower":
+    def follower(self) -> "_WSFollower | None":
+        """The running /ws follower (started on first use); None without websocket-client."""
         with self._ws_lock:
             if self._ws is None or not self._ws.is_alive():
-                self._ws = _WSFollower(self)
+                lib = websocket_module()
+                if lib is None:
+                    return None
+                self._ws = _WSFollower(self, lib)
                 self._ws.start()
             return self._ws
 
@@ -278,16 +374,20 @@ class ComfyServer:
 
 
 class _WSFollower(threading.Thread):
-    """Minimal RFC 6455 client for ComfyUI's /ws: reads text frames, wakes prompt waiters."""
+    """Follows ComfyUI's /ws with websocket-client: reads text messages, wakes prompt waiters.
 
-    def __init__(self, server: ComfyServer):
+    Reconnects with a backoff while the server is down; binary messages (previews) are ignored.
+    """
+
+    def __init__(self, server: ComfyServer, lib):
         super().__init__(daemon=True, name=f"ws-{server.host}:{server.port}")
         self.server = server
+        self.lib = lib
         self.connected = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._watch: dict[str, tuple[threading.Event, Callable | None]] = {}
-        self._sock: socket.socket | None = None
+        self._ws = None
         self._recent: dict[str, bool] = {}  # prompt ids seen finishing (insertion ordered, capped)
         self.started = time.monotonic()
 
@@ -305,11 +405,11 @@ class _WSFollower(threading.Thread):
 
     def stop(self):
         self._stop.set()
-        s = self._sock
-        if s is not None:
+        ws = self._ws
+        if ws is not None:
             try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
+                ws.abort()  # wakes the thread blocked in recv()
+            except Exception:
                 pass
 
     def _wake_all(self):
@@ -317,115 +417,63 @@ class _WSFollower(threading.Thread):
             for ev, _ in self._watch.values():
                 ev.set()
 
+    def connect_options(self) -> dict:
+        """Keyword arguments for websocket-client's connect(): timeout, proxy from the environment."""
+        srv = self.server
+        opts: dict[str, Any] = {"timeout": 10, "suppress_origin": True}
+        proxy = proxy_for(srv.scheme, srv.host, srv.port)
+        if proxy is None:
+            opts["http_no_proxy"] = ["*"]  # direct: the library must not read the environment again
+        else:
+            opts.update(http_proxy_host=proxy["host"], http_proxy_port=proxy["port"],
+                        http_proxy_auth=proxy["auth"], proxy_type=proxy["type"])
+        return opts
+
     def run(self):
         backoff = 0.5
+        errors = (OSError, ConnectionError, ValueError, self.lib.WebSocketException)
         while not self._stop.is_set():
             try:
                 self._connect()
                 backoff = 0.5
                 self._loop()
-            except (OSError, ConnectionError, ValueError):
+            except errors:
                 pass
             finally:
                 self.connected = False
-                if self._sock is not None:
+                ws, self._ws = self._ws, None
+                if ws is not None:
                     try:
-                        self._sock.close()
-                    except OSError:
+                        ws.close(timeout=1)
+                    except Exception:
                         pass
-                    self._sock = None
                 self._wake_all()  # waiters fall back to polling /history
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
     def _connect(self):
-        s = socket.create_connection((self.server.host, self.server.port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        path = f"{self.server.base_path}/ws?clientId={urllib.parse.quote(self.server.client_id)}"
-        req = (f"GET {path} HTTP/1.1\r\nHost: {self.server.host}:{self.server.port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        s.sendall(req.encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionError("closed during handshake")
-            head += chunk
-        status_line = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in status_line + b" ":
-            raise ConnectionError(f"no websocket upgrade: {status_line!r}")
-        self._buf = head.split(b"\r\n\r\n", 1)[1]
-        s.settimeout(None)
-        self._sock = s
+        ws = self.lib.WebSocket(enable_multithread=True)
+        self._ws = ws
+        ws.connect(self.server.ws_url, **self.connect_options())
+        ws.settimeout(None)  # block in recv(); stop() aborts the socket
         self.connected = True
         self._wake_all()
 
-    def _recv_exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("websocket closed")
-            self._buf += chunk
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def _send_frame(self, opcode: int, payload: bytes = b""):
-        mask = os.urandom(4)
-        header = bytes([0x80 | opcode])
-        n = len(payload)
-        if n < 126:
-            header += bytes([0x80 | n])
-        elif n < 65536:
-            header += bytes([0x80 | 126]) + struct.pack("!H", n)
-        else:
-            header += bytes([0x80 | 127]) + struct.pack("!Q", n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._sock.sendall(header + mask + masked)
-
     def _loop(self):
-        fragments: list[bytes] = []
-        frag_op = 0
         while not self._stop.is_set():
-            b1, b2 = self._recv_exact(2)
-            fin, opcode = b1 & 0x80, b1 & 0x0F
-            n = b2 & 0x7F
-            if n == 126:
-                n = struct.unpack("!H", self._recv_exact(2))[0]
-            elif n == 127:
-                n = struct.unpack("!Q", self._recv_exact(8))[0]
-            mask = self._recv_exact(4) if b2 & 0x80 else None
-            payload = self._recv_exact(n)
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            if opcode == 0x8:  # close
-                try:
-                    self._send_frame(0x8, payload[:2])
-                except OSError:
-                    pass
-                raise ConnectionError("websocket closed by server")
-            if opcode == 0x9:  # ping
-                self._send_frame(0xA, payload)
-                continue
-            if opcode == 0xA:
-                continue
-            if opcode in (0x1, 0x2):
-                frag_op, fragments = opcode, [payload]
-            elif opcode == 0x0:
-                fragments.append(payload)
-            if not fin:
-                continue
-            data, op = b"".join(fragments), frag_op
-            fragments = []
-            if op == 0x1:  # binary frames are previews: ignored
+            data = self._ws.recv()
+            if isinstance(data, str):  # binary messages are previews: ignored
                 self._dispatch(data)
 
-    def _dispatch(self, data: bytes):
+    def _dispatch(self, data: str | bytes):
         try:
             msg = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return
+        if not isinstance(msg, dict):
+            return
         kind, d = msg.get("type"), msg.get("data") or {}
-        pid = d.get("prompt_id")
+        pid = d.get("prompt_id") if isinstance(d, dict) else None
         if not pid:
             return
         finished = kind in ("execution_success", "execution_error", "execution_interrupted") or \

@@ -19,7 +19,7 @@ import pytest
 from comfyui_atelier.client.batch import BatchConfig, run_batch
 from comfyui_atelier.client.server_api import ComfyServer as ApiServer
 from comfyui_atelier.core.errors import AtelierError
-from tests.fixtures.client_data import id_value, make_dataset, read_grey
+from tests.fixtures import client_data as CD
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 INVERT = str(DATA / "client_invert.json")  # UI format: converted with the server's /object_info
@@ -34,7 +34,7 @@ def _check_outputs(out: Path, ids: list[str]):
     files = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
     assert files == sorted(f"{i}.png" for i in ids)  # no id lost, none extra, no temp files
     for i in ids:
-        assert abs(read_grey(out / f"{i}.png") - (255 - id_value(i))) <= 1, f"output of {i} is not its own image"
+        assert abs(CD.read_grey(out / f"{i}.png") - (255 - CD.id_value(i))) <= 1, f"output of {i} is not its own image"
 
 
 def _history_count(url: str) -> int:
@@ -48,7 +48,7 @@ def two_servers(comfy_server_factory):
 
 def test_32_rows_two_servers_missing_image_in_the_middle(two_servers, tmp_path):
     ids = [str(24790 + k) for k in range(33)]  # 24807 is in the middle
-    make_dataset(tmp_path / "ds", ids, missing_images={"24807"}, extra_images=["77777"])
+    CD.make_dataset(tmp_path / "ds", ids, missing_images={"24807"}, extra_images=["77777"])
     out = tmp_path / "out"
     cfg = BatchConfig(workflow=INVERT, servers=[s.url for s in two_servers], out_dir=str(out),
                       images=str(tmp_path / "ds"), inflight=2, progress=False)
@@ -82,7 +82,7 @@ def test_32_rows_two_servers_missing_image_in_the_middle(two_servers, tmp_path):
 
 
 def test_unknown_node_and_dry_run(two_servers, tmp_path):
-    make_dataset(tmp_path / "ds", ["a", "b"])
+    CD.make_dataset(tmp_path / "ds", ["a", "b"])
     wf = json.loads(Path(INVERT).read_text())
     wf["nodes"].append({"id": 9, "type": "NotARealNode", "mode": 0, "inputs": [], "widgets_values": []})
     (tmp_path / "wf.json").write_text(json.dumps(wf))
@@ -105,7 +105,7 @@ def test_unknown_node_and_dry_run(two_servers, tmp_path):
 
 def test_polling_fallback_and_declared_bindings(two_servers, tmp_path):
     ids = ["w1", "w2", "w3"]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     wf = json.loads(Path(INVERT).read_text())
     wf["extra"] = {"atelier": {"bindings": {"image": "1.image"}}}  # bindings declared by the workflow
     (tmp_path / "wf.json").write_text(json.dumps(wf))
@@ -118,7 +118,7 @@ def test_polling_fallback_and_declared_bindings(two_servers, tmp_path):
 
 def test_execution_error_is_retried_then_reported(two_servers, tmp_path):
     ids = ["e1", "e2", "e3", "e4"]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     png = (tmp_path / "ds" / "e3.png").read_bytes()
     # PNG signature and IEND intact (passes the client's header check) but the pixel data is garbage:
     # the server's LoadImage fails while executing
@@ -139,7 +139,7 @@ def test_execution_error_is_retried_then_reported(two_servers, tmp_path):
 
 def test_ctrl_c_leaves_consistent_manifest_then_resume(two_servers, tmp_path):
     ids = [f"p{k:03d}" for k in range(16)]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     out = tmp_path / "out"
     args = [sys.executable, "-c", "import sys; from comfyui_atelier.client.batch import main; sys.exit(main(sys.argv[1:]))",
             "batch", SLOW, "--server", two_servers[0].url, "--images", str(tmp_path / "ds"), "--out", str(out),
@@ -170,7 +170,7 @@ def test_ctrl_c_leaves_consistent_manifest_then_resume(two_servers, tmp_path):
 def test_kill_one_server_mid_run_and_restart(two_servers, tmp_path):
     a, b = two_servers
     ids = [f"k{k:03d}" for k in range(24)]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     out = tmp_path / "out"
     cfg = BatchConfig(workflow=SLOW, servers=[a.url, b.url], out_dir=str(out), images=str(tmp_path / "ds"),
                       inflight=2, progress=False, backoff=0.2)
@@ -198,3 +198,34 @@ def test_kill_one_server_mid_run_and_restart(two_servers, tmp_path):
     before = [_history_count(s.url) for s in (a, b)]
     res2 = run_batch(cfg)
     assert res2.count("already done") == len(ids) and [_history_count(s.url) for s in (a, b)] == before
+
+
+def test_progress_and_finish_arrive_over_ws(two_servers):
+    """websocket-client follows a real server's /ws: the node's per-image progress reaches the callback and
+    the server's finish message arrives on the socket (polling alone would give neither)."""
+    pytest.importorskip("websocket")
+    from comfyui_atelier.client import convert
+
+    srv = ApiServer(two_servers[0].url)
+    info = srv.object_info()
+    canny = {name: convert.widget_default(spec) for name, spec in convert.node_inputs(info["AtelierCanny"]).items()
+             if convert._is_widget(convert._input_spec(spec)[0])}
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0}},
+              "2": {"class_type": "AtelierCanny", "inputs": {**canny, "image": ["1", 0]}},
+              "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "ws_progress"}}}
+    steps = []
+    try:
+        ws = srv.follower()
+        for _ in range(250):
+            if ws.connected:
+                break
+            time.sleep(0.02)
+        assert ws.connected, "the /ws follower did not connect"
+        pid = srv.queue_prompt(prompt)
+        entry = srv.wait(pid, poll=120, timeout=110, on_progress=lambda v, m: steps.append((v, m)))
+        finished_on_ws = pid in ws._recent
+    finally:
+        srv.close()
+    assert entry["outputs"], entry
+    assert (3, 3) in steps and all(m == 3 for _, m in steps), steps
+    assert finished_on_ws, "the server's finish message never arrived over /ws"
