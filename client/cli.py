@@ -18,7 +18,7 @@ SUBCOMMANDS = (
     ("client.models_cli", "models"),
     ("client.batch", "batch / convert"),
     ("client.demo", "demo"),
-    ("core.style_train", "train-style"),
+    ("client.train_cli", "train-style"),
 )
 
 

@@ -25,19 +25,23 @@ Outputs (in `output`):
 - `<name>.style.safetensors`    the style statistics of the training images;
 - `checkpoints/step-NNNNNN/`    trainable weights, optimiser state and step, for --resume.
 
-Real training needs a GPU; the tests run a few CPU steps on tiny models.
+Real training needs a GPU; the tests run a few CPU steps on tiny models. The command line
+(`atelier train-style`) is client/train_cli.py.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import AtelierError
 
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    import torch
+
 # Kept equal to core.style's constants; repeated so that importing this module (for the CLI's
-# add_parser) does not import torch. A test checks they agree.
+# parser in client/train_cli.py) does not import torch. A test checks they agree.
 DEFAULT_RESOLUTION = 512
 DEFAULT_STRENGTH = 0.01
 CROP_MODES = ("center", "stretch", "pad")
@@ -86,13 +90,17 @@ def _require_train_extra():
 # ----------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------
-def load_dataset(folder, style_token: str = "") -> list[tuple[torch.Tensor, str]]:
-    """[(image [H,W,3] float 0..1, caption)] for every image in `folder`, sorted by name."""
-    import torch
-    from . import style as S
+def load_style_images(folder, style_token: str = "") -> list[tuple[torch.Tensor, str]]:
+    """The training set: [(image [H,W,3] float 0..1, caption)] for every image in `folder`, sorted by name.
 
-    from PIL import Image
+    Captions come from `<image>.txt` beside each image (empty when absent); `style_token` is appended
+    to each one that does not end with it. Alpha is composited over white."""
     import numpy as np
+    import torch
+    from PIL import Image
+
+    from .images import to_rgb
+
     folder = Path(folder)
     if not folder.is_dir():
         raise AtelierError(f"image folder '{folder}' does not exist", input="images",
@@ -107,7 +115,7 @@ def load_dataset(folder, style_token: str = "") -> list[tuple[torch.Tensor, str]
         caption = cap_file.read_text(encoding="utf-8").strip() if cap_file.exists() else ""
         if style_token and style_token not in caption.split(", ") and not caption.endswith(style_token):
             caption = f"{caption}, {style_token}" if caption else style_token
-        items.append((S.to_rgb(torch.from_numpy(arr))[0], caption))
+        items.append((to_rgb(torch.from_numpy(arr))[0], caption))
     if not items:
         raise AtelierError(f"no images in '{folder}'", input="images",
                            expected=f"image files ({', '.join(IMAGE_EXTS)})")
@@ -234,7 +242,7 @@ def load_checkpoint(ck: Path, parts: dict, optimizer) -> int:
 
 
 # ----------------------------------------------------------------------------------------
-# training
+# training: train_style and its steps
 # ----------------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
     import torch
@@ -244,94 +252,145 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_style(cfg: TrainConfig, components: dict | None = None,
-                on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train; returns {"adapter", "lora", "style", "losses", "step", "checkpoints"}.
-
-    components: optional dict (unet, vae, text_encoder, tokenizer, scheduler) already built;
-    otherwise they are loaded from cfg.model."""
-    import torch
-    import torch.nn.functional as F
-    from . import style as S
-
+def _checked_components(cfg: TrainConfig, components: dict | None) -> dict:
+    """The components passed in, else loaded from cfg.model; refuses SDXL-type models."""
     _require_train_extra()
     if components is None:
         if not cfg.model:
             raise AtelierError("no base model given", input="model", expected="a diffusers model folder")
         components = load_components(cfg.model)
-    unet, vae, te = components["unet"], components["vae"], components["text_encoder"]
-    tok, sched = components["tokenizer"], components["scheduler"]
-    if getattr(unet.config, "addition_embed_type", None) or components.get("text_encoder_2") is not None:
+    if getattr(components["unet"].config, "addition_embed_type", None) or components.get("text_encoder_2") is not None:
         raise AtelierError("this trainer handles SD1.x/SD2.x-style models (one text encoder, no added "
                            "time/text embeddings); the base model looks like SDXL", input="model",
                            expected="a diffusers SD1.5 / SD2.x model folder",
                            fix="train on SD1.5 or SD2.x; the nodes accept SDXL adapters (width 2048) from other trainers")
-    device = _device(cfg.device)
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    return components
 
-    for m in (unet, vae, te):
-        m.requires_grad_(False)
-        m.to(device)
-    vae.eval()
-    data = load_dataset(cfg.images, cfg.style_token)
 
-    # style statistics of the training images, with the model's own VAE
-    style = S.encode_style([im for im, _ in data], vae, resolution=cfg.style_resolution, crop=cfg.crop,
-                           name=cfg.name, device=device, dtype=torch.float32)
-    style.meta = {"style_token": cfg.style_token, "source": "style_train"}
-    S.save_style(style, out / f"{cfg.name}.style.safetensors")
-    feature = style.feature().to(device)
+@dataclass
+class _Run:
+    """Everything one training run works on, built by the steps of train_style in this order."""
+    cfg: TrainConfig
+    unet: object
+    vae: object
+    te: object
+    tok: object
+    sched: object
+    device: object
+    out: Path
+    data: list | None = None  # [(image, caption)] (load_style_images)
+    style: object = None     # core.style statistics of the training images
+    feature: object = None   # style.feature() on the device: the adapter's input
+    means: object = None     # VAE latent distribution of every training image
+    logvars: object = None
+    ids: object = None       # tokenised captions
+    adapter: object = None
+    parts: dict | None = None  # {"adapter", "unet", "text_encoder"}: what is trained (None: frozen)
+    opt: object = None
+    train_te: bool = False
 
-    # training latents: the VAE distribution of every image, sampled each step
-    moments = S.moments_fn_from_autoencoder(vae)
-    scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
+
+def _style_statistics(run: _Run) -> None:
+    """Style statistics of the training images with the model's own VAE, saved beside the outputs."""
+    import torch
+    from . import style as S
+
+    cfg = run.cfg
+    run.style = S.encode_style([im for im, _ in run.data], run.vae, resolution=cfg.style_resolution, crop=cfg.crop,
+                               name=cfg.name, device=run.device, dtype=torch.float32)
+    run.style.meta = {"style_token": cfg.style_token, "source": "style_train"}
+    S.save_style(run.style, run.out / f"{cfg.name}.style.safetensors")
+    run.feature = run.style.feature().to(run.device)
+
+
+def _latents_and_captions(run: _Run) -> None:
+    """The VAE distribution (mean, log-variance) of every image, sampled each step, and the caption ids."""
+    import torch
+    from . import style as S
+
+    moments = S.moments_fn_from_autoencoder(run.vae)
     means, logvars = [], []
     with torch.no_grad():
-        for im, _ in data:
-            m, lv = moments(S.prepare_image(im, cfg.resolution, "center").to(device))
+        for im, _ in run.data:
+            m, lv = moments(S.prepare_image(im, run.cfg.resolution, "center").to(run.device))
             means.append(m)
             logvars.append(lv)
-    means, logvars = torch.cat(means), torch.cat(logvars)
-    captions = [c for _, c in data]
-    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids.to(device)
+    run.means, run.logvars = torch.cat(means), torch.cat(logvars)
+    tok = run.tok
+    run.ids = tok([c for _, c in run.data], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(run.device)
 
+
+def _trainables_and_optimiser(run: _Run) -> None:
+    """The adapter, the LoRA layers (when asked) and one AdamW over both (adapter_lr, lr)."""
+    import torch
+    from . import style as S
+
+    cfg, unet, te, device = run.cfg, run.unet, run.te, run.device
     ctx = int(unet.config.cross_attention_dim)
-    adapter = S.StyleAdapter(S.AdapterConfig(context_dim=ctx, latent_channels=style.latent_channels,
-                                             feature_size=int(feature.shape[-1]))).to(device)
-    adapter.train()
+    run.adapter = S.StyleAdapter(S.AdapterConfig(context_dim=ctx, latent_channels=run.style.latent_channels,
+                                                 feature_size=int(run.feature.shape[-1]))).to(device)
+    run.adapter.train()
     if cfg.lora:
         add_lora(unet, UNET_LORA_TARGETS, cfg.lora_rank, cfg.lora_alpha)
         if cfg.lora_text_encoder:
             add_lora(te, TE_LORA_TARGETS, cfg.lora_rank, cfg.lora_alpha)
         unet.to(device)
         te.to(device)
-    train_te = cfg.lora and cfg.lora_text_encoder
-    parts = {"adapter": adapter, "unet": unet if cfg.lora else None, "text_encoder": te if train_te else None}
-    lora_params = [p for n, p in _trainables(parts).items() if not n.startswith("adapter.")]
-    groups = [{"params": list(adapter.parameters()), "lr": cfg.adapter_lr}]
+    run.train_te = cfg.lora and cfg.lora_text_encoder
+    run.parts = {"adapter": run.adapter, "unet": unet if cfg.lora else None,
+                 "text_encoder": te if run.train_te else None}
+    lora_params = [p for n, p in _trainables(run.parts).items() if not n.startswith("adapter.")]
+    groups = [{"params": list(run.adapter.parameters()), "lr": cfg.adapter_lr}]
     if lora_params:
         groups.append({"params": lora_params, "lr": cfg.lr})
-    opt = torch.optim.AdamW(groups, weight_decay=1e-2)
+    run.opt = torch.optim.AdamW(groups, weight_decay=1e-2)
 
-    start = 0
-    ck = find_checkpoint(out, cfg.resume)
-    if ck is not None:
-        start = load_checkpoint(ck, parts, opt)
 
-    cached_text = None
-    if not train_te:
-        with torch.no_grad():
-            cached_text = te(ids)[0]
-    te.train(train_te)
-    unet.train(cfg.lora)
+def _train_step(run: _Run, step: int, cached_text) -> float:
+    """One optimiser step on a batch drawn from a generator seeded by (seed, step): resumable."""
+    import torch
+    import torch.nn.functional as F
+    from . import style as S
 
-    n_train = int(sched.config.num_train_timesteps)
-    pred_type = getattr(sched.config, "prediction_type", "epsilon")
+    cfg, device, sched = run.cfg, run.device, run.sched
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # depends on the step only
+    idx = torch.randint(0, len(run.data), (cfg.batch_size,), generator=g)
+    mu, lv = run.means[idx.to(device)], run.logvars[idx.to(device)]
+    eps_lat = torch.randn(mu.shape, generator=g).to(device)
+    latents = (mu + torch.exp(0.5 * lv) * eps_lat) * float(getattr(run.vae.config, "scaling_factor", 0.18215))
+    noise = torch.randn(latents.shape, generator=g).to(device)
+    t = torch.randint(0, int(sched.config.num_train_timesteps), (cfg.batch_size,), generator=g).to(device)
+    noisy = sched.add_noise(latents, noise, t)
     amp = cfg.precision != "fp32" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        text = run.te(run.ids[idx.to(device)])[0] if run.train_te else cached_text[idx.to(device)]
+        cond = S.blend_tokens(text, run.adapter(run.feature), cfg.strength)
+        pred = run.unet(noisy, t, encoder_hidden_states=cond).sample
+    v_pred = getattr(sched.config, "prediction_type", "epsilon") == "v_prediction"
+    target = sched.get_velocity(latents, noise, t) if v_pred else noise
+    loss = F.mse_loss(pred.float(), target.float())
+    if not torch.isfinite(loss):
+        raise AtelierError(f"the loss became {loss.item()} at step {step + 1}",
+                           fix="lower the learning rate or use --precision fp32")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    return float(loss.item())
+
+
+def _train_loop(run: _Run, start: int, on_step) -> tuple[list[float], list[str]]:
+    """Steps start..cfg.steps with progress and periodic checkpoints; returns (losses, checkpoint folders)."""
+    import torch
+
+    cfg = run.cfg
+    cached_text = None
+    if not run.train_te:
+        with torch.no_grad():
+            cached_text = run.te(run.ids)[0]
+    run.te.train(run.train_te)
+    run.unet.train(cfg.lora)
     losses: list[float] = []
     ckpts: list[str] = []
     bar = None
@@ -339,99 +398,66 @@ def train_style(cfg: TrainConfig, components: dict | None = None,
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train-style {cfg.name}", unit="step")
     for step in range(start, cfg.steps):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumable: depends on step only
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=g)
-        mu, lv = means[idx.to(device)], logvars[idx.to(device)]
-        eps_lat = torch.randn(mu.shape, generator=g).to(device)
-        latents = (mu + torch.exp(0.5 * lv) * eps_lat) * scaling
-        noise = torch.randn(latents.shape, generator=g).to(device)
-        t = torch.randint(0, n_train, (cfg.batch_size,), generator=g).to(device)
-        noisy = sched.add_noise(latents, noise, t)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            text = te(ids[idx.to(device)])[0] if train_te else cached_text[idx.to(device)]
-            tokens = adapter(feature)
-            cond = S.blend_tokens(text, tokens, cfg.strength)
-            pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        target = sched.get_velocity(latents, noise, t) if pred_type == "v_prediction" else noise
-        loss = F.mse_loss(pred.float(), target.float())
-        if not torch.isfinite(loss):
-            raise AtelierError(f"the loss became {loss.item()} at step {step + 1}",
-                               fix="lower the learning rate or use --precision fp32")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.item()))
+        losses.append(_train_step(run, step, cached_text))
         if on_step:
             on_step(step + 1, losses[-1])
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpts.append(str(save_checkpoint(out / "checkpoints", step + 1, parts, opt, cfg)))
+            ckpts.append(str(save_checkpoint(run.out / "checkpoints", step + 1, run.parts, run.opt, cfg)))
     if bar:
         bar.close()
+    return losses, ckpts
+
+
+def _save_outputs(run: _Run, end: int) -> tuple[Path, Path | None]:
+    """The adapter (our format) and, when trained, the kohya LoRA; returns their paths."""
+    from . import style as S
+
+    cfg = run.cfg
+    run.adapter.eval()
+    adapter_path = run.out / f"{cfg.name}_adapter.safetensors"
+    S.save_adapter(run.adapter, adapter_path, {"style_token": cfg.style_token, "steps": str(end),
+                                               "strength": str(cfg.strength)})
+    if not cfg.lora:
+        return adapter_path, None
+    from safetensors.torch import save_file
+    lora_path = run.out / f"{cfg.name}_lora.safetensors"
+    save_file(kohya_state_dict(run.unet, run.te if run.train_te else None), str(lora_path),
+              metadata={"ss_network_dim": str(cfg.lora_rank), "ss_network_alpha": str(cfg.lora_alpha),
+                        "atelier_style_token": cfg.style_token, "atelier_steps": str(end)})
+    return adapter_path, lora_path
+
+
+def train_style(cfg: TrainConfig, components: dict | None = None,
+                on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train; returns {"adapter", "lora", "style", "losses", "step", "checkpoints"}.
+
+    components: optional dict (unet, vae, text_encoder, tokenizer, scheduler) already built;
+    otherwise they are loaded from cfg.model. The same seed gives the same losses and weights
+    (the global RNG seeds the adapter and LoRA initialisation, each step's batch and noise come
+    from a generator seeded by the step), so a resumed run continues the run it resumes."""
+    import torch
+
+    c = _checked_components(cfg, components)
+    run = _Run(cfg, c["unet"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"],
+               _device(cfg.device), Path(cfg.output))
+    run.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    for m in (run.unet, run.vae, run.te):
+        m.requires_grad_(False)
+        m.to(run.device)
+    run.vae.eval()
+    run.data = load_style_images(cfg.images, cfg.style_token)
+    _style_statistics(run)
+    _latents_and_captions(run)
+    _trainables_and_optimiser(run)
+    ck = find_checkpoint(run.out, cfg.resume)
+    start = load_checkpoint(ck, run.parts, run.opt) if ck is not None else 0
+    losses, ckpts = _train_loop(run, start, on_step)
     end = max(start, cfg.steps)
-    ckpts.append(str(save_checkpoint(out / "checkpoints", end, parts, opt, cfg)))
-
-    adapter.eval()
-    adapter_path = out / f"{cfg.name}_adapter.safetensors"
-    S.save_adapter(adapter, adapter_path, {"style_token": cfg.style_token, "steps": str(end),
-                                           "strength": str(cfg.strength)})
-    lora_path = None
-    if cfg.lora:
-        from safetensors.torch import save_file
-        lora_path = out / f"{cfg.name}_lora.safetensors"
-        save_file(kohya_state_dict(unet, te if train_te else None), str(lora_path),
-                  metadata={"ss_network_dim": str(cfg.lora_rank), "ss_network_alpha": str(cfg.lora_alpha),
-                            "atelier_style_token": cfg.style_token, "atelier_steps": str(end)})
-    return {"adapter": adapter_path, "lora": lora_path, "style": out / f"{cfg.name}.style.safetensors",
+    ckpts.append(str(save_checkpoint(run.out / "checkpoints", end, run.parts, run.opt, cfg)))
+    adapter_path, lora_path = _save_outputs(run, end)
+    return {"adapter": adapter_path, "lora": lora_path, "style": run.out / f"{cfg.name}.style.safetensors",
             "losses": losses, "step": end, "checkpoints": ckpts}
-
-
-# ----------------------------------------------------------------------------------------
-# CLI (wired into client/cli.py as the `train-style` sub-command; torch imported lazily)
-# ----------------------------------------------------------------------------------------
-def add_parser(subparsers):
-    p = subparsers.add_parser("train-style", help="train a style adapter (+ optional LoRA) on a folder of style images",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("images", help="folder of style images; captions in <image>.txt (optional)")
-    p.add_argument("--model", required=True, help="diffusers model folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
-    p.add_argument("--output", "-o", required=True, help="output folder")
-    p.add_argument("--name", default="style", help="file name stem of the outputs")
-    p.add_argument("--style-token", default="", help="style token appended to captions, e.g. style07")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate")
-    p.add_argument("--adapter-lr", type=float, default=1e-4)
-    p.add_argument("--resolution", type=int, default=512, help="training image size")
-    p.add_argument("--style-resolution", type=int, default=DEFAULT_RESOLUTION)
-    p.add_argument("--crop", choices=CROP_MODES, default="center")
-    p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH)
-    p.add_argument("--no-lora", action="store_true", help="train the adapter only")
-    p.add_argument("--no-lora-text-encoder", action="store_true")
-    p.add_argument("--lora-rank", type=int, default=4)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoints/step-NNNNNN folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.set_defaults(func=_cli_train)
-    return p
-
-
-def _cli_train(args) -> int:
-    cfg = TrainConfig(images=args.images, output=args.output, model=args.model, name=args.name,
-                      style_token=args.style_token, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      adapter_lr=args.adapter_lr, resolution=args.resolution, style_resolution=args.style_resolution,
-                      crop=args.crop, strength=args.strength, lora=not args.no_lora,
-                      lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank),
-                      lora_text_encoder=not args.no_lora_text_encoder, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, seed=args.seed, device=args.device, precision=args.precision)
-    res = train_style(cfg)
-    print(f"adapter: {res['adapter']}")
-    if res["lora"]:
-        print(f"lora:    {res['lora']}")
-    print(f"style:   {res['style']}")
-    if res["losses"]:
-        print(f"final loss: {res['losses'][-1]:.5f} (step {res['step']})")
-    return 0
