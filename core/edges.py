@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from .errors import AtelierError
+from .images import to_uint8
 
 #: ComfyUI's own MAX_RESOLUTION; no side we produce is longer than this.
 MAX_SIDE = 16384
@@ -66,44 +67,48 @@ def _check_image(img: np.ndarray, node: str | None, input: str) -> np.ndarray:
     return img
 
 
+def _to_u8_strips(img: np.ndarray, rows: int = 256) -> np.ndarray:
+    """Float ``[H,W(,C)]`` -> uint8 with Save Image's conversion (:func:`core.images.to_uint8`), a strip of
+    rows at a time so a large image never needs a full-size float temporary."""
+    if img.shape[0] <= rows:
+        return to_uint8(img)
+    out = np.empty(img.shape, np.uint8)
+    for r in range(0, img.shape[0], rows):
+        out[r:r + rows] = to_uint8(img[r:r + rows])
+    return out
+
+
 def to_gray_u8(img: np.ndarray, *, background: Literal["auto", "white", "black"] = "auto",
                node: str | None = None, input: str = "image") -> np.ndarray:
-    """Float image ``[H,W]`` / ``[H,W,C]`` in 0..1 -> uint8 gray ``[H,W]`` (rounded, saturated; never in place).
+    """Image ``[H,W]`` / ``[H,W,C]`` (float 0..1 or uint8) -> uint8 gray ``[H,W]``; never in place.
 
-    Transparent pixels (C = 2 or 4) are composited over ``background``; ``auto`` picks white or black,
-    whichever contrasts with the opaque content (so a light drawing on a transparent canvas is not lost
-    on white, nor a dark one on black). Luma uses the BT.601 weights (0.299, 0.587, 0.114).
+    Floats are first brought to uint8 exactly as ComfyUI's Save Image does (x 255, clip, truncate), so an
+    IMAGE and its saved PNG give the same gray and the same edges. Transparent pixels (C = 2 or 4) are
+    composited over ``background``; ``auto`` picks white or black, whichever contrasts with the opaque
+    content (so a light drawing on a transparent canvas is not lost on white, nor a dark one on black).
+    Luma uses the BT.601 weights (0.299, 0.587, 0.114).
     """
     img = _check_image(np.asarray(img), node, input)
-    if img.dtype != np.float32:
-        img = img.astype(np.float32)
-    alpha = None
-    if img.ndim == 2:
-        gray = img
+    u8 = img if img.dtype == np.uint8 else _to_u8_strips(img)
+    if u8.ndim == 2:
+        return u8 if u8 is not img else u8.copy()
+    if not u8.flags.c_contiguous:
+        u8 = np.ascontiguousarray(u8)
+    c = u8.shape[2]
+    if c == 3:
+        return cv2.cvtColor(u8, cv2.COLOR_RGB2GRAY)
+    if c == 2:
+        gray, alpha = u8[:, :, 0], u8[:, :, 1]
+    else:  # 4: gray is linear in RGB, so composite after the conversion (1 channel, not 3)
+        gray, alpha = cv2.cvtColor(u8, cv2.COLOR_RGBA2GRAY), u8[:, :, 3]
+    if background == "auto":
+        opaque = alpha > 127
+        bg = 0.0 if opaque.any() and float(gray[opaque].mean()) > 127.5 else 255.0
     else:
-        c = img.shape[2]
-        if not img.flags.c_contiguous:
-            img = np.ascontiguousarray(img)
-        if c == 2:
-            gray, alpha = img[:, :, 0], img[:, :, 1]
-        elif c == 3:
-            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-        else:  # 4: gray is linear in RGB, so composite after the conversion (1 channel, not 3)
-            gray = cv2.cvtColor(img, cv2.COLOR_RGBA2GRAY)
-            alpha = img[:, :, 3]
-    if alpha is not None:
-        a = np.clip(alpha, 0.0, 1.0)
-        if background == "auto":
-            opaque = a > 0.5
-            mean = float(gray[opaque].mean()) if opaque.any() else 0.0
-            bg = 0.0 if mean > 0.5 else 1.0
-        else:
-            bg = 1.0 if background == "white" else 0.0
-        gray = gray * a + bg * (1.0 - a)
-    # x * 255 + 0, rounded and saturated to 0..255 in one pass (negatives -> 0, > 1 -> 255)
-    if not gray.flags.c_contiguous:
-        gray = np.ascontiguousarray(gray)
-    return cv2.addWeighted(gray, 255.0, gray, 0.0, 0.0, dtype=cv2.CV_8U)
+        bg = 255.0 if background == "white" else 0.0
+    a = alpha.astype(np.float32) * np.float32(1 / 255)
+    out = gray.astype(np.float32) * a + np.float32(bg) * (1.0 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def histogram(gray: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import AtelierError
+from .folders import walk
 
 FONT_EXTS = (".ttf", ".otf", ".ttc", ".otc")
 DIRECTIONS = ("auto", "horizontal", "vertical")
@@ -83,14 +84,10 @@ def font_dirs(extra_dirs: Iterable[str | os.PathLike] | None = None, *, system: 
 def _scan(dirs: tuple[str, ...], stamp: tuple[float, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
     for d in dirs:
-        for root, subdirs, files in os.walk(d, followlinks=True):
-            subdirs.sort()
-            for f in sorted(files):
-                if f.lower().endswith(FONT_EXTS):
-                    full = os.path.join(root, f)
-                    rel = os.path.relpath(full, d).replace(os.sep, "/")
-                    found.setdefault(rel, full)
-                    found.setdefault(f, full)
+        for rel, full in walk(d):  # bounded, each real folder once (a link loop ends), hidden skipped
+            if rel.lower().endswith(FONT_EXTS):
+                found.setdefault(rel, full)
+                found.setdefault(rel.rpartition("/")[2], full)
     return found
 
 

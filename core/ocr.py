@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .errors import AtelierError
+from .images import from_uint8, rgb_uint8
 
 BACKENDS = ("rapidocr", "paddleocr")
 DEFAULT_MIN_CONFIDENCE = 0.98
@@ -66,20 +68,22 @@ def _order_quad(pts) -> np.ndarray:
 
 
 def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """Any accepted image -> contiguous uint8 RGB ``[H, W, 3]``, alpha flattened on white, floats converted as
+    ComfyUI's Save Image does (core.images), so OCR of an IMAGE and of its saved PNG read the same pixels."""
     a = np.asarray(image)
-    if a.dtype != np.uint8:
-        a = np.clip(np.round(a.astype(np.float32) * (255.0 if a.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
     if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, -1)
-    elif a.shape[-1] == 1:
-        a = np.repeat(a, 3, -1)
-    elif a.shape[-1] == 4:
-        rgb, al = a[..., :3].astype(np.float32), a[..., 3:].astype(np.float32) / 255.0
-        a = np.round(rgb * al + 255.0 * (1 - al)).astype(np.uint8)  # flatten on white
-    if a.ndim != 3 or a.shape[-1] != 3:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4) or 0 in a.shape:
         raise AtelierError(f"OCR needs an image [H, W, 3], got shape {tuple(np.asarray(image).shape)}",
                            input="image", expected="an RGB, RGBA or grayscale image", fix="pass a normal image.")
-    return np.ascontiguousarray(a)
+    if a.dtype == np.uint8:
+        if a.shape[-1] == 3:
+            return np.ascontiguousarray(a)
+        return rgb_uint8(from_uint8(a)[None])[0]
+    f = a.astype(np.float32)
+    if f.max() > 1.0:  # a float image in 0..255
+        f = f / np.float32(255.0)
+    return np.ascontiguousarray(rgb_uint8(torch.from_numpy(f)[None])[0])
 
 
 def _missing(backend: str, exc: Exception, node, extra: str, pkgs: str) -> AtelierError:

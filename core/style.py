@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import AtelierError
+from .images import to_rgb
 from .weights import Reader, read_weights
 
 STYLE_FORMAT = "atelier-style/1"
@@ -40,8 +41,6 @@ ADAPTER_FORMAT = "atelier-style-adapter/1"
 DEFAULT_RESOLUTION = 512
 DEFAULT_STRENGTH = 0.01
 CROP_MODES = ("center", "stretch", "pad")
-# text-context widths of the families we know, for messages and defaults
-CONTEXT_WIDTHS = {"sd15": 768, "sd2": 1024, "sdxl": 2048}
 
 MomentsFn = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -49,31 +48,6 @@ MomentsFn = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 # ----------------------------------------------------------------------------------------
 # image preparation
 # ----------------------------------------------------------------------------------------
-def to_rgb(image: torch.Tensor) -> torch.Tensor:
-    """[B,H,W,C] or [H,W,C] float 0..1 with C in {1,2,3,4} -> [B,H,W,3].
-
-    Grayscale is repeated, alpha is composited over white (a transparent style reference
-    is usually an object on nothing, and white is the neutral page colour)."""
-    if image.ndim == 3:
-        image = image.unsqueeze(0)
-    if image.ndim != 4:
-        raise AtelierError(f"an image must have 3 or 4 dimensions, got shape {tuple(image.shape)}",
-                           expected="IMAGE [B,H,W,C]")
-    c = image.shape[-1]
-    image = image.float()
-    if c == 1:
-        return image.repeat(1, 1, 1, 3)
-    if c == 2:  # gray + alpha
-        rgb, a = image[..., :1].repeat(1, 1, 1, 3), image[..., 1:2]
-        return rgb * a + (1.0 - a)
-    if c == 3:
-        return image
-    if c == 4:
-        rgb, a = image[..., :3], image[..., 3:4]
-        return rgb * a + (1.0 - a)
-    raise AtelierError(f"an image has {c} channels", expected="1 (gray), 3 (RGB) or 4 (RGBA) channels")
-
-
 def prepare_image(image: torch.Tensor, resolution: int = DEFAULT_RESOLUTION, crop: str = "center") -> torch.Tensor:
     """One image [H,W,C] (0..1) -> [1,3,R,R] in -1..1, the VAE's input range.
 

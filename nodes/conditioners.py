@@ -14,6 +14,8 @@ import torch
 from ..core import edges as E
 from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float
+from ..core.images import image_batch
+from ._progress import Progress
 
 CATEGORY = "atelier/conditioning"
 PAD_TYPE = "ATELIER_PAD"
@@ -26,44 +28,6 @@ PAD_TOOLTIP = ("ATELIER_PAD: how the image was scaled and padded, a small JSON-s
                "{orig_h, orig_w, scaled_h, scaled_w, top, bottom, left, right} (pixels). Feed it with the generated "
                "image to Atelier Crop Back to get the original size and aspect back.")
 MASK_TOOLTIP = "The same lines as a MASK [B,H,W] (1 = line)."
-
-
-def _progress(total: int):
-    if total < 2:
-        return None
-    try:
-        import comfy.utils
-        return comfy.utils.ProgressBar(total)
-    except Exception:  # outside ComfyUI (bench, scripts): no progress bar
-        return None
-
-
-def as_image_batch(image, node: str, input: str = "image") -> torch.Tensor:
-    """ComfyUI IMAGE (or something close to it) -> CPU float32 ``[B,H,W,C]``, C in 1..4.
-
-    Accepts ``[B,H,W,C]``, a single ``[H,W,C]`` (C <= 4), and gray ``[B,H,W]`` / ``[H,W]``. No copy when the
-    input already is a CPU float32 IMAGE.
-    """
-    if not isinstance(image, torch.Tensor):
-        raise AtelierError(f"got {type(image).__name__}, not an image tensor", node=node, input=input,
-                           expected="an IMAGE (float tensor [B,H,W,C] in 0..1)",
-                           fix="connect an IMAGE output (Load Image, VAE Decode, ...).")
-    x = image.detach()
-    if x.ndim == 2:
-        x = x[None, :, :, None]
-    elif x.ndim == 3:
-        x = x[None] if x.shape[-1] <= 4 else x[..., None]
-    if x.ndim != 4 or x.shape[-1] > 4:
-        raise AtelierError(f"got a tensor of shape {tuple(image.shape)}", node=node, input=input,
-                           expected="an IMAGE [B,H,W,C] with C = 1, 2, 3 or 4",
-                           fix="connect an IMAGE output; to use a MASK, convert it with 'Convert Mask to Image'.")
-    if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
-        raise AtelierError(f"got an empty image batch of shape {tuple(image.shape)}", node=node, input=input,
-                           expected="at least one image of at least 1x1 pixel",
-                           fix="check the node that produces this image.")
-    if x.device.type != "cpu" or x.dtype != torch.float32:
-        x = x.to("cpu", torch.float32)
-    return x
 
 
 _U8_TO_FLOAT = (np.arange(256, dtype=np.float32) / 255.0).reshape(1, 256)
@@ -87,7 +51,7 @@ def run_batch(x: torch.Tensor, fn, node: str) -> tuple[torch.Tensor, torch.Tenso
     images, which share one size in a ComfyUI batch).
     """
     b = x.shape[0]
-    pbar = _progress(b)
+    progress = Progress(b)
     image = mask = info = None
     for i in range(b):
         lines, info_i = fn(x[i].numpy())
@@ -99,8 +63,7 @@ def run_batch(x: torch.Tensor, fn, node: str) -> tuple[torch.Tensor, torch.Tenso
             mask = np.empty((b, h, w), dtype=np.float32)
             image = np.empty((b, h, w, 3), dtype=np.float32)
         _to_float_outputs(lines, mask[i], image[i])
-        if pbar is not None:
-            pbar.update(1)
+        progress.step()
     return torch.from_numpy(image), torch.from_numpy(mask), dict(info)
 
 
@@ -160,7 +123,7 @@ class AtelierCanny:
         auto_sigma = check_finite_float(auto_sigma, node=node, input="auto_sigma")
         blur_sigma = check_finite_float(blur_sigma, node=node, input="blur_sigma")
         resolution = _check_resolution(resolution, node)
-        x = check_finite(as_image_batch(image, node), node=node, input="image")  # NaN pixels trace as black
+        x = check_finite(image_batch(image, node), node=node, input="image")  # NaN pixels trace as black
 
         def one(img):
             edges, info, _ = E.canny_image(img, low=low_threshold, high=high_threshold, auto=auto, sigma=auto_sigma,
@@ -220,7 +183,7 @@ class AtelierLineart:
             raise AtelierError(f"threshold {threshold} is outside 0..1", node=node, input="threshold",
                                expected="0 (automatic) or a fraction such as 0.5", fix="use a value in 0..1.")
         resolution = _check_resolution(resolution, node)
-        x = check_finite(as_image_batch(image, node), node=node, input="image")
+        x = check_finite(image_batch(image, node), node=node, input="image")
         thr = None if float(threshold) <= 0.0 else int(round(float(threshold) * 255))
 
         def one(img):
@@ -265,7 +228,7 @@ class AtelierCropBack:
     def crop(self, image, pad_info, restore_size=True, mask=None):
         node = self.DISPLAY
         info = E.check_pad_info(pad_info, node=node)
-        x = check_finite(as_image_batch(image, node), node=node, input="image")
+        x = check_finite(image_batch(image, node), node=node, input="image")
         b, h, w, c = x.shape
         E.check_pad_fits(h, w, info, node=node)  # another image's pad_info would crop the wrong box, silently
         y0, y1, x0, x1 = E.crop_box(h, w, info)
@@ -277,7 +240,7 @@ class AtelierCropBack:
                                                          info["orig_h"], info["orig_w"])) for o in out])
         out = out.contiguous()
         if mask is not None:
-            m = check_finite(as_image_batch(mask, node, "mask")[..., 0], node=node, input="mask", what="masks",
+            m = check_finite(image_batch(mask, node, "mask")[..., 0], node=node, input="mask", what="masks",
                              unit="values", fix="the node that makes this mask produced NaN/inf; a MASK is 0..1.")
             if m.shape[1:] != (h, w):
                 raise AtelierError(f"mask is {m.shape[2]}x{m.shape[1]} but image is {w}x{h}", node=node,
@@ -322,7 +285,7 @@ class AtelierEmptyLatentLike:
 
     def generate(self, image, batch_size=1):
         node = self.DISPLAY
-        x = check_finite(as_image_batch(image, node), node=node, input="image")  # a NaN image means a broken chain
+        x = check_finite(image_batch(image, node), node=node, input="image")  # a NaN image means a broken chain
         b, h, w = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
         if h < 8 or w < 8:
             raise AtelierError(f"the image is {w}x{h}, smaller than one latent pixel (8x8)", node=node, input="image",

@@ -23,7 +23,9 @@ from ..core import glyph as G
 from ..core import layout as L
 from ..core import ocr as O
 from ..core.errors import AtelierError
+from ..core.images import from_uint8, image_batch, rgb_uint8, to_uint8
 from ._preview import with_preview
+from ._progress import Progress
 
 CATEGORY = "atelier/glyph"
 GLYPHS = "ATELIER_GLYPHS"
@@ -39,16 +41,6 @@ FONT_TOOLTIP = ("Font for boxes that do not name their own. 'auto' picks an inst
 FIT_TOOLTIP = ("contain: keep the font's proportions and centre the text in its box (long text is shrunk, "
                "never clipped). stretch: fill the box along the line, as OCR boxes do.")
 POLARITY = ["white_on_black", "black_on_white"]
-
-
-def _progress(total: int):
-    if total < 2:
-        return None
-    try:
-        import comfy.utils
-        return comfy.utils.ProgressBar(total)
-    except Exception:
-        return None
 
 
 def font_folder_paths() -> list[str]:
@@ -81,36 +73,9 @@ def _validate_font(font: str) -> bool | str:
     return True
 
 
-def _to_u8(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0, 1).mul(255).round().to(torch.uint8)).cpu().numpy()
-
-
-def _image_batch(image, node: str, input: str = "image") -> torch.Tensor:
-    """IMAGE-ish tensor -> CPU float32 [B, H, W, C] (C in 1..4)."""
-    if not isinstance(image, torch.Tensor):
-        raise AtelierError(f"got {type(image).__name__}, not an image tensor", node=node, input=input,
-                           expected="an IMAGE (float tensor [B,H,W,C] in 0..1)", fix="connect an IMAGE output.")
-    x = image.detach()
-    if x.ndim == 2:
-        x = x[None, :, :, None]
-    elif x.ndim == 3:
-        x = x[None] if x.shape[-1] <= 4 else x[..., None]
-    if x.ndim != 4 or x.shape[-1] > 4 or 0 in x.shape:
-        raise AtelierError(f"got a tensor of shape {tuple(image.shape)}", node=node, input=input,
-                           expected="an IMAGE [B,H,W,C] with C = 1..4", fix="connect an IMAGE output.")
-    return x.to("cpu", torch.float32)
-
-
 def _rgb_u8(x: torch.Tensor, background: float = 0.0) -> np.ndarray:
-    """One image [H, W, C] float -> uint8 RGB; alpha laid on `background` (0 black, 1 white)."""
-    c = x.shape[-1]
-    if c == 1:
-        x = x.expand(-1, -1, 3)
-    elif c == 2:
-        x = x[..., :1].expand(-1, -1, 3) * x[..., 1:] + background * (1 - x[..., 1:])
-    elif c == 4:
-        x = x[..., :3] * x[..., 3:] + background * (1 - x[..., 3:])
-    return _to_u8(x)
+    """One image [H, W, C] float -> uint8 RGB as Save Image writes it; alpha laid on `background`."""
+    return rgb_uint8(x[None], background)[0]
 
 
 def check_glyphs(glyphs, node: str, input: str = "glyphs") -> dict:
@@ -203,11 +168,11 @@ class AtelierOCRBoxes:
     def detect(self, image, backend="rapidocr", min_confidence=O.DEFAULT_MIN_CONFIDENCE, paddle_det_model="",
                paddle_rec_model=""):
         node = self.DISPLAY
-        x = _image_batch(image, node)
+        x = image_batch(image, node)
         det = self._paddle_dir(paddle_det_model, "paddle_det_model") if backend == "paddleocr" else None
         rec = self._paddle_dir(paddle_rec_model, "paddle_rec_model") if backend == "paddleocr" else None
         b, h, w = x.shape[:3]
-        pbar = _progress(b)
+        progress = Progress(b)
         items, previews = [], []
         for i in range(b):
             rgb = _rgb_u8(x[i], background=1.0)
@@ -215,9 +180,8 @@ class AtelierOCRBoxes:
                             rec_model_dir=rec, node=node)
             boxes = res.to_boxes()
             items.append(boxes)
-            previews.append(torch.from_numpy(G.draw_boxes_preview(rgb, boxes)).float().div(255))
-            if pbar is not None:
-                pbar.update(1)
+            previews.append(from_uint8(G.draw_boxes_preview(rgb, boxes)))
+            progress.step()
         spec = json.dumps([{"text": bb["text"], "polygon": [[round(p[0], 1), round(p[1], 1)] for p in bb["polygon"]],
                             "score": round(bb["score"], 4)} for bb in items[0]], ensure_ascii=False)
         return (G.make_glyphs(items, w, h), torch.stack(previews), spec)
@@ -280,15 +244,14 @@ def _render_inputs() -> dict:
 def _render_batch(node, glyphs, n, width, height, font, fit, direction, padding, pad=None):
     dirs = allowed_font_dirs()
     d = None if direction == "from boxes" else direction
-    pbar = _progress(n)
+    progress = Progress(n)
     out = []
     for i in range(n):
         boxes = _boxes_for_canvas(glyphs, i, width, height, pad)
         g, m, info = G.render_glyphs(boxes, width, height, font=font, dirs=dirs, padding=padding, direction=d,
                                      fit=fit, node=node, input="glyphs")
         out.append((g, m, info))
-        if pbar is not None:
-            pbar.update(1)
+        progress.step()
     return out
 
 
@@ -328,7 +291,7 @@ class AtelierGlyphRender:
         w, h = int(width or g["width"]), int(height or g["height"])
         n = max(1, len(g["items"]))
         res = _render_batch(node, g, n, w, h, font, fit, direction, padding)
-        imgs = torch.from_numpy(np.stack([r[0] for r in res])).float().div(255)
+        imgs = from_uint8(np.stack([r[0] for r in res]))
         if polarity == "black_on_white":
             imgs = 1.0 - imgs
         masks = torch.from_numpy(np.stack([r[1] for r in res])).float()
@@ -378,7 +341,7 @@ class AtelierGlyphCompose:
                 clear_under_text=True, polarity="white_on_black", pad_info=None):
         node = self.DISPLAY
         g = check_glyphs(glyphs, node)
-        bg = _image_batch(background, node, "background")
+        bg = image_batch(background, node, "background")
         b, h, w = bg.shape[:3]
         n = _batch_size(node, background=b, glyphs=len(g["items"]))
         pad = None
@@ -396,7 +359,7 @@ class AtelierGlyphCompose:
         for i, (gl, m, _) in enumerate(res):
             base = _rgb_u8(bg[i if b > 1 else 0], background=1.0 if inv else 0.0)
             out.append(G.compose_glyphs(base, gl, m, clear_under_text=clear_under_text, invert=inv))
-        imgs = torch.from_numpy(np.stack(out)).float().div(255)
+        imgs = from_uint8(np.stack(out))
         masks = torch.from_numpy(np.stack([r[1] for r in res])).float()
         return (imgs, masks)
 
@@ -452,10 +415,12 @@ class AtelierLayoutCompose:
         for name, val in (("background", background), ("function_bar", function_bar), ("key", key),
                           ("function_key", function_key)):
             if val is not None:
-                x = _image_batch(val, node, name)[0]
-                elems[name] = _to_u8(x if x.shape[-1] in (3, 4) else x[..., :1].expand(-1, -1, 3))
+                x = image_batch(val, node, name)[0]
+                if x.shape[-1] < 3:  # gray (+ alpha): RGB (+ alpha), so a gray key keeps its transparency
+                    x = torch.cat([x[..., :1].expand(-1, -1, 3), x[..., 1:]], -1)
+                elems[name] = to_uint8(x)
         img, mask, labels = L.compose_layout(lay, width, height, elems, fit=fit, node=node)
-        return (torch.from_numpy(img).float().div(255)[None], torch.from_numpy(mask).float()[None],
+        return (from_uint8(img)[None], torch.from_numpy(mask).float()[None],
                 G.make_glyphs([labels], width, height))
 
     def compose_with_preview(self, **kwargs):

@@ -39,12 +39,8 @@ def user_preset_dir() -> Path:
 
 
 def preset_dirs() -> list[Path]:
-    d = user_preset_dir()
-    try:
-        d.mkdir(parents=True, exist_ok=True)  # so users find where their presets go
-    except OSError:
-        pass
-    return [core.SHIPPED_PRESET_DIR, d]
+    """The shipped presets, then the user's folder (listed, never created: the preset tooltip says where)."""
+    return [core.SHIPPED_PRESET_DIR, user_preset_dir()]
 
 
 _cache: dict = {"sig": None, "load": None}
@@ -131,8 +127,9 @@ def _common_inputs() -> dict:
                    "is allowed: the preset text is used alone and the report warns. One prompt per line "
                    "as a batch: feed this from 'Atelier Prompt Lines'."}),
         "preset": (preset_names(), {"default": DEFAULT_PRESET, "tooltip":
-                   "Preset from the pack's presets/ folder or your ComfyUI/user/atelier/presets/*.json "
-                   "(refresh the page after adding one; schema in presets/README.md). A file that fails "
+                   "Preset from the pack's presets/ folder or your own *.json presets in "
+                   f"{user_preset_dir()} (ComfyUI/user/atelier/presets; create the folder if it is not there, "
+                   "then refresh the page; schema in presets/README.md). A file that fails "
                    "to load is named in the log and the report."}),
         "position": (POSITION_CHOICES, {"default": "preset default", "tooltip":
                      "Where the preset's positive text goes: the preset's own choice, before your prompt "

@@ -23,10 +23,13 @@ import folder_paths
 from ..core import style as S
 from ..core import confine as C
 from ..core.errors import AtelierError
+from ..core.cache import FileCache
 from ..core.files import atomic_path
+from ..core.folders import list_files
 from ..core.finite import check_finite, check_finite_float
 from ..core.prompt import check_text
 from ._managed import load_to_device, read_weights
+from ._progress import Progress
 from .models import resolve_model
 
 log = logging.getLogger("atelier")
@@ -39,16 +42,8 @@ STYLE_OUTPUT_SUBDIR = "atelier_styles"
 MAX_STYLE_NAME = 120  # characters of a Style Save name (file systems allow 255 bytes per name, the suffix and temp name need room)
 NO_ADAPTER = "none"  # the adapter loader's "no trained adapter" choice: the blend passes the conditioning through
 
-_ADAPTERS: dict = {}  # path -> (mtime, adapter)
-
-
-def _progress(total: int):
-    try:
-        import comfy.utils
-        bar = comfy.utils.ProgressBar(total)
-        return lambda done, _total: bar.update_absolute(done, total)
-    except Exception:  # progress is a help, never a failure
-        return None
+#: trained adapters by path + mtime + size (a retrained adapter under the same name is reloaded)
+_ADAPTERS: FileCache[S.StyleAdapter] = FileCache(max_items=4)
 
 
 # ----------------------------------------------------------------------------- style files
@@ -65,17 +60,13 @@ def style_dirs() -> list[str]:
 
 
 def style_files() -> list[str]:
-    """Saved styles by name relative to their folder; only names Style Load accepts (a symlink
-    pointing out of the folder is not listed)."""
+    """Saved styles by name relative to their folder (bounded, loop-safe, cached walk); only names
+    Style Load accepts (a symlink pointing out of the folder is not listed)."""
     names = set()
     for d in style_dirs():
-        if os.path.isdir(d):
-            for root, _, files in os.walk(d, followlinks=True):
-                for f in files:
-                    if f.endswith(STYLE_SUFFIX):
-                        rel = os.path.relpath(os.path.join(root, f), d).replace(os.sep, "/")
-                        if C.candidate(rel, d) is not None:
-                            names.add(rel)
+        for rel, _ in list_files([d], [STYLE_SUFFIX]):
+            if C.candidate(rel, d) is not None:
+                names.add(rel)
     return sorted(names)
 
 
@@ -112,16 +103,10 @@ def _adapter_dirs() -> list[str]:
 
 def load_adapter_cached(name: str, node: str = "Atelier Style Adapter Loader") -> S.StyleAdapter:
     path = resolve_model(ADAPTER_FOLDER, name, node=node, input="adapter_name")
-    mtime = os.path.getmtime(path)
-    hit = _ADAPTERS.get(path)
-    if hit is not None and hit[0] == mtime:
-        return hit[1]
     try:
-        adapter = S.load_adapter(path, read=read_weights)
+        return _ADAPTERS.get(path, lambda p: S.load_adapter(p, read=read_weights))
     except AtelierError as exc:
         raise exc.at(node) from exc
-    _ADAPTERS[path] = (mtime, adapter)
-    return adapter
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -186,7 +171,7 @@ class AtelierStyleEncode:
         try:
             style = S.encode_style(batches, model, resolution=resolution, crop=crop, device=device, dtype=dtype,
                                    name=name or "", expected_channels=getattr(vae, "latent_channels", None),
-                                   progress=_progress(max(total, 1)))
+                                   progress=Progress(max(total, 1)).callback())
         except AtelierError as exc:
             raise exc.at(node) from exc
         return (style,)

@@ -94,12 +94,33 @@ def test_lineart_options(C):
 def test_canny_matches_opencv_on_same_pixels(C):
     x = batch(photo())
     img, mask, info = C.AtelierCanny().detect(x, 50, 80, resolution=0)
-    u8 = np.clip(np.rint(cv2.cvtColor(x[0].numpy(), cv2.COLOR_RGB2GRAY) * 255), 0, 255).astype(np.uint8)
+    from comfyui_atelier.core.images import to_uint8
+    u8 = cv2.cvtColor(to_uint8(x[0]), cv2.COLOR_RGB2GRAY)  # the pixels Save Image would write, then gray
     ref = cv2.Canny(u8, 50, 80)
     assert np.array_equal(mask[0].numpy() * 255, ref.astype(np.float32))
     assert info == {"orig_h": 80, "orig_w": 120, "scaled_h": 80, "scaled_w": 120, "top": 0, "bottom": 0,
                     "left": 0, "right": 0}
     assert mask.sum() > 100
+
+
+def test_canny_and_lineart_of_an_image_equal_those_of_its_saved_png(C, tmp_path, monkeypatch):
+    """Save Image's own float->uint8 (truncating) is the conversion: edges of an IMAGE and of the PNG that
+    ComfyUI's Save Image writes for it, loaded back with ComfyUI's Load Image, are identical."""
+    import nodes as comfy_nodes
+    from PIL import Image
+    x = batch(photo(seed=3), photo(seed=4))
+    monkeypatch.setattr(comfy_nodes.folder_paths, "get_annotated_filepath", lambda name: str(tmp_path / name))
+    loaded = []
+    for i, img in enumerate(x):  # Save Image's conversion, written as a real PNG
+        arr = np.clip(255.0 * img.numpy(), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"p{i}.png")
+        loaded.append(comfy_nodes.LoadImage().load_image(f"p{i}.png")[0])
+    png = torch.cat(loaded)
+    assert png.shape == x.shape and not torch.equal(png, x)  # the PNG really is quantised
+    for run in (lambda im: C.AtelierCanny().detect(im, 40, 90, resolution=256),
+                lambda im: C.AtelierLineart().extract(im, binarize=False, resolution=0)):
+        a, b = run(x), run(png)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
 
 
 def test_canny_options_change_output(C):

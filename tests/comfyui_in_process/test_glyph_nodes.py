@@ -187,3 +187,32 @@ def test_direction_override_draws_vertically(N):
     _, _, info_override = N.AtelierGlyphRender().render(glyphs, direction="vertical")
     assert json.loads(info_box)[0][0]["direction"] == "horizontal"
     assert json.loads(info_override)[0][0]["direction"] == "vertical"
+
+
+def _as_saved_png(x: torch.Tensor, tmp_path, monkeypatch) -> torch.Tensor:
+    """x written as ComfyUI's Save Image writes it (x 255, clip, truncate; a real PNG), read back by Load Image."""
+    import numpy as np
+    import nodes as comfy_nodes
+    from PIL import Image
+    monkeypatch.setattr(comfy_nodes.folder_paths, "get_annotated_filepath", lambda name: str(tmp_path / name))
+    out = []
+    for i, img in enumerate(x):
+        Image.fromarray(np.clip(255.0 * img.numpy(), 0, 255).astype(np.uint8)).save(tmp_path / f"g{i}.png")
+        out.append(comfy_nodes.LoadImage().load_image(f"g{i}.png")[0])
+    png = torch.cat(out)
+    assert png.shape == x.shape and not torch.equal(png, x)  # really quantised
+    return png
+
+
+def test_ocr_and_compose_of_an_image_equal_those_of_its_saved_png(N, tmp_path, monkeypatch):
+    (glyphs,) = N.AtelierTextBoxes().build(SPEC, 640, 320)
+    img, _, _ = N.AtelierGlyphRender().render(glyphs, fit="stretch")
+    ramp = torch.linspace(0.13, 0.71, 640).expand(1, 320, 640)[..., None]
+    soft = (1 - img) * (0.6 + 0.4 * ramp) + 0.001  # dark text on a shaded ground, off the uint8 grid
+    png = _as_saved_png(soft, tmp_path, monkeypatch)
+    a, _, spec_a = N.AtelierOCRBoxes().detect(soft, min_confidence=0.5)
+    b, _, spec_b = N.AtelierOCRBoxes().detect(png, min_confidence=0.5)
+    assert a == b and spec_a == spec_b and len(a["items"][0]) == 2
+    out_a, mask_a = N.AtelierGlyphCompose().compose(soft, glyphs, polarity="black_on_white")
+    out_b, mask_b = N.AtelierGlyphCompose().compose(png, glyphs, polarity="black_on_white")
+    assert torch.equal(out_a, out_b) and torch.equal(mask_a, mask_b)

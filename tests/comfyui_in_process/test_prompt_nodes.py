@@ -210,3 +210,16 @@ def test_keyboard_skin_negative_leaves_the_legends_to_the_glyph_control(nodes):
         assert word not in phrases, word
     assert "warped keys" in phrases and "misaligned keycaps" in phrases
     assert "categories: landscape" in report  # 'sky' / 'city'
+
+
+def test_listing_presets_creates_no_folder_and_the_tooltip_says_where_presets_go(nodes, monkeypatch, tmp_path):
+    import folder_paths
+    user = tmp_path / "fresh_user"
+    monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(user), raising=False)
+    monkeypatch.setattr(folder_paths, "user_directory", str(user), raising=False)
+    for cls in (nodes.AtelierSystemPrompt, nodes.AtelierSystemPromptEncode):
+        spec = cls.INPUT_TYPES()["required"]["preset"]
+        assert "e-commerce white background" in spec[0]
+        assert str(user / "atelier" / "presets") in spec[1]["tooltip"]
+    nodes.AtelierSystemPrompt.IS_CHANGED(preset="e-commerce white background")
+    assert not user.exists()  # INPUT_TYPES / IS_CHANGED list the folder, they never make it

@@ -31,14 +31,40 @@ def stroke_mask(h=120, w=180) -> np.ndarray:
 # input conversion
 # ---------------------------------------------------------------------------------------------------------
 
-def test_gray_conversion_rounds_and_saturates_without_touching_input():
-    img = np.array([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-0.5, -0.5, -0.5], [2.0, 2.0, 2.0], [0.5, 0.5, 0.5]]],
-                   np.float32)
+def test_gray_conversion_truncates_like_save_image_and_saturates_without_touching_input():
+    img = np.array([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-0.5, -0.5, -0.5], [2.0, 2.0, 2.0], [0.5, 0.5, 0.5],
+                     [0.999, 0.999, 0.999]]], np.float32)
     before = img.copy()
     g = E.to_gray_u8(img)
-    assert g.dtype == np.uint8 and g.shape == (1, 5)
-    assert g.tolist() == [[0, 255, 0, 255, 128]]
+    assert g.dtype == np.uint8 and g.shape == (1, 6)
+    assert g.tolist() == [[0, 255, 0, 255, 127, 254]]  # 0.5 * 255 = 127.5 -> 127, as Save Image writes it
     np.testing.assert_array_equal(img, before)
+
+
+def _save_image_png(img: np.ndarray) -> np.ndarray:
+    """What ComfyUI's Save Image writes for a float IMAGE item, read back from real PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    from comfyui_atelier.core.images import to_uint8
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img)).save(buf, format="PNG")
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_analysis_of_image_equals_analysis_of_its_saved_png(channels):
+    rng = np.random.default_rng(7)
+    img = np.clip(cv2.GaussianBlur(rng.random((90, 130, channels), dtype=np.float32), (0, 0), 2) * 1.4 - 0.2, 0, 1)
+    img = img.reshape(90, 130, channels)
+    png = _save_image_png(img[..., 0] if channels == 1 else img)
+    loaded = png.astype(np.float32) / 255  # what Load Image gives back for the saved file
+    for src in (png, loaded):
+        assert np.array_equal(E.to_gray_u8(src), E.to_gray_u8(img))
+        for run in (lambda x: E.canny_image(x, low=10, high=30, resolution=0)[0],
+                    lambda x: E.lineart_image(x, min_speck_area=4, resolution=0)[0]):
+            assert np.array_equal(run(src), run(img))
 
 
 def test_gray_uses_luma_weights():
