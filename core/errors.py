@@ -1,9 +1,28 @@
 """Errors a user can act on.
 
 Every error raised to a ComfyUI user says where it happened (node, input), what was
-expected and how to fix it. They subclass ValueError so ComfyUI shows the message as-is.
+expected and how to fix it, all in its message: that message is what the user sees.
+
+How ComfyUI shows them (read in both runtimes' execution.py, the pinned early-2024 tree and
+0.3.64): an exception raised while a node runs is caught by a plain `except Exception`, and
+the `execution_error` message carries `exception_message` = str(err) (0.3.64 appends a newline,
+plus memory tips for an out-of-memory error only), `exception_type` = the class's full name
+(module + qualified name, e.g. `...core.errors.MissingModelError`) and the traceback; an
+exception in a node's VALIDATE_INPUTS is caught the same way (`exception_during_validation`,
+str(err) as the details). Neither runtime treats ValueError differently from any other
+exception. These errors subclass ValueError because they are bad values (code that catches
+ValueError catches them), not for ComfyUI's sake.
 """
 from __future__ import annotations
+
+
+def _rebuilt(cls: type, state: dict) -> "AtelierError":
+    """An instance of `cls` with `state` as its fields, without calling its __init__ (whose
+    arguments differ per subclass); its message is rendered from those fields."""
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    err.args = (err.render(),)
+    return err
 
 
 class AtelierError(ValueError):
@@ -16,21 +35,32 @@ class AtelierError(ValueError):
                  expected: str | None = None, fix: str | None = None):
         self.problem, self.node, self.input = problem, node, input
         self.expected, self.fix = expected, fix
-        parts = []
-        where = " ".join(p for p in (f"[{node}]" if node else "", f"input '{input}':" if input else "") if p)
-        parts.append(f"{where} {problem}".strip())
-        if expected:
-            parts.append(f"Expected: {expected}.")
-        if fix:
-            parts.append(f"Fix: {fix}")
-        super().__init__(" ".join(parts))
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """The message from the fields: where, what, what was expected, how to fix it."""
+        where = " ".join(p for p in (f"[{self.node}]" if self.node else "",
+                                     f"input '{self.input}':" if self.input else "") if p)
+        parts = [f"{where} {self.problem}".strip()]
+        if self.expected:
+            parts.append(f"Expected: {self.expected}.")
+        if self.fix:
+            parts.append(f"Fix: {self.fix}")
+        return " ".join(parts)
 
     def at(self, node: str, input: str | None = None) -> "AtelierError":
         """This error attributed to `node` (and to `input` when it names none), for core errors
-        raised without a node; an error that already names its node is returned unchanged."""
+        raised without a node; an error that already names its node is returned unchanged.
+
+        The copy keeps the class and every field (a MissingModelError stays one, with its model
+        id, file name, folder and URL)."""
         if self.node is not None:
             return self
-        return AtelierError(self.problem, node=node, input=self.input or input, expected=self.expected, fix=self.fix)
+        return _rebuilt(type(self), {**self.__dict__, "node": node, "input": self.input or input})
+
+    def __reduce__(self):
+        # pickle/copy through the fields: a subclass's __init__ takes other arguments than the message
+        return _rebuilt, (type(self), dict(self.__dict__))
 
 
 class MissingModelError(AtelierError):
