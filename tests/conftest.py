@@ -19,6 +19,9 @@ import pytest
 
 from comfyui_atelier.client import runtime
 from comfyui_atelier.core import tiny_models as tiny_sd15_builder
+# imported here, at conftest load, so `tests` is this repo's tests/ before the `comfy` fixture puts
+# ComfyUI's root (which has a `tests` package of its own) first on sys.path
+from tests.fixtures import sdxl_models as SX
 
 
 def pytest_report_header(config):
@@ -80,12 +83,8 @@ def tiny_sdxl_models(tmp_path_factory):
     and SDXL ControlNet (diffusers layout) that ComfyUI accepts, random fp16 weights, under the manifest's
     file names (sd_xl_base_1.0.safetensors, controlnet-canny-sdxl-1.0_fp16.safetensors). Built once per
     session (~20 s, 2.8 GB on disk; tests/fixtures/sdxl_models.py), deleted when the session ends. Link them
-    into a server's models dir with `sdxl_models.link_models(files, root / "models")`."""
-    try:
-        from tests.fixtures import sdxl_models
-    except ImportError:  # rootdir not on sys.path: go through the editable install
-        from comfyui_atelier.tests.fixtures import sdxl_models
-    paths = sdxl_models.build_all(tmp_path_factory.mktemp("tiny-sdxl"))
+    into a server's models dir with `SX.link_models(files, root / "models")`."""
+    paths = SX.build_all(tmp_path_factory.mktemp("tiny-sdxl"))
     yield paths
     for p in paths.values():
         p.unlink(missing_ok=True)

@@ -7,10 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from tests.fixtures import poolnet_models as PM
-except ImportError:  # rootdir not on sys.path: go through the editable install
-    from comfyui_atelier.tests.fixtures import poolnet_models as PM
+from tests.fixtures import poolnet_models as PM
 
 RANDOM_NAME = "atelier-test-poolnet.pth"
 CENTRE_NAME = "atelier-test-poolnet-centre.pth"

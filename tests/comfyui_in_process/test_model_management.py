@@ -22,12 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from tests.fixtures import aesthetic_models as FX
-    from tests.fixtures import poolnet_models as PM
-except ImportError:  # rootdir not on sys.path: go through the editable install
-    from comfyui_atelier.tests.fixtures import aesthetic_models as FX
-    from comfyui_atelier.tests.fixtures import poolnet_models as PM
+from tests.fixtures import aesthetic_models as FX
+from tests.fixtures import poolnet_models as PM
 
 from comfyui_atelier.core.errors import AtelierError
 

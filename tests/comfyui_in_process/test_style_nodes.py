@@ -8,7 +8,7 @@ import torch
 
 from comfyui_atelier.core import style as S
 from comfyui_atelier.core.errors import AtelierError
-from tests.fixtures.style_models import style_image
+from tests.fixtures import style_models as SM
 
 RES = 64
 
@@ -30,7 +30,7 @@ def sd15(comfy, tiny_sd15):
 
 @pytest.fixture(scope="module")
 def refs():
-    return torch.stack([style_image(i, 64, 64) for i in range(2)])
+    return torch.stack([SM.style_image(i, 64, 64) for i in range(2)])
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,8 @@ def test_encode_gives_the_comfy_vae_distribution(style, sd15, refs):
 
 def test_encode_mixed_sizes_gray_and_rgba(N, sd15):
     vae = sd15[2]
-    gray = style_image(5, 40, 72, channels=1).unsqueeze(0)
-    rgba = style_image(6, 96, 48, channels=4).unsqueeze(0)
+    gray = SM.style_image(5, 40, 72, channels=1).unsqueeze(0)
+    rgba = SM.style_image(6, 96, 48, channels=4).unsqueeze(0)
     s = N.AtelierStyleEncode().encode(gray, vae, RES, "pad", images_2=rgba)[0]
     assert s.count == 2 and torch.isfinite(s.mu).all()
 
@@ -190,10 +190,9 @@ def test_trainer_outputs_load_in_nodes_and_lora_loader(N, comfy, sd15, cat_cond,
     import comfy.lora as comfy_lora
     import nodes as comfy_nodes
     from comfyui_atelier.core import style_train as T
-    from tests.fixtures.style_models import tiny_diffusers_components, write_style_images
 
-    comps = tiny_diffusers_components(tmp_path, comfy_compatible=True)
-    cfg = T.TrainConfig(images=str(write_style_images(tmp_path / "imgs", n=2)), output=str(tmp_path / "out"),
+    comps = SM.tiny_diffusers_components(tmp_path, comfy_compatible=True)
+    cfg = T.TrainConfig(images=str(SM.write_style_images(tmp_path / "imgs", n=2)), output=str(tmp_path / "out"),
                         name="nodetest", style_token="style07", steps=2, resolution=64, style_resolution=64,
                         checkpoint_every=0, device="cpu", progress=False, lr=1e-2, adapter_lr=1e-3)
     res = T.train_style(cfg, comps)

@@ -12,7 +12,7 @@ from PIL import Image
 from comfyui_atelier.client import convert
 from comfyui_atelier.client.batch import BatchConfig, run_batch
 from comfyui_atelier.client.server_api import ComfyServer as ApiServer
-from tests.fixtures.client_data import make_dataset
+from tests.fixtures import client_data as CD
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = sorted(p.name for p in (ROOT / "workflows").glob("*.json") if (ROOT / "workflows" / "api" / p.name).exists())
@@ -62,7 +62,7 @@ def test_line2product_rows_get_their_prompt_and_seed(comfy_server, tiny_sd15, li
     ids = ["24806", "24807", "24808"]
     cols = {i: {"seed": 100 + k} for k, i in enumerate(ids)}
     cols["24808"][f"{lora}.lora_name"] = tiny_sd15["loras"].name  # one row brings its own LoRA
-    make_dataset(tmp_path / "ds", ids, extra_cols=cols)
+    CD.make_dataset(tmp_path / "ds", ids, extra_cols=cols)
     res = run_batch(BatchConfig(workflow=api, servers=[comfy_server.url], out_dir=str(tmp_path / "out"),
                                 images=str(tmp_path / "ds"), progress=False, job_timeout=300))
     assert res.exit_code == 0, res.results

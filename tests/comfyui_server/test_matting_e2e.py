@@ -12,10 +12,7 @@ from PIL import Image
 
 from comfyui_atelier.client import demo, runtime
 
-try:
-    from tests.fixtures import poolnet_models as PM
-except ImportError:  # rootdir not on sys.path: go through the editable install
-    from comfyui_atelier.tests.fixtures import poolnet_models as PM
+from tests.fixtures import poolnet_models as PM
 
 ROOT = Path(__file__).resolve().parents[2]
 CENTRE = "atelier-e2e-poolnet-centre.pth"

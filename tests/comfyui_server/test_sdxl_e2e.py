@@ -18,10 +18,7 @@ from PIL import Image, ImageDraw
 
 from comfyui_atelier.client import runtime
 
-try:
-    from tests.fixtures import sdxl_models as SX
-except ImportError:  # rootdir not on sys.path: go through the editable install
-    from comfyui_atelier.tests.fixtures import sdxl_models as SX
+from tests.fixtures import sdxl_models as SX
 
 SIZE = 128
 CONTROL_IMAGE = "atelier_sdxl_canny.png"

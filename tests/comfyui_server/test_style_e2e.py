@@ -17,7 +17,7 @@ from PIL import Image
 from comfyui_atelier.client import convert
 from comfyui_atelier.client.runtime import PromptFailed, PromptRejected
 from comfyui_atelier.core import style as S
-from tests.fixtures.style_models import style_image
+from tests.fixtures import style_models as SM
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTER = "e2e_style_768.safetensors"
@@ -34,7 +34,7 @@ def server(comfy_server):
     S.save_adapter(a, d / ADAPTER)
     S.save_adapter(S.StyleAdapter(context_dim=1024, feature_size=8), d / "e2e_style_1024.safetensors")
     for i, (h, w) in enumerate(((64, 64), (80, 48))):  # references of different sizes
-        arr = (style_image(200 + i, h, w).numpy() * 255).round().astype(np.uint8)
+        arr = (SM.style_image(200 + i, h, w).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(arr).save(comfy_server.input_dir / f"style07_ref_{i + 1}.png")
     return comfy_server
 

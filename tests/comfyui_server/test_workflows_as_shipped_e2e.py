@@ -29,9 +29,9 @@ from PIL import Image
 
 from comfyui_atelier.client import convert, runtime
 from comfyui_atelier.core import manifest as mf
-from tests.fixtures import aesthetic_models as AFX
+from tests.fixtures import aesthetic_models as FX
 from tests.fixtures import link_file
-from tests.fixtures import poolnet_models as PFX
+from tests.fixtures import poolnet_models as PM
 
 PACK = runtime.PACK_DIR
 WORKFLOWS = {p.stem: p for p in sorted((PACK / "workflows").glob("*.json"))}
@@ -102,7 +102,7 @@ def load_images(name: str) -> list[str]:
 
 def aesthetic_head(path: Path, bias: float) -> Path:
     """A LAION v2 linear head (.pth, published key layout) whose scores sit near `bias`."""
-    sd = AFX.head_state_dict("linear", 768, seed=5)
+    sd = FX.head_state_dict("linear", 768, seed=5)
     sd["layers.7.bias"] = torch.full((1,), float(bias))
     tmp = path.with_name(path.name + ".part")
     torch.save(sd, tmp)
@@ -142,7 +142,7 @@ class Shipped:
 def stand_ins(tiny_sd15, tmp_path_factory) -> dict[str, Path]:
     """manifest id -> a tiny stand-in file (SD1.5-based ones; SDXL ones are added when a test needs them)."""
     cache = tmp_path_factory.mktemp("as-shipped-models")
-    poolnet = PFX.build_poolnet_files(str(cache / "poolnet"))["centre"]  # border -> background, inside -> product
+    poolnet = PM.build_poolnet_files(str(cache / "poolnet"))["centre"]  # border -> background, inside -> product
     return {
         "sd15-base": tiny_sd15["checkpoints"],
         "sd15-controlnet-canny": tiny_sd15["controlnet"],
@@ -180,7 +180,7 @@ def sdxl(shipped, request, tmp_path_factory) -> Shipped:
     models = request.getfixturevalue("tiny_sdxl_models")
     cache = tmp_path_factory.mktemp("as-shipped-sdxl-models")
     more = {"sdxl-base": Path(models["checkpoints"]), "sdxl-controlnet-canny": Path(models["controlnet"]),
-            "clip-vit-l14": Path(AFX.build_comfy_vitl_clip_vision(str(cache / "clip_vision_vitl.safetensors"))),
+            "clip-vit-l14": Path(FX.build_comfy_vitl_clip_vision(str(cache / "clip_vision_vitl.safetensors"))),
             "aesthetic-laion-v2-linear": aesthetic_head(cache / "aesthetic_head.pth", AESTHETIC_PASS_BIAS)}
     targets = manifest_targets()
     for model_id, src in more.items():

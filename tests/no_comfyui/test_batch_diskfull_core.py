@@ -14,15 +14,15 @@ import time
 import pytest
 
 from comfyui_atelier.client import batch
-from tests.fixtures.instant_server import PNG, InstantServer, empty_image_prompt
+from tests.fixtures import instant_server as IS
 
-PROMPT = empty_image_prompt()
+PROMPT = IS.empty_image_prompt()
 
 
 @pytest.fixture()
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(batch, "ComfyServer", InstantServer)
-    monkeypatch.setattr(InstantServer, "queued", [])  # class-wide record: never the shared default
+    monkeypatch.setattr(batch, "ComfyServer", IS.InstantServer)
+    monkeypatch.setattr(IS.InstantServer, "queued", [])  # class-wide record: never the shared default
     caps = tmp_path / "captions.jsonl"
     caps.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"p{i}"}) + "\n" for i in range(6)))
     out = tmp_path / "out"
@@ -64,7 +64,7 @@ def test_baseline_run_succeeds(setup):
     res = _run_bounded(cfg())
     assert res.exit_code == batch.EXIT_OK
     assert sorted(r["id"] for r in _manifest_lines(out)) == [f"r{i}" for i in range(6)]
-    assert (out / "r0.png").read_bytes() == PNG
+    assert (out / "r0.png").read_bytes() == IS.PNG
 
 
 def test_output_disk_full_stops_the_run_with_a_clear_message(setup, monkeypatch):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_atelier.client import batch
-from tests.fixtures.instant_server import OBJECT_INFO, InstantServer, empty_image_prompt
+from tests.fixtures import instant_server as IS
 from comfyui_atelier.core.errors import AtelierError
 
 
@@ -29,9 +29,9 @@ IDS = [f"r{i}" for i in range(6)]
 
 @pytest.fixture()
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(batch, "ComfyServer", InstantServer)
-    monkeypatch.setattr(InstantServer, "gate", None)
-    monkeypatch.setattr(InstantServer, "queued", [])
+    monkeypatch.setattr(batch, "ComfyServer", IS.InstantServer)
+    monkeypatch.setattr(IS.InstantServer, "gate", None)
+    monkeypatch.setattr(IS.InstantServer, "queued", [])
     caps = tmp_path / "captions.jsonl"
     out = tmp_path / "out"
 
@@ -42,7 +42,7 @@ def setup(tmp_path, monkeypatch):
     write_caps()
 
     def cfg(**kw):
-        base = dict(workflow=empty_image_prompt(), servers=["http://fake:1"], out_dir=str(out), captions=str(caps), inflight=2,
+        base = dict(workflow=IS.empty_image_prompt(), servers=["http://fake:1"], out_dir=str(out), captions=str(caps), inflight=2,
                     retries=0, backoff=0.01, progress=False, use_ws=False, stream=open(os.devnull, "w"))
         base.update(kw)
         return batch.BatchConfig(**base)
@@ -83,23 +83,23 @@ def _lines(out):
 
 def test_second_run_on_the_same_out_is_refused_while_the_first_runs(setup):
     cfg, out = setup
-    InstantServer.gate = threading.Event()
+    IS.InstantServer.gate = threading.Event()
     box = {}
     first = threading.Thread(target=lambda: box.setdefault("res", batch.run_batch(cfg())), daemon=True)
     first.start()
     deadline = time.monotonic() + 10
-    while not InstantServer.queued and time.monotonic() < deadline:  # the first run is rendering
+    while not IS.InstantServer.queued and time.monotonic() < deadline:  # the first run is rendering
         time.sleep(0.01)
-    assert InstantServer.queued
+    assert IS.InstantServer.queued
     with pytest.raises(batch.OutputFolderBusy) as ei:
         batch.run_batch(cfg())
     msg = str(ei.value)
     assert os.path.abspath(cfg().out_dir) in msg and f"pid {os.getpid()}" in msg
     assert socket.gethostname() in msg and "another --out" in msg
-    InstantServer.gate.set()
+    IS.InstantServer.gate.set()
     first.join(20)
     assert box["res"].exit_code == batch.EXIT_OK
-    rendered = [rid for rid, _ in InstantServer.queued]
+    rendered = [rid for rid, _ in IS.InstantServer.queued]
     assert sorted(rendered) == IDS  # every id rendered once: the refused run queued nothing
     # the lock went with the first run: the next one resumes normally
     res = _run_bounded(cfg())
@@ -119,7 +119,7 @@ def test_cli_busy_folder_exits_2_naming_folder_and_holder(setup, capsys):
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in err
     assert "Traceback" not in err
     assert not (out / "manifest.jsonl").exists()  # refused before touching the folder
-    assert InstantServer.queued == []
+    assert IS.InstantServer.queued == []
 
 
 HOLD = ("import sys, time; from comfyui_atelier.client.batch import OutputLock; "
@@ -162,10 +162,10 @@ def test_same_workflow_skips_done_ids(setup, capsys):
     assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
     fps = {r["id"]: r["fingerprint"] for r in _lines(out)}
     assert all(v.startswith("sha256:") and len(v) == 71 for v in fps.values()) and len(set(fps.values())) == 6
-    InstantServer.queued.clear()
+    IS.InstantServer.queued.clear()
     res = _run_bounded(cfg())
     assert res.exit_code == batch.EXIT_OK and res.count("already done") == 6 and res.rerun == []
-    assert InstantServer.queued == []
+    assert IS.InstantServer.queued == []
     code, err = _cli(cfg(), capsys=capsys)  # the CLI says nothing about re-runs either
     assert code == 0 and "re-run" not in err
 
@@ -174,20 +174,20 @@ def test_changed_workflow_reruns_every_id_and_says_so(setup, capsys):
     cfg, out = setup
     assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
     old = {r["id"]: r["fingerprint"] for r in _lines(out)}
-    InstantServer.queued.clear()
-    code, err = _cli(cfg(workflow=empty_image_prompt(color=255)), capsys=capsys)
+    IS.InstantServer.queued.clear()
+    code, err = _cli(cfg(workflow=IS.empty_image_prompt(color=255)), capsys=capsys)
     assert code == 0, err
     assert "6 ids re-run: the workflow or their inputs changed" in err
-    assert sorted(rid for rid, _ in InstantServer.queued) == IDS
-    assert all(p["1"]["inputs"]["color"] == 255 for _, p in InstantServer.queued)
+    assert sorted(rid for rid, _ in IS.InstantServer.queued) == IDS
+    assert all(p["1"]["inputs"]["color"] == 255 for _, p in IS.InstantServer.queued)
     last = {}
     for r in _lines(out):
         last[r["id"]] = r
     assert all(last[i]["status"] == "done" and last[i]["fingerprint"] != old[i] for i in IDS)
     # and now that they match again, nothing runs
-    InstantServer.queued.clear()
-    res = _run_bounded(cfg(workflow=empty_image_prompt(color=255)))
-    assert res.count("already done") == 6 and InstantServer.queued == []
+    IS.InstantServer.queued.clear()
+    res = _run_bounded(cfg(workflow=IS.empty_image_prompt(color=255)))
+    assert res.count("already done") == 6 and IS.InstantServer.queued == []
 
 
 def test_changed_row_input_reruns_only_that_id(setup):
@@ -197,35 +197,35 @@ def test_changed_row_input_reruns_only_that_id(setup):
     assert _run_bounded(cfg()).exit_code == batch.EXIT_OK
     rows[2]["1.color"] = 99
     cfg.write_caps(rows)
-    InstantServer.queued.clear()
+    IS.InstantServer.queued.clear()
     res = _run_bounded(cfg())
     assert res.rerun == ["r2"] and res.count("already done") == 5
-    assert [(rid, p["1"]["inputs"]["color"]) for rid, p in InstantServer.queued] == [("r2", 99)]
+    assert [(rid, p["1"]["inputs"]["color"]) for rid, p in IS.InstantServer.queued] == [("r2", 99)]
 
 
 def test_changed_input_image_reruns_that_id(setup, tmp_path):
-    from tests.fixtures.client_data import id_image, make_dataset, write_png
+    from tests.fixtures import client_data as CD
     cfg, out = setup
     imgs = tmp_path / "imgs"
-    make_dataset(imgs, ["a", "b"])
-    info = dict(OBJECT_INFO, LoadImage={"input": {"required": {"image": [["a.png"], {"image_upload": True}]}},
+    CD.make_dataset(imgs, ["a", "b"])
+    info = dict(IS.OBJECT_INFO, LoadImage={"input": {"required": {"image": [["a.png"], {"image_upload": True}]}},
                                         "output": ["IMAGE", "MASK"], "output_name": ["IMAGE", "MASK"],
                                         "output_node": False, "name": "LoadImage"})
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
-    InstantServer.upload_image = lambda self, path, name, subfolder=None, overwrite=True: {"name": name,
+    IS.InstantServer.upload_image = lambda self, path, name, subfolder=None, overwrite=True: {"name": name,
                                                                                         "subfolder": subfolder}
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(InstantServer, "object_info", lambda self: info)
+            mp.setattr(IS.InstantServer, "object_info", lambda self: info)
             assert _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None)).exit_code == 0
-            InstantServer.queued.clear()
+            IS.InstantServer.queued.clear()
             assert _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None)).count("already done") == 2
-            write_png(imgs / "b.png", id_image("zz", 16))  # same name, new pixels
+            CD.write_png(imgs / "b.png", CD.id_image("zz", 16))  # same name, new pixels
             res = _run_bounded(cfg(workflow=wf, images=str(imgs), captions=None))
-            assert res.rerun == ["b"] and [rid for rid, _ in InstantServer.queued] == ["b"]
+            assert res.rerun == ["b"] and [rid for rid, _ in IS.InstantServer.queued] == ["b"]
     finally:
-        del InstantServer.upload_image
+        del IS.InstantServer.upload_image
 
 
 def test_legacy_lines_without_fingerprint_are_kept(setup):
@@ -235,21 +235,21 @@ def test_legacy_lines_without_fingerprint_are_kept(setup):
     for r in lines:
         r.pop("fingerprint")
     (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    InstantServer.queued.clear()
-    res = _run_bounded(cfg(workflow=empty_image_prompt(color=7)))
-    assert res.count("already done") == 6 and InstantServer.queued == [] and res.rerun == []
+    IS.InstantServer.queued.clear()
+    res = _run_bounded(cfg(workflow=IS.empty_image_prompt(color=7)))
+    assert res.count("already done") == 6 and IS.InstantServer.queued == [] and res.rerun == []
 
 
 def test_fingerprint_ignores_node_titles_but_not_values():
     b = batch.Bindings()
     row = batch.Row("x", None, None, {}, 1)
-    kw = dict(seed_mode="workflow", seed_base=0, server_prefix="atelier_batch", object_info=OBJECT_INFO)
-    titled = empty_image_prompt()
+    kw = dict(seed_mode="workflow", seed_base=0, server_prefix="atelier_batch", object_info=IS.OBJECT_INFO)
+    titled = IS.empty_image_prompt()
     titled["1"]["_meta"] = {"title": "renamed"}
-    assert batch.row_fingerprint(empty_image_prompt(), b, row, **kw) == batch.row_fingerprint(titled, b, row, **kw)
-    assert batch.row_fingerprint(empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(empty_image_prompt(1), b, row, **kw)
-    assert batch.row_fingerprint(empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(
-        empty_image_prompt(), b, batch.Row("y", None, None, {}, 1), **kw)
+    assert batch.row_fingerprint(IS.empty_image_prompt(), b, row, **kw) == batch.row_fingerprint(titled, b, row, **kw)
+    assert batch.row_fingerprint(IS.empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(IS.empty_image_prompt(1), b, row, **kw)
+    assert batch.row_fingerprint(IS.empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(
+        IS.empty_image_prompt(), b, batch.Row("y", None, None, {}, 1), **kw)
 
 
 # ============================================================================ 3. NODE.INPUT columns
@@ -265,7 +265,7 @@ def test_column_for_an_input_the_node_lacks_is_bad_input(setup, capsys):
     code, err = _cli(cfg(), "--dry-run", capsys=capsys)
     assert code == 2 and "column '1.steps'" in err and "Traceback" not in err
     code, err = _cli(cfg(), capsys=capsys)  # a real run refuses too, before sending anything
-    assert code == 2 and InstantServer.queued == []
+    assert code == 2 and IS.InstantServer.queued == []
 
 
 def test_column_for_an_existing_input_passes(setup, capsys):
@@ -274,7 +274,7 @@ def test_column_for_an_existing_input_passes(setup, capsys):
     code, err = _cli(cfg(), "--dry-run", capsys=capsys)
     assert code == 0, err
     # an input only the API prompt has (not in /object_info) counts as one the node has
-    wf = empty_image_prompt()
+    wf = IS.empty_image_prompt()
     wf["1"]["inputs"]["extra_widget"] = 1
     cfg.write_caps([{"id": i, "prompt": "p", "1.extra_widget": 2} for i in IDS])
     with pytest.MonkeyPatch.context() as mp:
@@ -297,7 +297,7 @@ def test_out_is_an_existing_file(setup, capsys):
     out.write_bytes(b"keep me")
     code, err = _cli(cfg(), capsys=capsys)
     assert code == 2 and f"--out {out} is an existing file, not a folder" in err and "Traceback" not in err
-    assert out.read_bytes() == b"keep me" and InstantServer.queued == []
+    assert out.read_bytes() == b"keep me" and IS.InstantServer.queued == []
     code, err = _cli(cfg(), "--dry-run", capsys=capsys)
     assert code == 2 and "is an existing file" in err
 
@@ -339,7 +339,7 @@ def test_out_not_writable(setup, capsys, monkeypatch):
         mp.setattr(os, "open", ro_open)
         code, err = _cli(cfg(), capsys=capsys)
     assert code == 2 and "cannot write in the output folder" in err and "Permission denied" in err
-    assert "Traceback" not in err and os.listdir(out) == [] and InstantServer.queued == []
+    assert "Traceback" not in err and os.listdir(out) == [] and IS.InstantServer.queued == []
 
 
 def test_manifest_path_is_a_folder(setup, capsys, tmp_path):
@@ -347,7 +347,7 @@ def test_manifest_path_is_a_folder(setup, capsys, tmp_path):
     (tmp_path / "m").mkdir()
     code, err = _cli(cfg(), "--manifest", str(tmp_path / "m"), capsys=capsys)
     assert code == 2 and "cannot open the manifest" in err and "Traceback" not in err
-    assert InstantServer.queued == []
+    assert IS.InstantServer.queued == []
 
 
 def test_a_file_system_without_locks_warns_and_runs(setup, monkeypatch):

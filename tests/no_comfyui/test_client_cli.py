@@ -10,7 +10,7 @@ import pytest
 from comfyui_atelier.client import batch
 from comfyui_atelier.client.batch import Manifest, output_valid, patch_prompt, resolve_bindings, seed_for, write_atomic
 from comfyui_atelier.client.dataset import Row
-from tests.fixtures.client_data import make_dataset
+from tests.fixtures import client_data as CD
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -39,7 +39,7 @@ def test_missing_captions_file(tmp_path, dead_server):
 
 
 def test_duplicate_ids(tmp_path, dead_server):
-    cap = make_dataset(tmp_path / "d", ["1", "2"])
+    cap = CD.make_dataset(tmp_path / "d", ["1", "2"])
     cap.write_text(cap.read_text() + "2,dup\n")
     r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
              "--out", tmp_path / "out")
@@ -47,21 +47,21 @@ def test_duplicate_ids(tmp_path, dead_server):
 
 
 def test_missing_image_with_fail_policy(tmp_path, dead_server):
-    make_dataset(tmp_path / "d", ["1", "2", "3"], missing_images={"2"})
+    CD.make_dataset(tmp_path / "d", ["1", "2", "3"], missing_images={"2"})
     r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
              "--out", tmp_path / "out", "--on-missing", "fail")
     assert r.returncode == 2 and "no image file for id 2" in r.stderr
 
 
 def test_server_unreachable(tmp_path, dead_server):
-    make_dataset(tmp_path / "d", ["1"])
+    CD.make_dataset(tmp_path / "d", ["1"])
     r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
              "--out", tmp_path / "out")
     assert r.returncode == 3 and "cannot reach any ComfyUI server" in r.stderr and dead_server in r.stderr
 
 
 def test_bad_workflow_file(tmp_path, dead_server):
-    make_dataset(tmp_path / "d", ["1"])
+    CD.make_dataset(tmp_path / "d", ["1"])
     r = _cli("batch", tmp_path / "nope.json", "--server", dead_server, "--images", tmp_path / "d",
              "--out", tmp_path / "out")
     assert r.returncode in (2, 3)  # the server check may come first; either way a clear message
@@ -154,7 +154,7 @@ def test_text_only_dataset(tmp_path):
 
 
 def test_unreadable_image_reported_and_fatal_with_fail_policy(tmp_path, dead_server):
-    make_dataset(tmp_path / "d", ["1", "2"])
+    CD.make_dataset(tmp_path / "d", ["1", "2"])
     (tmp_path / "d" / "2.png").write_bytes(b"GIF? no, just text")
     r = _cli("batch", DATA / "client_invert.json", "--server", dead_server, "--images", tmp_path / "d",
              "--out", tmp_path / "out", "--on-missing", "fail")

@@ -11,10 +11,7 @@ from comfyui_atelier.core import matting as M
 from comfyui_atelier.core import poolnet as P
 from comfyui_atelier.core.errors import AtelierError
 
-try:
-    from tests.fixtures import poolnet_models as PM
-except ImportError:  # rootdir not on sys.path: go through the editable install
-    from comfyui_atelier.tests.fixtures import poolnet_models as PM
+from tests.fixtures import poolnet_models as PM
 
 
 @pytest.fixture(scope="session")

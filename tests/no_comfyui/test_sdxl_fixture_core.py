@@ -8,10 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-try:
-    from tests.fixtures import sdxl_models as SX
-except ImportError:  # rootdir not on sys.path: go through the editable install
-    from comfyui_atelier.tests.fixtures import sdxl_models as SX
+from tests.fixtures import sdxl_models as SX
 
 
 def test_streamed_file_is_a_safetensors_file_with_materialise_weights(tmp_path):

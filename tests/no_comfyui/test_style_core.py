@@ -4,19 +4,19 @@ import torch
 
 from comfyui_atelier.core import style as S
 from comfyui_atelier.core.errors import AtelierError
-from tests.fixtures.style_models import TinyKLVAE, style_image
+from tests.fixtures import style_models as SM
 
 RES = 64
 
 
 @pytest.fixture(scope="module")
 def vae():
-    return TinyKLVAE()
+    return SM.TinyKLVAE()
 
 
 @pytest.fixture(scope="module")
 def images():
-    return [style_image(i) for i in range(4)]
+    return [SM.style_image(i) for i in range(4)]
 
 
 # ---------------------------------------------------------------- statistics
@@ -95,7 +95,7 @@ def test_load_rejects_other_safetensors(tmp_path):
 
 @pytest.mark.parametrize("crop", S.CROP_MODES)
 def test_crop_modes_give_working_square(crop):
-    im = style_image(3, 40, 90)
+    im = SM.style_image(3, 40, 90)
     x = S.prepare_image(im, 64, crop)
     assert x.shape == (1, 3, 64, 64) and x.min() >= -1 and x.max() <= 1
 
@@ -110,8 +110,8 @@ def test_center_crop_keeps_middle():
 
 
 def test_gray_and_rgba_inputs(vae):
-    gray = style_image(1, 32, 32, channels=1)
-    rgba = style_image(1, 32, 32, channels=4)
+    gray = SM.style_image(1, 32, 32, channels=1)
+    rgba = SM.style_image(1, 32, 32, channels=4)
     rgba[..., 3] = 0.0  # fully transparent -> white
     assert S.encode_style([gray], vae, resolution=RES).count == 1
     white = S.encode_style([torch.ones(32, 32, 3)], vae, resolution=RES)
@@ -120,7 +120,7 @@ def test_gray_and_rgba_inputs(vae):
 
 
 def test_mixed_sizes_are_brought_to_the_working_resolution(vae):
-    ims = [style_image(0, 40, 40), style_image(1, 96, 64), style_image(2, 30, 120)]
+    ims = [SM.style_image(0, 40, 40), SM.style_image(1, 96, 64), SM.style_image(2, 30, 120)]
     mixed = S.encode_style(ims, vae, resolution=RES, batch_size=4)
     one_by_one = [S.encode_style([im], vae, resolution=RES) for im in ims]
     assert mixed.count == 3
@@ -135,10 +135,10 @@ def test_zero_images_error(vae):
 
 
 def test_vae_channel_count_check():
-    vae16 = TinyKLVAE(latent_channels=16)
+    vae16 = SM.TinyKLVAE(latent_channels=16)
     with pytest.raises(AtelierError, match="16 latent channels, 4 were expected"):
-        S.encode_style([style_image(0)], vae16, resolution=RES, expected_channels=4)
-    style16 = S.encode_style([style_image(0)], vae16, resolution=RES)
+        S.encode_style([SM.style_image(0)], vae16, resolution=RES, expected_channels=4)
+    style16 = S.encode_style([SM.style_image(0)], vae16, resolution=RES)
     adapter = S.StyleAdapter(context_dim=768, feature_size=RES // 8)
     with pytest.raises(AtelierError, match="16 latent channels but the adapter was built for 4"):
         adapter(style16.feature())
