@@ -231,14 +231,7 @@ class AtelierCropBack:
         x = check_finite(image_batch(image, node), node=node, input="image")
         b, h, w, c = x.shape
         E.check_pad_fits(h, w, info, node=node)  # another image's pad_info would crop the wrong box, silently
-        y0, y1, x0, x1 = E.crop_box(h, w, info)
-        out = x[:, y0:y1, x0:x1]
-        if c <= 2:  # gray (+ alpha): 3-channel gray, as an IMAGE should be
-            out = out[..., :1].expand(-1, -1, -1, 3)
-        if restore_size and (y1 - y0, x1 - x0) != (info["orig_h"], info["orig_w"]):
-            out = torch.stack([torch.from_numpy(E.resize(np.ascontiguousarray(o.numpy()),
-                                                         info["orig_h"], info["orig_w"])) for o in out])
-        out = out.contiguous()
+        m = None
         if mask is not None:
             m = check_finite(image_batch(mask, node, "mask")[..., 0], node=node, input="mask", what="masks",
                              unit="values", fix="the node that makes this mask produced NaN/inf; a MASK is 0..1.")
@@ -246,15 +239,18 @@ class AtelierCropBack:
                 raise AtelierError(f"mask is {m.shape[2]}x{m.shape[1]} but image is {w}x{h}", node=node,
                                    input="mask", expected="a mask of the same size as image",
                                    fix="connect the mask that belongs to this image (or none).")
-            m = m[:, y0:y1, x0:x1]
-            if restore_size and tuple(m.shape[1:]) != (info["orig_h"], info["orig_w"]):
-                m = torch.stack([torch.from_numpy(E.resize(np.ascontiguousarray(o.numpy()),
-                                                           info["orig_h"], info["orig_w"])) for o in m])
-            m = m.contiguous()
-        else:
-            rgb = out[..., :3]
-            m = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).clamp_(0, 1)
-        return out, m
+        out = _crop_back_each(x, info, bool(restore_size))
+        if c <= 2:  # gray (+ alpha): 3-channel gray, as an IMAGE should be
+            out = out[..., :1].expand(-1, -1, -1, 3).contiguous()
+        if m is not None:
+            return out, _crop_back_each(m, info, bool(restore_size))
+        rgb = out[..., :3]
+        return out, (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).clamp_(0, 1)
+
+
+def _crop_back_each(x: torch.Tensor, info: E.PadInfo, restore_size: bool) -> torch.Tensor:
+    """core.edges.crop_back on every item of an IMAGE [B,H,W,C] or MASK [B,H,W] batch -> one new tensor."""
+    return torch.stack([torch.from_numpy(E.crop_back(x[i].numpy(), info, restore_size)) for i in range(x.shape[0])])
 
 
 class AtelierEmptyLatentLike:
