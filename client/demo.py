@@ -40,6 +40,10 @@ LOADER_INPUTS = {
 # A missing PoolNet has a fallback (the classical matting backend, set by input value), so it never
 # forces the tiny-model plumbing check.
 OPTIONAL_FOLDERS = {"saliency"}
+# AtelierSaliencyLoader's model_name for the classical matting backend (no weights): core.matting's
+# CLASSICAL_NAME, a saved widget value that never changes; repeated here because core.matting
+# imports torch and the client must not (a test checks they agree).
+CLASSICAL_MATTING = "classical"
 # Inputs set to TINY_SIZE for the plumbing check (the latent follows the line art's size; Crop Back
 # restores the drawing's size, so the result has the drawing's size and aspect in both modes).
 TINY_SIZE = 256
@@ -138,10 +142,8 @@ def prepare_prompt(prompt: dict, *, image_name: str, caption: str, seed: int, st
         elif model_files is None and (models_dir / folder / inputs[key]).is_file():
             continue  # the user's own file is in place
         elif ct == "AtelierSaliencyLoader":
-            from ..core.matting import CLASSICAL_NAME  # torch needed only here
-
             print(f"  note: no PoolNet weights ({inputs[key]}); the matting step uses the classical backend")
-            inputs[key] = CLASSICAL_NAME
+            inputs[key] = CLASSICAL_MATTING
     return prompt
 
 
@@ -162,9 +164,9 @@ def run(args) -> int:
     if tiny:
         print(BANNER)
         print("missing: " + ", ".join(missing) + f"\n(download later with: atelier models download {' '.join(missing)})")
-        from ..core import tiny_models  # torch needed only here
+        from . import demo_models  # torch needed only here
 
-        built = tiny_models.build_all(PACK / ".cache" / "tiny-models")
+        built = demo_models.build_all(PACK / ".cache" / "tiny-models")
         for folder, path in built.items():
             (root / "models" / folder).mkdir(parents=True, exist_ok=True)
             (root / "models" / folder / path.name).symlink_to(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_atelier.client import runtime
-from comfyui_atelier.core import tiny_models as tiny_sd15_builder
+from comfyui_atelier.client import demo_models as tiny_sd15_builder
 # imported here, at conftest load, so `tests` is this repo's tests/ before the `comfy` fixture puts
 # ComfyUI's root (which has a `tests` package of its own) first on sys.path
 from tests.fixtures import sdxl_models as SX

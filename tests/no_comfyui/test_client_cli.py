@@ -196,3 +196,38 @@ def test_models_and_demo_default_to_the_same_models_dir(tmp_path, monkeypatch):
         expected = models_cli.default_models_dir()[0].resolve()
         assert demo._models_dir(argparse.Namespace(models_dir=None, comfyui=None)) == expected
     assert expected == (models_cli.PACK_ROOT / "models").resolve()
+
+
+_BLOCK_TORCH = ("import sys\n"
+                "class _Poison:\n"
+                "    def find_spec(self, name, path=None, target=None):\n"
+                "        if name.split('.')[0] in ('torch', 'numpy', 'PIL', 'cv2', 'safetensors'):\n"
+                "            raise ImportError('blocked ' + name)\n"
+                "sys.meta_path.insert(0, _Poison())\n")
+
+
+def test_atelier_parser_demo_and_downloader_import_with_torch_blocked(tmp_path):
+    """Every sub-command registers and the demo prepares its prompt (PoolNet missing: the classical
+    backend) with torch, numpy, PIL, cv2 and safetensors unimportable; the tiny-model key layouts too."""
+    code = _BLOCK_TORCH + (
+        "import json, pathlib\n"
+        "from comfyui_atelier.client import cli, demo, demo_models, download, models_cli, train_cli\n"
+        "p = cli.build_parser()\n"
+        "cmds = p._subparsers._group_actions[0].choices\n"
+        "prompt = demo.prepare_prompt(json.loads(demo.WORKFLOW_API.read_text()), image_name='x.png', caption='c',\n"
+        "                             seed=1, steps=2, model_files=None, models_dir=pathlib.Path(sys.argv[1]))\n"
+        "sal = [n['inputs']['model_name'] for n in prompt.values() if n['class_type'] == 'AtelierSaliencyLoader']\n"
+        "print(sorted(cmds), sal, len(demo_models.unet_spec()) > 0)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'PIL', 'cv2')))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "unavailable" not in r.stderr
+    assert r.stdout.strip().splitlines()[-2:] == [
+        "['batch', 'convert', 'demo', 'models', 'train-style'] ['classical'] True", "[]"]
+    assert "uses the classical backend" in r.stdout
+
+
+def test_demo_classical_name_is_the_matting_backends():
+    from comfyui_atelier.client import demo
+    from comfyui_atelier.core import matting
+    assert demo.CLASSICAL_MATTING == matting.CLASSICAL_NAME

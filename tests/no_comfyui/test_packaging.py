@@ -35,3 +35,15 @@ def test_package_data_ships_every_asset_the_nodes_and_workflows_need():
                             ("js", "*.js"), ("example_inputs", "*.png")):
         files = set((ROOT / folder).glob(pattern))
         assert files and files <= covered, f"{folder}/{pattern} not all in package-data"
+
+
+def test_demo_models_ship_with_the_client():
+    """`atelier demo` builds its tiny plumbing-check models from client/demo_models.py, which an installed
+    wheel must carry; the core (the algorithms) holds no test or demo model builders."""
+    packages = PYPROJECT["tool"]["setuptools"]["packages"]
+    assert PYPROJECT["tool"]["setuptools"]["package-dir"]["comfyui_atelier"] == "."
+    assert "comfyui_atelier.client" in packages and (ROOT / "client" / "demo_models.py").is_file()
+    demo = (ROOT / "client" / "demo.py").read_text()
+    assert "from . import demo_models" in demo
+    assert not [m for m in re.findall(r"^\s*(?:from|import) (\S+)", demo, re.M) if m.startswith("tests")]
+    assert not (ROOT / "core" / "tiny_models.py").exists()
