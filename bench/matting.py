@@ -33,8 +33,9 @@ PEAK_TARGET = ("<=", 0.5)       # our peak memory / the reference's, full resolu
 MAX_SIDE_TARGET = (">=", 4.0)   # full-resolution time / max_side time on the big input
 IOU_TARGET = (">=", 0.97)       # min alpha IoU of max_side against full resolution
 
-# the repository root, for `tests.fixtures` (the pack itself is installed as comfyui_atelier)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# `tests.fixtures` (seeded PoolNet weights) through the installed pack, comfyui_atelier: never the repository root on
+# sys.path, where the pack's own nodes/ would shadow ComfyUI's `nodes`
+sys.modules.setdefault("tests.fixtures", __import__("comfyui_atelier.tests.fixtures", fromlist=["link_file"]))
 
 
 def _reset_peak() -> None:
