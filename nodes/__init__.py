@@ -16,6 +16,7 @@ FAMILIES = {
     "glyph": "glyph renderer, OCR boxes and layout",
     "style": "VAE style features, adapter and latent match",
     "lora": "optional LoRA",
+    "kolors": "Kolors UNet and ChatGLM3 text encoder loaders",
 }
 
 

@@ -1,0 +1,392 @@
+"""Kolors (family `kolors`): the Kolors UNet and its ChatGLM3 text encoder as ComfyUI MODEL and CLIP.
+
+ComfyUI has no Kolors support (neither the pinned 2024 runtime nor 0.3.64), so the pack builds it
+from ComfyUI's own parts:
+
+- MODEL: ComfyUI's UNetModel (the SDXL trunk) with one extra Linear, ``encoder_hid_proj`` (ChatGLM
+  4096 -> cross-attention 2048), applied to the context inside the diffusion model's forward; a
+  ``model_base.SDXL`` subclass whose adm is the pooled ChatGLM state (4096) + the six SDXL time ids
+  (6 x 256 = 5632) and whose ModelSamplingDiscrete carries Kolors' own schedule (1100 steps,
+  scaled-linear betas 0.00085..0.014; the pinned runtime's sampler would otherwise build 1000).
+  Keys are converted from the published diffusers layout with ``comfy.utils.unet_to_diffusers``.
+  So KSampler, LoraLoader / LoraLoaderModelOnly (diffusers/kohya keys map through the same
+  table; ``lora_unet_encoder_hid_proj`` too), model management (/free, lowvram) work unchanged.
+- CLIP: a real ``comfy.sd.CLIP`` around our ChatGLM3 encoder (core/kolors.py, the published
+  weight names, ComfyUI's casting ops), so CLIPTextEncode, the pack's system-prompt encoders and
+  ComfyUI's model management treat it like any text encoder. Conditioning: context [B, 256, 4096]
+  (penultimate layer), pooled_output [B, 4096] (last layer, last token).
+
+Memory: see core.kolors.MEMORY_NOTE. Prompt weights "(word:1.2)" are not applied (read as text).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from types import SimpleNamespace
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.sd
+import comfy.supported_models_base
+import comfy.utils
+import folder_paths
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+from ..core import kolors as K
+from ..core.cache import file_stamp
+from ..core.errors import AtelierError
+from ..core.folders import walk
+from ._managed import read_weights
+
+log = logging.getLogger("atelier")
+
+CATEGORY = "atelier/kolors"
+UNET_FOLDERS = ("diffusion_models", "unet")          # 0.3.64 / pinned names of models/unet
+TE_FOLDERS = ("text_encoders", "clip")
+DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+# ----------------------------------------------------------------------------- the model
+
+class KolorsUNetModel(UNetModel):
+    """ComfyUI's UNetModel + Kolors' text projection (``encoder_hid_proj``) on the context."""
+
+    def __init__(self, *args, text_dim: int = K.TEXT_HIDDEN, **kwargs):
+        super().__init__(*args, **kwargs)
+        ops = kwargs.get("operations") or comfy.ops.disable_weight_init
+        self.encoder_hid_proj = ops.Linear(text_dim, kwargs["context_dim"], bias=True,
+                                           dtype=kwargs.get("dtype"), device=kwargs.get("device"))
+
+    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
+        if context is not None and context.shape[-1] == self.encoder_hid_proj.in_features:
+            context = self.encoder_hid_proj(context)
+        return super().forward(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+class KolorsModel(comfy.model_base.SDXL):
+    """SDXL-class model_base for Kolors: its adm (pooled ChatGLM + 6 time ids) and noise schedule."""
+
+    def __init__(self, model_config, model_type=comfy.model_base.ModelType.EPS, device=None):
+        comfy.model_base.BaseModel.__init__(self, model_config, model_type, device=device, unet_model=KolorsUNetModel)
+        self.text_dim = int(model_config.unet_config.get("text_dim", K.TEXT_HIDDEN))
+        self.time_embed_dim = (int(model_config.unet_config["adm_in_channels"]) - self.text_dim) // 6
+        self.embedder = None
+        self.noise_augmentor = None
+        s = model_config.sampling_settings
+        self.model_sampling._register_schedule(given_betas=K.kolors_betas(s["timesteps"], s["linear_start"], s["linear_end"]),
+                                               timesteps=s["timesteps"], linear_start=s["linear_start"],
+                                               linear_end=s["linear_end"])
+
+    def encode_adm(self, **kwargs):
+        pooled = kwargs.get("pooled_output", None)
+        if pooled is None:
+            pooled = torch.zeros((1, self.text_dim))
+        if pooled.shape[-1] != self.text_dim:
+            raise AtelierError(f"the conditioning's pooled output is {pooled.shape[-1]} wide, Kolors needs {self.text_dim}",
+                               node="KSampler", input="positive / negative",
+                               expected="conditioning from the Kolors text encoder (Atelier Kolors Text Encoder Loader -> CLIP Text Encode)",
+                               fix="encode the prompts with the Kolors text encoder, not an SD/SDXL CLIP")
+        width = kwargs.get("width", 1024)
+        height = kwargs.get("height", 1024)
+        ids = torch.tensor([[height, width, kwargs.get("crop_h", 0), kwargs.get("crop_w", 0),
+                             kwargs.get("target_height", height), kwargs.get("target_width", width)]], dtype=torch.float32)
+        flat = K.time_ids_embedding(ids, self.time_embed_dim).repeat(pooled.shape[0], 1)
+        return torch.cat((pooled.to(flat.device, flat.dtype), flat), dim=1)
+
+
+class KolorsConfig(comfy.supported_models_base.BASE):
+    """Model config of the pack-defined Kolors family (never matched by ComfyUI's detection)."""
+    unet_config = {"kolors": True}
+    latent_format = comfy.latent_formats.SDXL
+    sampling_settings = {"beta_schedule": "linear", "linear_start": K.SCHEDULE["beta_start"],
+                         "linear_end": K.SCHEDULE["beta_end"], "timesteps": K.SCHEDULE["num_train_timesteps"]}
+    memory_usage_factor = getattr(__import__("comfy.supported_models", fromlist=["SDXL"]).SDXL, "memory_usage_factor", 0.8)
+    supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
+
+    def __init__(self, unet_config):
+        super().__init__(unet_config)
+        self.sampling_settings = dict(type(self).sampling_settings)
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return KolorsModel(self, device=device)
+
+
+def diffusers_to_comfy(sd: dict, layout: K.UNetLayout) -> dict:
+    """Published diffusers keys -> ComfyUI UNetModel keys (ComfyUI's own table + encoder_hid_proj)."""
+    keymap = comfy.utils.unet_to_diffusers(layout.unet_config)
+    keymap.update({"encoder_hid_proj.weight": "encoder_hid_proj.weight", "encoder_hid_proj.bias": "encoder_hid_proj.bias"})
+    return {keymap[k]: v for k, v in sd.items() if k in keymap}
+
+
+def load_kolors_unet_state_dict(sd: dict, dtype: torch.dtype | None = None, node: str = K.NODE_UNET):
+    """A diffusers-layout Kolors UNet state dict -> ModelPatcher over KolorsModel (ComfyUI's loading steps)."""
+    sd = K.strip_unet_prefix(sd)
+    layout = K.unet_layout(sd)
+    cfg = dict(layout.unet_config, text_dim=layout.text_dim)
+    model_config = KolorsConfig(cfg)
+    new_sd = diffusers_to_comfy(sd, layout)
+    parameters = comfy.utils.calculate_parameters(sd)
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    unet_dtype = dtype or mm.unet_dtype(model_params=parameters, supported_dtypes=model_config.supported_inference_dtypes)
+    manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast_dtype)
+    model = model_config.get_model(new_sd, "")
+    model = model.to(offload_device)
+    missing, unexpected = model.diffusion_model.load_state_dict(new_sd, strict=False)
+    left = len(sd) - len(new_sd)
+    if missing or left:
+        first = missing[0] if missing else next(k for k in sd if k not in set(comfy.utils.unet_to_diffusers(layout.unet_config)) and not k.startswith("encoder_hid_proj."))
+        raise AtelierError(f"the file's keys do not fill a Kolors UNet ({len(missing)} missing, {left} unused; first: {first})",
+                           node=node, input="unet_name",
+                           expected="the complete Kolors UNet in the published diffusers layout",
+                           fix="re-download unet/diffusion_pytorch_model.fp16.safetensors of Kwai-Kolors/Kolors")
+    log.info("[Atelier] Kolors UNet: %.2f B parameters, weights %s, compute %s", parameters / 1e9, unet_dtype,
+             manual_cast_dtype or unet_dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+# ----------------------------------------------------------------------------- the text encoder
+
+def _ops():
+    mc = comfy.ops.manual_cast
+    return SimpleNamespace(Linear=mc.Linear, Embedding=getattr(mc, "Embedding", torch.nn.Embedding))
+
+
+class KolorsTextModel(torch.nn.Module):
+    """cond_stage_model for comfy.sd.CLIP: ChatGLM3 under ``transformer.`` (published names)."""
+
+    def __init__(self, device=None, dtype=None, model_options=None, config=None, force_dtype=None, **kwargs):
+        super().__init__()
+        dtype = force_dtype or dtype or torch.float32
+        self.transformer = K.ChatGLMEncoder(config, ops=_ops(), device=device, dtype=dtype)
+        self.dtypes = {dtype}
+        self.dtype = dtype
+        self.execution_device = None
+
+    def reset_clip_options(self):
+        self.execution_device = None
+
+    def set_clip_options(self, options):
+        self.execution_device = options.get("execution_device", self.execution_device)
+
+    def load_sd(self, sd):
+        return self.transformer.load_state_dict(K.encoder_state_dict(sd), strict=False)
+
+    def encode_token_weights(self, tokens):
+        rows = tokens["kolors"]
+        ids = torch.tensor([[t[0] for t in row] for row in rows], dtype=torch.long)
+        mask = torch.tensor(tokens["kolors_mask"], dtype=torch.long)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        dev = self.execution_device or getattr(self, "load_device", None) or self.transformer.embedding.word_embeddings.weight.device
+        with torch.no_grad():
+            ctx, pooled = self.transformer(ids.to(dev), mask.to(dev), pos.to(dev), dtype=self.dtype)
+        inter = mm.intermediate_device() if hasattr(mm, "intermediate_device") else torch.device("cpu")
+        return ctx.to(inter, torch.float32), pooled.to(inter, torch.float32)
+
+
+class KolorsTokenizer:
+    """tokenizer for comfy.sd.CLIP: ``{"kolors": [[(id, 1.0, word)...]], "kolors_mask": [[0/1...]]}``,
+    256 ids as KolorsPipeline makes them (word 0 = padding or the [gMASK] sop prefix)."""
+
+    def __init__(self, embedding_directory=None, tokenizer_data=None, model_file=None, **kwargs):
+        self.tok = K.ChatGLMTokenizer(model_file)
+
+    def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
+        t = self.tok([text])
+        ids, mask = t["input_ids"][0].tolist(), t["attention_mask"][0].tolist()
+        pad = mask.index(1) if 1 in mask else len(mask)
+        words = [0] * (pad + 2) + list(range(1, len(ids) - pad - 1))
+        row = [(i, 1.0, w) if return_word_ids else (i, 1.0) for i, w in zip(ids, words)]
+        return {"kolors": [row], "kolors_mask": [mask]}
+
+    def untokenize(self, token_weight_pair):
+        return [(p, self.tok.sp.id_to_piece(p[0]) if p[0] < self.tok.sp.vocab_size() else "") for p in token_weight_pair]
+
+    def state_dict(self):
+        return {}
+
+
+def load_kolors_text_encoder(folder: str, dtype: torch.dtype | None = None, device: str = "default",
+                             node: str = K.NODE_TE):
+    """A published text_encoder/ folder -> comfy.sd.CLIP (weights read with ComfyUI's load_torch_file)."""
+    import inspect
+    import json
+    files = K.text_encoder_files(folder)
+    with open(files["config"], encoding="utf-8") as f:
+        config = K.ChatGLMConfig.from_dict(json.load(f))
+    K.ChatGLMTokenizer(files["tokenizer"])   # fail early (sentencepiece, a broken tokenizer.model)
+
+    def tokenizer(embedding_directory=None, tokenizer_data=None, **kw):
+        return KolorsTokenizer(model_file=files["tokenizer"])
+
+    target = SimpleNamespace(clip=KolorsTextModel, tokenizer=tokenizer,
+                             params={"config": config, "force_dtype": dtype})
+    kwargs = {}
+    if device == "cpu" and "model_options" in inspect.signature(comfy.sd.CLIP.__init__).parameters:
+        kwargs["model_options"] = {"load_device": torch.device("cpu"), "offload_device": torch.device("cpu")}
+    clip = comfy.sd.CLIP(target=target, **kwargs)
+    if device == "cpu":
+        clip.patcher.load_device = torch.device("cpu")
+    clip.cond_stage_model.load_device = clip.patcher.load_device
+    sd = {}
+    for w in files["weights"]:
+        part, _ = read_weights(w)
+        sd.update(part)
+    missing, _unexpected = clip.load_sd(sd)
+    if missing:
+        raise AtelierError(f"the weights lack {len(missing)} tensors the config needs (first: {missing[0]})",
+                           node=node, input="text_encoder",
+                           expected=f"ChatGLM weights for {config.num_layers} layers of width {config.hidden_size}",
+                           fix="check that every shard is downloaded and that config.json belongs to these weights")
+    return clip
+
+
+# ----------------------------------------------------------------------------- selectors
+
+def _folder_paths(names) -> list[str]:
+    out = []
+    for n in names:
+        try:
+            out += [p for p in folder_paths.get_folder_paths(n) if p not in out]
+        except KeyError:
+            continue
+    return out
+
+
+def unet_files() -> list[str]:
+    seen = []
+    for n in UNET_FOLDERS:
+        try:
+            seen += [f for f in folder_paths.get_filename_list(n) if f not in seen and f.endswith((".safetensors", ".sft"))]
+        except KeyError:
+            continue
+    return seen
+
+
+def unet_path(name: str) -> str:
+    for n in UNET_FOLDERS:
+        try:
+            if name in folder_paths.get_filename_list(n):
+                p = folder_paths.get_full_path(n, name)
+                if p:
+                    return p
+        except KeyError:
+            continue
+    raise AtelierError(f"UNet file '{name}' was not found", node=K.NODE_UNET, input="unet_name",
+                       expected="a file in " + (", ".join(_folder_paths(UNET_FOLDERS)) or "ComfyUI/models/unet"),
+                       fix="put Kwai-Kolors/Kolors unet/diffusion_pytorch_model.fp16.safetensors into ComfyUI/models/unet "
+                           "(rename it, e.g. kolors_unet_fp16.safetensors) and refresh")
+
+
+def _is_te_folder(d: str) -> bool:
+    return os.path.isfile(os.path.join(d, "config.json")) and os.path.isfile(os.path.join(d, K.TOKENIZER_FILE))
+
+
+def text_encoder_folders() -> dict[str, str]:
+    """{name shown in the selector: folder} for every folder with config.json + tokenizer.model."""
+    out = {}
+    for root in _folder_paths(TE_FOLDERS):
+        if _is_te_folder(root):
+            continue
+        for rel, full in walk(root, max_depth=3, stop=_is_te_folder):
+            if os.path.isdir(full) and _is_te_folder(full) and rel not in out:
+                out[rel] = full
+    return out
+
+
+# ----------------------------------------------------------------------------- nodes
+
+class AtelierKolorsUNetLoader:
+    DESCRIPTION = ("Loads a Kolors UNet (the published diffusers file unet/diffusion_pytorch_model*.safetensors of "
+                   "Kwai-Kolors/Kolors) from models/unet as a MODEL for KSampler, LoRA loaders and model management. "
+                   + K.MEMORY_NOTE)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "unet_name": (unet_files(), {"tooltip": "The Kolors UNet file in ComfyUI/models/unet (diffusion_models): "
+                                                    "diffusion_pytorch_model.fp16.safetensors of Kwai-Kolors/Kolors, 5.2 GB "
+                                                    "(2.6 B parameters)."}),
+            "weight_dtype": (list(DTYPES), {"default": "default", "tooltip":
+                             "Weight dtype on the device. default: ComfyUI's choice (fp16/bf16 on a GPU). fp16/bf16: 5.2 GB; "
+                             "fp32: 10.3 GB."}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("Kolors MODEL: SDXL-class UNet with the ChatGLM projection and Kolors' 1100-step schedule. "
+                       "Use it with conditioning from Atelier Kolors Text Encoder Loader + CLIP Text Encode and the SDXL VAE.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, unet_name, weight_dtype="default"):
+        try:
+            return str(file_stamp(unet_path(unet_name))) + weight_dtype
+        except Exception:
+            return unet_name
+
+    def load(self, unet_name, weight_dtype="default"):
+        path = unet_path(unet_name)
+        sd, _ = read_weights(path)
+        try:
+            return (load_kolors_unet_state_dict(sd, DTYPES.get(weight_dtype)),)
+        except AtelierError as e:
+            raise AtelierError(f"'{unet_name}': {e.problem}", node=K.NODE_UNET, input="unet_name",
+                               expected=e.expected, fix=e.fix) from None
+
+
+class AtelierKolorsTextEncoderLoader:
+    DESCRIPTION = ("Loads Kolors' ChatGLM3-6B text encoder from a folder in models/text_encoders (or models/clip) laid "
+                   "out as Kwai-Kolors/Kolors text_encoder/ (config.json, the weight shards, tokenizer.model) as a CLIP "
+                   "for CLIP Text Encode. Needs sentencepiece (the pack's kolors extra). " + K.MEMORY_NOTE)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = sorted(text_encoder_folders())
+        return {"required": {
+            "text_encoder": (names, {"tooltip": "A folder under ComfyUI/models/text_encoders (or models/clip) holding "
+                                                "the Kolors text_encoder files: config.json, 7 pytorch_model-0000N-of-00007.bin "
+                                                "shards (or .safetensors), tokenizer.model. ChatGLM3-6B: 6.2 B parameters, "
+                                                "12.5 GB in fp16."}),
+            "weight_dtype": (list(DTYPES), {"default": "default", "tooltip":
+                             "default: ComfyUI's text-encoder dtype (fp16 on a GPU). fp32 needs 25 GB of RAM."}),
+            "device": (["default", "cpu"], {"default": "default", "tooltip":
+                       "cpu: always run the text encoder on the CPU (keeps the GPU for the UNet; slow: a prompt "
+                       "takes seconds to minutes)."}),
+        }}
+
+    RETURN_TYPES = ("CLIP",)
+    OUTPUT_TOOLTIPS = ("Kolors text encoder as a CLIP: CLIP Text Encode gives context [1, 256, 4096] and pooled [1, 4096]; "
+                       "prompts up to 256 ChatGLM tokens (Chinese and English), longer ones are cut.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, text_encoder, weight_dtype="default", device="default"):
+        folder = text_encoder_folders().get(text_encoder)
+        return f"{file_stamp(folder) if folder else text_encoder}{weight_dtype}{device}"
+
+    def load(self, text_encoder, weight_dtype="default", device="default"):
+        folder = text_encoder_folders().get(text_encoder)
+        if folder is None:
+            raise AtelierError(f"text encoder folder '{text_encoder}' was not found", node=K.NODE_TE, input="text_encoder",
+                               expected="a folder with config.json and tokenizer.model under "
+                                        + (", ".join(_folder_paths(TE_FOLDERS)) or "ComfyUI/models/text_encoders"),
+                               fix="copy Kwai-Kolors/Kolors text_encoder/ to ComfyUI/models/text_encoders/kolors_chatglm3 and refresh")
+        return (load_kolors_text_encoder(folder, DTYPES.get(weight_dtype), device),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "AtelierKolorsUNetLoader": AtelierKolorsUNetLoader,
+    "AtelierKolorsTextEncoderLoader": AtelierKolorsTextEncoderLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AtelierKolorsUNetLoader": K.NODE_UNET,
+    "AtelierKolorsTextEncoderLoader": K.NODE_TE,
+}
