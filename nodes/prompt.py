@@ -199,6 +199,7 @@ class _PresetNode:
 
 class AtelierSystemPrompt(_PresetNode):
     """Prompt + preset -> positive and negative prompt strings."""
+    DISPLAY = "Atelier System Prompt"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -220,13 +221,14 @@ class AtelierSystemPrompt(_PresetNode):
                    "System Prompt (encode)' to get CONDITIONING directly.")
 
     def run(self, prompt, preset, position, extra_negative, style_id=""):
-        res, report = _run("AtelierSystemPrompt", prompt, preset, position, extra_negative, style_id,
+        res, report = _run(self.DISPLAY, prompt, preset, position, extra_negative, style_id,
                            default_token_counter())
         return {"ui": {"text": [report]}, "result": (res.positive, res.negative, report)}
 
 
 class AtelierSystemPromptEncode(_PresetNode):
     """Same as AtelierSystemPrompt, then encodes both sides with the CLIP."""
+    DISPLAY = "Atelier System Prompt (encode)"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -250,7 +252,7 @@ class AtelierSystemPromptEncode(_PresetNode):
                    "sampler, and the texts and report.")
 
     def run(self, clip, prompt, preset, position, extra_negative, style_id=""):
-        node = "AtelierSystemPromptEncode"
+        node = self.DISPLAY
         if clip is None:
             raise AtelierError("the CLIP input is None: the loaded checkpoint has no text encoder.", node=node,
                                input="clip", expected="a CLIP from Load Checkpoint or Load CLIP",
@@ -262,6 +264,7 @@ class AtelierSystemPromptEncode(_PresetNode):
 
 class AtelierPromptLines:
     """Multiline text -> list of prompts, one per non-empty line."""
+    DISPLAY = "Atelier Prompt Lines"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -282,10 +285,10 @@ class AtelierPromptLines:
     DESCRIPTION = "Splits a multiline prompt into one prompt per line (a batch for the story-set pipeline)."
 
     def run(self, text, skip_comments=True):
-        lines = core.split_lines(text, skip_comments=skip_comments, node="AtelierPromptLines")
+        lines = core.split_lines(text, skip_comments=skip_comments, node=self.DISPLAY)
         if not lines:
             raise AtelierError("there are no prompt lines (the text is empty or only comments).",
-                               node="AtelierPromptLines", input="text",
+                               node=self.DISPLAY, input="text",
                                expected="at least one non-empty line", fix="type one prompt per line.")
         return (lines, len(lines))
 
@@ -295,8 +298,4 @@ NODE_CLASS_MAPPINGS = {
     "AtelierSystemPromptEncode": AtelierSystemPromptEncode,
     "AtelierPromptLines": AtelierPromptLines,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "AtelierSystemPrompt": "Atelier System Prompt",
-    "AtelierSystemPromptEncode": "Atelier System Prompt (encode)",
-    "AtelierPromptLines": "Atelier Prompt Lines",
-}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

@@ -81,9 +81,9 @@ def find_style_file(name: str) -> str:
            "names are relative to those folders, without '..' or absolute paths.")
     dirs = style_dirs()
     if not _style_name_ok(name):
-        raise C.not_in_folder(name, what="style file", node="Atelier Style Load", input="style_file",
+        raise C.not_in_folder(name, what="style file", node=AtelierStyleLoad.DISPLAY, input="style_file",
                               folders=dirs, fix=fix)
-    return C.confine(name, dirs, what="style file", node="Atelier Style Load", input="style_file", fix=fix)
+    return C.confine(name, dirs, what="style file", node=AtelierStyleLoad.DISPLAY, input="style_file", fix=fix)
 
 
 def adapter_files() -> list[str]:
@@ -101,7 +101,8 @@ def _adapter_dirs() -> list[str]:
         return []
 
 
-def load_adapter_cached(name: str, node: str = "Atelier Style Adapter Loader") -> S.StyleAdapter:
+def load_adapter_cached(name: str, node: str | None = None) -> S.StyleAdapter:
+    node = node or AtelierStyleAdapterLoader.DISPLAY
     path = resolve_model(ADAPTER_FOLDER, name, node=node, input="adapter_name")
     try:
         return _ADAPTERS.get(path, lambda p: S.load_adapter(p, read=read_weights))
@@ -113,6 +114,8 @@ def load_adapter_cached(name: str, node: str = "Atelier Style Adapter Loader") -
 
 class AtelierStyleEncode:
     """Reference images + VAE -> ATELIER_STYLE."""
+    DISPLAY = "Atelier Style Encode"
+
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -148,7 +151,7 @@ class AtelierStyleEncode:
                    "Atelier Style Conditioning Blend, Latent Match and Guidance. Save it with Atelier Style Save.")
 
     def encode(self, images, vae, resolution, crop, images_2=None, images_3=None, name=""):
-        node = "Atelier Style Encode"
+        node = self.DISPLAY
         check_text(name, node=node, input="name")  # stored in the style file's UTF-8 metadata
         for key, b in (("images", images), ("images_2", images_2), ("images_3", images_3)):
             if b is not None:  # NaN pixels would become a NaN style that blackens every image it touches
@@ -178,6 +181,8 @@ class AtelierStyleEncode:
 
 
 class AtelierStyleSave:
+    DISPLAY = "Atelier Style Save"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -203,16 +208,16 @@ class AtelierStyleSave:
         allowed = f"at most {MAX_STYLE_NAME} characters of letters A-Z a-z, digits, space, - _ . and / (a relative name)"
         if len(name) > MAX_STYLE_NAME:
             raise AtelierError(f"the file name is {len(name)} characters long ({name[:40]!r}...)",
-                               node="Atelier Style Save", input="filename", expected=allowed,
+                               node=self.DISPLAY, input="filename", expected=allowed,
                                fix="use a shorter name, e.g. style07 or brand/spring")
         if not name or not re.fullmatch(r"[A-Za-z0-9_.\-/ ]+", name) or ".." in name.split("/") or name.startswith("/"):
-            raise AtelierError(f"{filename!r} is not a usable style file name", node="Atelier Style Save",
+            raise AtelierError(f"{filename!r} is not a usable style file name", node=self.DISPLAY,
                                input="filename", expected=allowed,
                                fix="e.g. style07 or brand/spring")
         base = os.path.join(folder_paths.get_output_directory(), STYLE_OUTPUT_SUBDIR)
         path = C.candidate(name + STYLE_SUFFIX, base)  # None: a symlinked subfolder would lead outside
         if path is None:
-            raise AtelierError(f"'{filename}' is not a usable style file name", node="Atelier Style Save",
+            raise AtelierError(f"'{filename}' is not a usable style file name", node=self.DISPLAY,
                                input="filename", expected=f"a name inside output/{STYLE_OUTPUT_SUBDIR}/",
                                fix="e.g. style07 or brand/spring (a symlink there may not point outside)")
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -222,6 +227,8 @@ class AtelierStyleSave:
 
 
 class AtelierStyleLoad:
+    DISPLAY = "Atelier Style Load"
+
     @classmethod
     def INPUT_TYPES(cls):
         files = style_files()
@@ -249,19 +256,21 @@ class AtelierStyleLoad:
         # a file saved earlier in the same queue is not listed yet, so a confined name that does not
         # exist passes here (load() says it is missing); a name reaching outside the folders never does
         if not _style_name_ok(style_file):
-            return str(C.not_in_folder(style_file, what="style file", node="Atelier Style Load",
+            return str(C.not_in_folder(style_file, what="style file", node=cls.DISPLAY,
                                        input="style_file", folders=style_dirs()))
-        return C.check_name(style_file, style_dirs(), what="style file", node="Atelier Style Load",
+        return C.check_name(style_file, style_dirs(), what="style file", node=cls.DISPLAY,
                             input="style_file")
 
     def load(self, style_file):
         try:
             return (S.load_style(find_style_file(style_file), read=read_weights),)
         except AtelierError as exc:
-            raise exc.at("Atelier Style Load") from exc
+            raise exc.at(self.DISPLAY) from exc
 
 
 class AtelierStyleAdapterLoader:
+    DISPLAY = "Atelier Style Adapter Loader"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -288,7 +297,7 @@ class AtelierStyleAdapterLoader:
         # outside the model folder is refused here with the uniform message
         if adapter_name == NO_ADAPTER or C.name_is_safe(adapter_name):
             return True
-        return str(C.not_in_folder(adapter_name, what="style adapter", node="Atelier Style Adapter Loader",
+        return str(C.not_in_folder(adapter_name, what="style adapter", node=cls.DISPLAY,
                                    input="adapter_name", folders=_adapter_dirs()))
 
     @classmethod
@@ -303,10 +312,12 @@ class AtelierStyleAdapterLoader:
     def load(self, adapter_name):
         if adapter_name == NO_ADAPTER:
             return (None,)
-        return (load_adapter_cached(adapter_name),)
+        return (load_adapter_cached(adapter_name, self.DISPLAY),)
 
 
 class AtelierStyleConditioningBlend:
+    DISPLAY = "Atelier Style Conditioning Blend"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -329,7 +340,7 @@ class AtelierStyleConditioningBlend:
                    "conditioning with a small weight, as the style-transfer seed did. Use it on the positive prompt.")
 
     def blend(self, conditioning, style, adapter, strength):
-        node = "Atelier Style Conditioning Blend"
+        node = self.DISPLAY
         strength = check_finite_float(strength, node=node, input="strength")
         if adapter is None:  # Atelier Style Adapter Loader set to "none"
             log.info("[Atelier] %s: no trained style adapter ('%s' in Atelier Style Adapter Loader): the conditioning "
@@ -343,6 +354,8 @@ class AtelierStyleConditioningBlend:
 
 
 class AtelierStyleLatentMatch:
+    DISPLAY = "Atelier Style Latent Match"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -362,16 +375,18 @@ class AtelierStyleLatentMatch:
                    "img2img KSampler (denoise 0.4-0.8). A constant channel (empty latent) takes the style's mean.")
 
     def match(self, samples, style, strength):
-        strength = check_finite_float(strength, node="Atelier Style Latent Match", input="strength")
+        strength = check_finite_float(strength, node=self.DISPLAY, input="strength")
         try:
             out = dict(samples)
             out["samples"] = S.match_latent_stats(samples["samples"], style.channel_mean, style.channel_std, strength)
             return (out,)
         except AtelierError as exc:
-            raise exc.at("Atelier Style Latent Match") from exc
+            raise exc.at(self.DISPLAY) from exc
 
 
 class AtelierStyleGuidance:
+    DISPLAY = "Atelier Style Guidance"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -394,7 +409,7 @@ class AtelierStyleGuidance:
                    "style's (latent AdaIN in the model's latent space), for the first part of the schedule.")
 
     def patch(self, model, style, strength, end_percent):
-        node = "Atelier Style Guidance"
+        node = self.DISPLAY
         strength = check_finite_float(strength, node=node, input="strength")
         end_percent = check_finite_float(end_percent, node=node, input="end_percent")
         m = model.clone()
@@ -434,12 +449,4 @@ NODE_CLASS_MAPPINGS = {
     "AtelierStyleLatentMatch": AtelierStyleLatentMatch,
     "AtelierStyleGuidance": AtelierStyleGuidance,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "AtelierStyleEncode": "Atelier Style Encode",
-    "AtelierStyleSave": "Atelier Style Save",
-    "AtelierStyleLoad": "Atelier Style Load",
-    "AtelierStyleAdapterLoader": "Atelier Style Adapter Loader",
-    "AtelierStyleConditioningBlend": "Atelier Style Conditioning Blend",
-    "AtelierStyleLatentMatch": "Atelier Style Latent Match",
-    "AtelierStyleGuidance": "Atelier Style Guidance",
-}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

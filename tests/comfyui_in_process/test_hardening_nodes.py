@@ -189,10 +189,10 @@ def test_prompt_nodes_refuse_lone_surrogates(PN):
     with pytest.raises(AtelierError) as e:
         PN.AtelierSystemPrompt().run("a red \ud83d bottle", PN.DEFAULT_PRESET, "preset default", "")
     msg = str(e.value)
-    assert msg.startswith("[AtelierSystemPrompt] input 'prompt': the text holds 1 lone surrogate (first U+D83D")
-    with pytest.raises(AtelierError, match=r"\[AtelierSystemPrompt\] input 'extra_negative': the text holds"):
+    assert msg.startswith("[Atelier System Prompt] input 'prompt': the text holds 1 lone surrogate (first U+D83D")
+    with pytest.raises(AtelierError, match=r"\[Atelier System Prompt\] input 'extra_negative': the text holds"):
         PN.AtelierSystemPrompt().run("a bottle", PN.DEFAULT_PRESET, "preset default", "blur \udc00")
-    with pytest.raises(AtelierError, match=r"\[AtelierPromptLines\] input 'text': the text holds 1 lone surrogate"):
+    with pytest.raises(AtelierError, match=r"\[Atelier Prompt Lines\] input 'text': the text holds 1 lone surrogate"):
         PN.AtelierPromptLines().run("one\ntwo \ud800")
     out = PN.AtelierSystemPrompt().run("a red \U0001F600 bottle", PN.DEFAULT_PRESET, "preset default", "")
     assert "\U0001F600" in out["result"][0]

@@ -111,7 +111,7 @@ def test_unknown_preset_is_a_clear_error(nodes):
     assert isinstance(msg, str)
     assert "unknown preset 'no such preset'" in msg and "keyboard skin" in msg and "style token" in msg
     assert nodes.AtelierSystemPrompt.VALIDATE_INPUTS(preset="keyboard skin") is True
-    with pytest.raises(AtelierError, match="AtelierSystemPrompt.*unknown preset"):
+    with pytest.raises(AtelierError, match=r"\[Atelier System Prompt\] input .preset.: unknown preset"):
         run(nodes, preset="no such preset")
 
 
@@ -223,3 +223,17 @@ def test_listing_presets_creates_no_folder_and_the_tooltip_says_where_presets_go
         assert str(user / "atelier" / "presets") in spec[1]["tooltip"]
     nodes.AtelierSystemPrompt.IS_CHANGED(preset="e-commerce white background")
     assert not user.exists()  # INPUT_TYPES / IS_CHANGED list the folder, they never make it
+
+
+def test_display_names_come_from_each_class_and_errors_use_them(nodes):
+    from comfyui_atelier.nodes import conditioners, glyph, style
+    for mod in (conditioners, glyph, style, nodes):
+        for cid, cls in mod.NODE_CLASS_MAPPINGS.items():
+            assert cls.DISPLAY.startswith("Atelier ") and mod.NODE_DISPLAY_NAME_MAPPINGS[cid] == cls.DISPLAY
+    assert nodes.NODE_DISPLAY_NAME_MAPPINGS == {"AtelierSystemPrompt": "Atelier System Prompt",
+                                                "AtelierSystemPromptEncode": "Atelier System Prompt (encode)",
+                                                "AtelierPromptLines": "Atelier Prompt Lines"}
+    with pytest.raises(AtelierError, match=r"^\[Atelier Prompt Lines\] input 'text': there are no prompt lines"):
+        nodes.AtelierPromptLines().run("# only a comment")
+    with pytest.raises(AtelierError, match=r"^\[Atelier System Prompt \(encode\)\] input 'clip'"):
+        nodes.AtelierSystemPromptEncode().run(None, "a mug", nodes.DEFAULT_PRESET, "preset default", "")
