@@ -142,3 +142,26 @@ def test_docs_name_the_shipped_workflows_that_use_them():
         block = doc(class_id).split(START, 1)[1]
         named = set(re.findall(r"`workflows/([^`]+\.json)`", block))
         assert named == uses.get(class_id, set()), f"{class_id}: the doc names {sorted(named)}"
+
+
+def test_the_wheel_ships_the_docs_and_not_the_contributor_guide(tmp_path):
+    """A pip-installed pack (comfy-cli, the Registry) carries js/docs/*.md; CONTRIBUTING.md stays in the repo.
+    Built from a copy of the tree, offline (no build isolation), so the checkout gets no build/ folder."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    skip = {".git", ".venv", ".cache", ".pytest_cache", "build", "tests"}
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=lambda d, names: [
+        n for n in names if (Path(d) == ROOT and n in skip) or n.endswith(".egg-info") or n == "__pycache__"])
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    docs = {f"comfyui_atelier/js/docs/{p.name}" for p in DOCS.glob("*.md")}
+    assert docs and docs <= names, sorted(docs - names)
+    assert "comfyui_atelier/js/atelier.js" in names
+    assert not [n for n in names if n.endswith("CONTRIBUTING.md")]
