@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .budget import check_size
 from .errors import AtelierError
 from .images import to_uint8
 from .weights import Reader, read_weights
@@ -215,12 +216,19 @@ def to_uint8_rgb(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return ((rgb.astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
-def _crop_one(f: np.ndarray, size: int, n: int = 0) -> np.ndarray:
+def crop_resize_size(h: int, w: int, size: int = 224, n: int = 0, node: str | None = None) -> tuple[int, int]:
+    """(height, width) CLIPProcessor resizes an h x w image to (short side ``size``), checked against the
+    size budget before the resize allocates it (a 1 x 20000 image would become 224 x 4,480,000)."""
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    check_size(nh, nw, channels=3, bytes_per_value=1, node=node, input="images",
+               what=f"image {n} ({w:,} x {h:,}) resized to a {size} px short side for CLIP",
+               fix="crop the image to a less extreme aspect ratio before scoring it.")
+    return nh, nw
+
+
+def _crop_one(f: np.ndarray, size: int, n: int = 0, node: str | None = None) -> np.ndarray:
     h, w = f.shape[:2]
-    if h <= w:
-        nh, nw = size, int(size * w / h)
-    else:
-        nh, nw = int(size * h / w), size
+    nh, nw = crop_resize_size(h, w, size, n, node)
     if (nh, nw) != (h, w):
         f = np.asarray(Image.fromarray(f).resize((nw, nh), resample=Image.BICUBIC))
     top, left = (nh - size) // 2, (nw - size) // 2
@@ -242,12 +250,13 @@ def _pool():
     return _POOL
 
 
-def clip_crops(images, size: int = 224) -> torch.Tensor:
+def clip_crops(images, size: int = 224, node: str | None = None, first: int = 0) -> torch.Tensor:
     """Resize (short side `size`, PIL bicubic) and centre-crop like CLIPProcessor.
 
     images: IMAGE tensor [B,H,W,C] 0..1, a uint8 array, or a list of those / of PIL images
     (mixed sizes allowed). Returns uint8 crops [B,size,size,3] as a torch tensor. Images are
-    converted and resized in parallel threads (the result does not depend on it).
+    converted and resized in parallel threads (the result does not depend on it). An image whose resize
+    would exceed the size budget raises an AtelierError naming ``node`` and its index (``first`` + position).
     """
     if isinstance(images, (list, tuple)):
         items = []
@@ -267,7 +276,7 @@ def clip_crops(images, size: int = 224) -> torch.Tensor:
         n, item = n_item
         f = item if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[-1] == 3 \
             else to_uint8_rgb(item)[0]
-        return _crop_one(f, size, n)
+        return _crop_one(f, size, first + n, node)
 
     threads = min(len(items), torch.get_num_threads(), os.cpu_count() or 1)
     if threads > 1:
@@ -381,7 +390,7 @@ class AestheticModel:
         step = max(1, int(batch_size))
         for s in range(0, n, step):
             chunk = images[s:s + step]
-            crops = clip_crops(chunk, self.image_size)
+            crops = clip_crops(chunk, self.image_size, node=node, first=s)
             emb = embed_fn(crops) if embed_fn is not None else self.embed(normalize_crops(crops))
             out.append(self.scores_from_embeddings(emb, node=node, input=input))
             if progress is not None:

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from . import glyph
+from .budget import check_size
 from .errors import AtelierError
 from .images import image_batch, to_rgb
 
@@ -133,6 +134,7 @@ def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
     n = len(frames)
     h = max(int(f.shape[0]) for f in frames) if frames else 0
     w = max(int(f.shape[1]) for f in frames) if frames else 0
+    asked = (rows, cols)
     rows, cols = auto_layout(n, rows, cols)
     if rows * cols < n:
         raise AtelierError(f"a {rows}x{cols} grid has {rows * cols} cells but the batch has {n} images.",
@@ -150,7 +152,12 @@ def make_grid(images, *, rows: int = 0, cols: int = 0, gap: int = 8,
     cap_h = int(round(font_size * 1.5)) if any(s.strip() for s in caps) else 0
     gh = gap + rows * (h + cap_h + gap)
     gw = gap + cols * (w + gap)
-
+    # the grid is allocated from rows, cols, cell size, gap and caption strip: check it first (256 x 256
+    # cells of 512 px would ask for 61 GiB)
+    check_size(gh, gw, channels=3, input="images" if asked == (0, 0) else ("rows" if rows >= cols else "cols"),
+               what=f"the {rows} x {cols} grid of {w} x {h} px cells (gap {gap}, caption strip {cap_h} px)",
+               fix="use fewer rows/cols (0 = automatic: just enough for the images), smaller images, a smaller "
+                   "gap or font size, or several grids.")
     arr = np.empty((gh, gw, 3), dtype=np.uint8)
     arr[:] = np.array(bg, dtype=np.uint8)
     # keep full float precision for cells: paste floats, build the caption layer in 8 bit

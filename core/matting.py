@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .budget import check_size
 from .errors import AtelierError
 from .images import from_uint8, image_batch, to_rgb, to_uint8
 
@@ -360,7 +361,10 @@ def _classical_one(rgb: np.ndarray, tol: float, iters: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- backends
 
 PIXEL_BUDGET = 2 * 1024 * 1024  # pixels per forward pass when the batch is chunked automatically
-CLASSICAL_NAME = "classical (no weights: border flood fill + GrabCut)"
+#: the selector value of the weights-free backend: a stable id that saved workflows store (the tooltip
+#: says what it is); the prose value of earlier versions is still accepted
+CLASSICAL_NAME = "classical"
+LEGACY_CLASSICAL_NAMES = ("classical (no weights: border flood fill + GrabCut)",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -456,6 +460,25 @@ def load_saliency_model(path: str | None, device: str = "cpu") -> SaliencyModel:
     return SaliencyModel("poolnet", name, path, load_poolnet(path, device=device), device)
 
 
+def check_budget(model: SaliencyModel, shape, max_side: int, small_input: str, has_mask: bool = False,
+                 node: str | None = None) -> tuple[int, int, int, int]:
+    """Check the outputs for an image batch of ``shape`` [B,H,W,C] and the size the network would run at
+    against the size budget (core.budget), before anything is allocated (a 1 x 20000 image upscaled for
+    PoolNet's 111 px minimum would run on 111 x 2,220,000 px); return :func:`working_size`'s result."""
+    b, h, w = (int(v) for v in shape[:3])
+    check_size(h, w, batch=b, channels=4, node=node, input="image", what="the RGBA cut-out of this batch",
+               fix="resize the images (e.g. Upscale Image By below 1) or split the batch.")
+    if has_mask:  # an external mask: the network does not run
+        return h, w, 0, 0
+    wh, ww, ph, pw = working_size(h, w, max_side, model.min_side, small_input)
+    if (wh + ph) * (ww + pw) > h * w:  # only upscaling a small side makes it larger than the checked output
+        check_size(wh + ph, ww + pw, batch=b, channels=3, node=node, input="small_input",
+                   what=f"the {model.kind} working image for a {w:,} x {h:,} input (small_input '{small_input}')",
+                   fix=f"set small_input to 'pad' (with 'upscale' the short side is scaled up to {model.min_side} "
+                       "px, and the long side with it), or crop the image to a less extreme aspect ratio.")
+    return wh, ww, ph, pw
+
+
 def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(1.0, 1.0, 1.0),
                       mask: torch.Tensor | None = None, alpha_mode: str = "soft", threshold: float = 0.5,
                       grow: int = 0, feather_px: float = 0.0, refine: str = "guided_filter",
@@ -471,8 +494,9 @@ def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(
     ``batch_size`` None: as many images per forward pass as fit PIXEL_BUDGET (PoolNet's decoder needs
     about 1.3 GB per 1024x1024 image in fp32)."""
     image = image_batch(image, node=node)
+    b, h, w = (int(v) for v in image.shape[:3])
+    wh, ww, ph, pw = check_budget(model, image.shape, max_side, small_input, mask is not None, node)
     rgb = to_rgb(image, background)
-    b, h, w, _ = rgb.shape
     # the model and the edge refinement see the 8-bit pixels Save Image would write, so an IMAGE and
     # its saved PNG give the same mask; the composite keeps the full float precision
     seen = from_uint8(to_uint8(rgb))
@@ -484,7 +508,6 @@ def remove_background(model: SaliencyModel, image: torch.Tensor, *, background=(
         sal = match_mask(mask, b, h, w, node=node, input="mask")
         low = None
     else:
-        wh, ww, ph, pw = working_size(h, w, max_side, model.min_side, small_input)
         if not batch_size:
             batch_size = max(1, min(8, PIXEL_BUDGET // ((wh + ph) * (ww + pw))))
         holder = {}

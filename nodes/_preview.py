@@ -13,6 +13,8 @@ import uuid
 import numpy as np
 import torch
 
+from ..core.images import to_uint8
+
 log = logging.getLogger("atelier")
 
 MAX_IMAGES = 4
@@ -32,7 +34,7 @@ def preview_images(images: torch.Tensor, prefix: str, max_images: int = MAX_IMAG
         run = uuid.uuid4().hex[:10]
         items = []
         for i in range(min(int(x.shape[0]), max_images)):
-            arr = x[i].detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+            arr = to_uint8(x[i])  # Save Image's conversion: the preview shows what a save would write
             if arr.shape[-1] == 1:
                 arr = arr[..., 0]
             elif arr.shape[-1] not in (3, 4):

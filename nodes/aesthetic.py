@@ -114,6 +114,8 @@ def _one(v, default=None):
 
 # --------------------------------------------------------------------------- nodes
 class AtelierAestheticLoader:
+    DISPLAY = "Atelier Aesthetic Loader"
+
     @classmethod
     def INPUT_TYPES(cls):
         names = list_aesthetic_models()
@@ -137,18 +139,20 @@ class AtelierAestheticLoader:
     def IS_CHANGED(cls, model_name):
         """Re-run when the file (or the folder's weights) changes on disk."""
         try:
-            path = resolve_aesthetic(model_name, "Atelier Aesthetic Loader")
+            path = resolve_aesthetic(model_name, cls.DISPLAY)
             return repr(file_stamp(path))
         except Exception:
             return model_name  # the run itself reports the missing model
 
     def load(self, model_name):
-        node = "Atelier Aesthetic Loader"
+        node = self.DISPLAY
         path = resolve_aesthetic(model_name, node)
         return (load_cached(path, node),)
 
 
 class AtelierAestheticScorer:
+    DISPLAY = "Atelier Aesthetic Scorer"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -173,7 +177,7 @@ class AtelierAestheticScorer:
                    "Several incoming batches (a list, e.g. one per prompt line) are scored as one set.")
 
     def score(self, aesthetic_model, images, clip_vision=None):
-        node = "Atelier Aesthetic Scorer"
+        node = self.DISPLAY
         aesthetic_model = _one(aesthetic_model)
         clip_vision = _one(clip_vision)
         images = _cat_images(images, node)
@@ -218,6 +222,8 @@ def _with_image_size(m: core.AestheticModel, size) -> core.AestheticModel:
 
 
 class AtelierAestheticFilter:
+    DISPLAY = "Atelier Aesthetic Filter"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -246,7 +252,7 @@ class AtelierAestheticFilter:
     DESCRIPTION = "Keeps the images whose aesthetic score reaches a threshold, or the top k."
 
     def filter(self, images, scores, mode, threshold, top_k, if_none_pass):
-        node = "Atelier Aesthetic Filter"
+        node = self.DISPLAY
         batch = _cat_images(images, node)
         vals = _flat_scores(scores, node)
         mode, top_k, if_none = _one(mode), int(_one(top_k)), _one(if_none_pass)
@@ -279,6 +285,8 @@ class AtelierAestheticFilter:
 
 
 class AtelierAestheticSetGate:
+    DISPLAY = "Atelier Aesthetic Set Gate"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -302,7 +310,7 @@ class AtelierAestheticSetGate:
     DESCRIPTION = "Accepts or rejects a whole set by its mean aesthetic score (default: mean >= 6.0)."
 
     def gate(self, images, scores, threshold, on_fail):
-        node = "Atelier Aesthetic Set Gate"
+        node = self.DISPLAY
         batch = _cat_images(images, node)
         vals = _flat_scores(scores, node)
         threshold, on_fail = check_finite_float(_one(threshold), node=node, input="threshold"), _one(on_fail)
@@ -347,6 +355,8 @@ def _caption_font_dirs() -> list[str]:
 
 
 class AtelierImageGrid:
+    DISPLAY = "Atelier Image Grid"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -379,7 +389,7 @@ class AtelierImageGrid:
     DESCRIPTION = "Lays a batch out as a rows x cols grid with gaps, a background colour and optional captions."
 
     def grid(self, images, rows, cols, gap, background, font_size, captions=None, scores=None):
-        node = "Atelier Image Grid"
+        node = self.DISPLAY
         items = [t for t in (images if isinstance(images, (list, tuple)) else [images]) if t is not None]
         if not items:
             raise AtelierError("no images arrived.", node=node, input="images", expected="an IMAGE batch")
@@ -408,10 +418,4 @@ NODE_CLASS_MAPPINGS = {
     "AtelierAestheticSetGate": AtelierAestheticSetGate,
     "AtelierImageGrid": AtelierImageGrid,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "AtelierAestheticLoader": "Atelier Aesthetic Loader",
-    "AtelierAestheticScorer": "Atelier Aesthetic Scorer",
-    "AtelierAestheticFilter": "Atelier Aesthetic Filter",
-    "AtelierAestheticSetGate": "Atelier Aesthetic Set Gate",
-    "AtelierImageGrid": "Atelier Image Grid",
-}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

@@ -26,7 +26,6 @@ log = logging.getLogger("atelier")
 
 NONE = "none"
 FOLDER = "loras"
-DISPLAY = "Atelier LoRA (optional)"
 _CACHE: FileCache[dict] = FileCache(max_items=2)  # LoRA files can be hundreds of MB: keep the last two only
 
 
@@ -57,8 +56,8 @@ def _missing(lora_name: str) -> AtelierError:
         where = ", ".join(folder_paths.get_folder_paths(FOLDER)) or f"ComfyUI/models/{FOLDER}"
     except KeyError:
         where = f"ComfyUI/models/{FOLDER}"
-    return AtelierError(f"LoRA file '{lora_name}' was not found", node=DISPLAY, input="lora_name",
-                        expected=f"'{NONE}' or a LoRA file in {where}",
+    return AtelierError(f"LoRA file '{lora_name}' was not found", node=AtelierOptionalLora.DISPLAY,
+                        input="lora_name", expected=f"'{NONE}' or a LoRA file in {where}",
                         fix=f"put your LoRA in ComfyUI/models/{FOLDER}/ and press R (refresh), then pick it; "
                             f"or pick '{NONE}' to run without a LoRA.")
 
@@ -67,10 +66,11 @@ def _read_lora(path: str) -> dict:
     try:
         sd, _meta = read_weights(path)  # ComfyUI's loader, so a model policy gates it like core's LoRAs
     except AtelierError as exc:  # a policy refusal or an unsafe-pickle PyTorch: say so, not "re-download"
-        raise exc.at(DISPLAY, "lora_name") from exc
+        raise exc.at(AtelierOptionalLora.DISPLAY, "lora_name") from exc
     except Exception as exc:
         raise AtelierError(f"cannot read LoRA file '{os.path.basename(path)}': {type(exc).__name__}: {exc}",
-                           node=DISPLAY, input="lora_name", expected="a LoRA in .safetensors (or a weights-only .pt)",
+                           node=AtelierOptionalLora.DISPLAY, input="lora_name",
+                           expected="a LoRA in .safetensors (or a weights-only .pt)",
                            fix="re-download or re-export the LoRA, or pick 'none'.") from exc
     return sd
 
@@ -81,6 +81,8 @@ def load_lora_cached(path: str) -> dict:
 
 
 class AtelierOptionalLora:
+    DISPLAY = "Atelier LoRA (optional)"
+
     @classmethod
     def INPUT_TYPES(cls):
         strength = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
@@ -111,7 +113,7 @@ class AtelierOptionalLora:
     def VALIDATE_INPUTS(cls, lora_name):
         # Replaces ComfyUI's "value not in list" with a message that says what to do.
         if lora_name != NONE and not _confine.name_is_safe(lora_name):  # '..' or absolute: the uniform message
-            return str(_confine.not_in_folder(lora_name, what="LoRA", node=DISPLAY, input="lora_name",
+            return str(_confine.not_in_folder(lora_name, what="LoRA", node=cls.DISPLAY, input="lora_name",
                                               folders=_lora_dirs()))
         if lora_name == NONE or _full_path(lora_name) is not None:
             return True
@@ -126,10 +128,10 @@ class AtelierOptionalLora:
 
     def apply(self, model, clip, lora_name, strength_model=1.0, strength_clip=1.0):
         # NaN passes ComfyUI's min/max check and would patch every weight to NaN (a black image)
-        strength_model = check_finite_float(strength_model, node=DISPLAY, input="strength_model")
-        strength_clip = check_finite_float(strength_clip, node=DISPLAY, input="strength_clip")
+        strength_model = check_finite_float(strength_model, node=self.DISPLAY, input="strength_model")
+        strength_clip = check_finite_float(strength_clip, node=self.DISPLAY, input="strength_clip")
         if lora_name == NONE:
-            log.info("[Atelier] %s: 'none' selected, model and clip pass through without a LoRA", DISPLAY)
+            log.info("[Atelier] %s: 'none' selected, model and clip pass through without a LoRA", self.DISPLAY)
             return (model, clip)
         path = _full_path(lora_name)
         if path is None:
@@ -144,4 +146,4 @@ class AtelierOptionalLora:
 
 
 NODE_CLASS_MAPPINGS = {"AtelierOptionalLora": AtelierOptionalLora}
-NODE_DISPLAY_NAME_MAPPINGS = {"AtelierOptionalLora": DISPLAY}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

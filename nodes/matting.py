@@ -15,9 +15,10 @@ import comfy.model_management
 import folder_paths
 
 from ..core import matting as core
-from ..core.cache import FileCache
+from ..core.cache import FileCache, file_stamp
 from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float
+from ..core.images import image_batch
 from ..core.manifest import PACK_FOLDERS
 from ..core.poolnet import load_poolnet
 from ._managed import load_to_device, managed, read_weights
@@ -41,7 +42,7 @@ def saliency_files() -> list[str]:
 def resolve_saliency(name: str, node: str = LOADER, input: str = "model_name") -> str | None:
     """Selector value -> full path, None for the classical backend; a missing file raises the
     models family's error (manifest id and folder for PoolNet)."""
-    if name == core.CLASSICAL_NAME:
+    if name == core.CLASSICAL_NAME or name in core.LEGACY_CLASSICAL_NAMES:
         return None
     return resolve_model(FOLDER, name, node=node, input=input)
 
@@ -78,14 +79,18 @@ def _poolnet_memory(image, max_side: int) -> int:
 
 
 class AtelierSaliencyLoader:
+    DISPLAY = LOADER
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (saliency_files() + [core.CLASSICAL_NAME], {
                 "tooltip": "From ComfyUI/models/saliency: PoolNet-ResNet50 w/o edge (the released final.pth, "
                            "manifest id 'poolnet-resnet50', or its .safetensors conversion), or a salient-object "
-                           ".onnx model such as BiRefNet (needs onnxruntime). The last entry needs no file: a "
-                           "classical border-colour flood fill + GrabCut, only for near-white/plain backgrounds."}),
+                           f".onnx model such as BiRefNet (needs onnxruntime). The last entry, "
+                           f"'{core.CLASSICAL_NAME}', needs no file: a border-colour flood fill + GrabCut, only "
+                           "for near-white/plain backgrounds (workflows saved with its older long name still "
+                           "load and run)."}),
         }}
 
     RETURN_TYPES = (SALIENCY_TYPE,)
@@ -99,7 +104,8 @@ class AtelierSaliencyLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_name):
-        # checked here rather than by ComfyUI's list check, so a missing file names its manifest entry
+        # checked here rather than by ComfyUI's list check (which ComfyUI skips for an input this takes),
+        # so a missing file names its manifest entry and the legacy classical value still validates
         try:
             resolve_saliency(model_name)
         except AtelierError as exc:
@@ -111,7 +117,7 @@ class AtelierSaliencyLoader:
         # a file replaced under the same name is loaded again
         try:
             path = resolve_saliency(model_name)
-            return f"{path}:{os.path.getmtime(path)}" if path else model_name
+            return repr(file_stamp(path)) if path else core.CLASSICAL_NAME
         except Exception:
             return model_name
 
@@ -124,6 +130,8 @@ class AtelierSaliencyLoader:
 
 
 class AtelierRemoveBackground:
+    DISPLAY = REMOVER
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
@@ -182,9 +190,7 @@ class AtelierRemoveBackground:
             raise AtelierError(f"got {type(saliency_model).__name__}", node=REMOVER, input="saliency_model",
                                expected="ATELIER_SALIENCY from Atelier Saliency Loader",
                                fix="connect Atelier Saliency Loader's output")
-        if image is None or image.ndim not in (3, 4) or image.shape[0] == 0:
-            raise AtelierError(f"image has shape {None if image is None else tuple(image.shape)}", node=REMOVER,
-                               input="image", expected="IMAGE [batch, height, width, channels]")
+        image = image_batch(image, node=REMOVER, input="image")
         # NaN would pass min/max: a NaN threshold erases the product, NaN pixels composite to black, not white
         threshold = check_finite_float(threshold, node=REMOVER, input="threshold")
         feather = check_finite_float(feather, node=REMOVER, input="feather")
@@ -194,6 +200,7 @@ class AtelierRemoveBackground:
                          fix="the node that makes this mask produced NaN/inf; a MASK is 0..1 (1 = product).")
         try:
             color = core.parse_color(background, node=REMOVER)
+            core.check_budget(saliency_model, image.shape, max_side, small_input, mask is not None, node=REMOVER)
             if saliency_model.kind == "poolnet":
                 load_to_device(managed(saliency_model, saliency_model.net),
                                memory_required=_poolnet_memory(image, max_side))
@@ -216,7 +223,4 @@ NODE_CLASS_MAPPINGS = {
     "AtelierSaliencyLoader": AtelierSaliencyLoader,
     "AtelierRemoveBackground": AtelierRemoveBackground,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "AtelierSaliencyLoader": "Atelier Saliency Loader",
-    "AtelierRemoveBackground": "Atelier Remove Background",
-}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

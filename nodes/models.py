@@ -183,6 +183,8 @@ def _workflow_choices() -> list[str]:
 class AtelierModelCheck:
     """Which models a shipped workflow needs, and which ComfyUI can see."""
 
+    DISPLAY = "Atelier Model Check"
+
     DESCRIPTION = ("Lists the models from the pack's models_manifest.json that the chosen workflow needs, "
                    "and whether ComfyUI finds each one (with the download command or URL for the missing).")
     CATEGORY = "atelier/models"
@@ -204,7 +206,7 @@ class AtelierModelCheck:
 
     def check(self, workflow):
         if workflow != ALL_MODELS and workflow not in _workflow_choices():
-            raise AtelierError(f"unknown workflow '{workflow}'", node="Atelier Model Check", input="workflow",
+            raise AtelierError(f"unknown workflow '{workflow}'", node=self.DISPLAY, input="workflow",
                                expected="one of: " + ", ".join(_workflow_choices()),
                                fix="pick a workflow from the list.")
         text, _ = check_report(workflow)
@@ -212,7 +214,7 @@ class AtelierModelCheck:
 
 
 NODE_CLASS_MAPPINGS = {"AtelierModelCheck": AtelierModelCheck}
-NODE_DISPLAY_NAME_MAPPINGS = {"AtelierModelCheck": "Atelier Model Check"}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}
 
 try:
     REGISTERED_FOLDERS = register_model_folders()

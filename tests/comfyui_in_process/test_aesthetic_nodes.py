@@ -298,3 +298,49 @@ def test_head_with_real_clip_vision_loader_full_size_vitl(env):
     # the tiny CLIP cannot come through the loader: ComfyUI finds no config for it
     tiny_sd = FX.clip_vision_state_dict(env["hf"])
     assert comfy.clip_vision.load_clipvision_from_sd(tiny_sd) is None
+
+
+def test_display_names_come_from_the_classes(env):
+    N = env["N"]
+    assert N.NODE_DISPLAY_NAME_MAPPINGS == {cid: cls.DISPLAY for cid, cls in N.NODE_CLASS_MAPPINGS.items()}
+    assert N.NODE_DISPLAY_NAME_MAPPINGS["AtelierAestheticSetGate"] == "Atelier Aesthetic Set Gate"
+
+
+def test_model_list_is_bounded_loop_safe_and_creates_nothing(env, tmp_path, monkeypatch):
+    import folder_paths
+    N = env["N"]
+    folder = env["folder"]
+    loop = folder / "atelier-test-loop"
+    (loop / "deeper").mkdir(parents=True, exist_ok=True)
+    os.symlink("..", loop / "deeper" / "back")  # a link loop: deeper/back/deeper/back/...
+    head = loop / "deeper" / "looped-head.safetensors"
+    FX.save_head(str(head), "linear", in_dim=FX.TINY_CLIP["projection_dim"], seed=2)
+    try:
+        names = N.AtelierAestheticLoader.INPUT_TYPES()["required"]["model_name"][0]
+        assert "atelier-test-loop/deeper/looped-head.safetensors" in names and HF_NAME in names
+        assert not any("/back/" in n for n in names)  # each real folder is visited once
+    finally:
+        shutil.rmtree(loop)
+    # a model folder that does not exist: listed as empty, and INPUT_TYPES does not create it
+    missing = tmp_path / "no-such-models" / "aesthetic"
+    paths, exts = folder_paths.folder_names_and_paths["aesthetic"]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "aesthetic", ([str(missing)], exts))
+    names = N.AtelierAestheticLoader.INPUT_TYPES()["required"]["model_name"][0]
+    assert names == ["(put models in ComfyUI/models/aesthetic)"] and not missing.parent.exists()
+
+
+def test_sizes_from_inputs_are_checked_before_allocating(env):
+    """Image Grid: the grid size from rows, cols, cells and caption band; Scorer: the CLIP resize."""
+    N = env["N"]
+    from comfyui_atelier.core.errors import AtelierError
+    with pytest.raises(AtelierError) as e:
+        _call_listed(N.AtelierImageGrid, images=torch.zeros(1, 512, 512, 3), rows=256, cols=256, gap=8,
+                     background="#ffffff", font_size=18)
+    msg = str(e.value)
+    assert msg.startswith("[Atelier Image Grid] input 'rows': the 256 x 256 grid of 512 x 512 px cells")
+    assert "megapixels" in msg and "fewer rows/cols" in msg
+    (m,) = N.AtelierAestheticLoader().load(HF_NAME)
+    with pytest.raises(AtelierError) as e:
+        N.AtelierAestheticScorer().score([m], [torch.rand(1, 1, 20000, 3)])
+    msg = str(e.value)
+    assert msg.startswith("[Atelier Aesthetic Scorer] input 'images': image 0 (20,000 x 1)") and "224" in msg

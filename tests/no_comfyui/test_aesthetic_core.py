@@ -234,3 +234,35 @@ def test_select_gate_and_report():
     assert "#3:  7.250  (rank 1)  pass" in rep and "FAIL" in rep and "mean 5.550" in rep
     with pytest.raises(AtelierError):
         A.select(s, mode="best")
+
+
+# --------------------------------------------------------------------------- saved PNG parity, size budget
+@pytest.mark.parametrize("channels", [2, 4])
+def test_transparent_image_scores_like_its_saved_png(dirs, channels, tmp_path):
+    """An RGBA / gray+alpha IMAGE gives the pixel values (and the score) that simple-aesthetics-predictor's
+    processor gives for the PNG Save Image writes of it: Save Image's truncation, then the processor's 8-bit
+    alpha composite on white (convert_to_rgb)."""
+    from comfyui_atelier.core.images import to_uint8
+    g = torch.Generator().manual_seed(channels)
+    img = torch.rand(1, 90, 130, channels, generator=g)
+    img[..., -1] = torch.linspace(0, 1, 130)  # every alpha level, fully transparent to opaque
+    saved = to_uint8(img)[0]
+    mode = "RGBA" if channels == 4 else "LA"
+    Image.fromarray(saved, mode).save(tmp_path / "saved.png")
+    png = Image.open(tmp_path / "saved.png")
+    want = _clip_processor()(images=[png], return_tensors="pt")["pixel_values"]
+    got = A.clip_pixel_values(img)
+    assert (got - want).abs().max().item() < 1e-5
+    ref = _reference("linear", dirs["linear"])
+    score = A.load_hf_predictor(dirs["linear"]).score(img)
+    assert abs(score.item() - _ref_scores(ref, [png]).item()) <= 1e-4
+
+
+def test_extreme_aspect_ratio_is_refused_before_the_clip_resize():
+    m_size = A.crop_resize_size(300, 400)
+    assert m_size == (224, 298)
+    with pytest.raises(AtelierError) as e:
+        A.clip_crops(torch.rand(3, 1, 20000, 3), node="Atelier Aesthetic Scorer", first=5)
+    msg = str(e.value)
+    assert msg.startswith("[Atelier Aesthetic Scorer] input 'images': image 5 (20,000 x 1)")
+    assert "4,480,000 x 224 px" in msg and "aspect ratio" in msg

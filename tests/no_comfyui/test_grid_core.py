@@ -167,3 +167,27 @@ def test_caption_font_choices_and_errors(tmp_path):
     (own / "MyStoryFont.ttc").symlink_to(_font_path("NotoSansCJK-Regular.ttc"))
     f = caption_font([STORY_CAPTION], 18, font="MyStoryFont", font_dirs=[own])
     assert Path(f.path).name == "MyStoryFont.ttc"
+
+
+def test_grid_size_is_checked_before_anything_is_allocated(monkeypatch):
+    """rows = cols = 256 with 512 px cells would ask for a 133,128 px square grid (198 GiB in float32):
+    refused from rows, cols, cell size, gap and caption strip, before the grid array exists."""
+    import comfyui_atelier.core.grid as G
+
+    def no_alloc(*a, **k):
+        raise AssertionError("the grid was allocated before the size check")
+    monkeypatch.setattr(G.np, "empty", no_alloc)
+    one = torch.zeros(1, 512, 512, 3)
+    with pytest.raises(AtelierError) as e:
+        make_grid(one, rows=256, cols=256)
+    msg = str(e.value)
+    assert "input 'rows'" in msg and "256 x 256 grid of 512 x 512 px cells" in msg
+    assert "133,128 x 133,128 px" in msg and "fewer rows/cols" in msg
+    with pytest.raises(AtelierError, match=r"input 'cols'.*1 x 256 grid.*caption strip 27 px"):
+        make_grid(one, rows=1, cols=256, captions=["a"], font_size=18)
+    monkeypatch.setenv("ATELIER_MAX_MEGAPIXELS", "1")  # automatic layout: the images themselves are too big
+    with pytest.raises(AtelierError, match=r"input 'images'.*2 x 2 grid"):
+        make_grid(torch.zeros(4, 600, 600, 3))
+    monkeypatch.undo()
+    grid = make_grid(torch.rand(2, 16, 16, 4), gap=2)  # an ordinary grid still works (alpha laid on white)
+    assert grid.shape == (1, 20, 38, 3)
