@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import reliability as RL
-from tests.fixtures.client_data import id_value, make_dataset, read_grey, write_png
+from tests.fixtures import client_data as CD
 from tests.fixtures import http_models as HM
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -87,7 +87,7 @@ def check_done_outputs(out: Path, ids) -> None:
         f = out / f"{i}.png"
         assert f.is_file(), f
         assert [o["size"] for o in r["outputs"]] == [f.stat().st_size], (r["outputs"], f.stat().st_size)
-        assert abs(read_grey(f) - (255 - id_value(i))) <= 2, f"{f} is not the output of {i}"
+        assert abs(CD.read_grey(f) - (255 - CD.id_value(i))) <= 2, f"{f} is not the output of {i}"
 
 
 def no_traceback(p: subprocess.CompletedProcess) -> None:
@@ -110,7 +110,7 @@ def tiny_disk(tmp_path):
 # ============================================================================================ batch
 
 def test_batch_out_is_an_existing_file(srv, tmp_path, after):
-    make_dataset(tmp_path / "ds", ["a1", "a2"])
+    CD.make_dataset(tmp_path / "ds", ["a1", "a2"])
     out = tmp_path / "out.png"
     out.write_bytes(b"not a folder")
     p = cli(*batch_args(srv, INVERT, tmp_path / "ds", out))
@@ -120,7 +120,7 @@ def test_batch_out_is_an_existing_file(srv, tmp_path, after):
 
 
 def test_batch_out_below_a_file(srv, tmp_path, after):
-    make_dataset(tmp_path / "ds", ["a1"])
+    CD.make_dataset(tmp_path / "ds", ["a1"])
     (tmp_path / "file").write_text("x")
     p = cli(*batch_args(srv, INVERT, tmp_path / "ds", tmp_path / "file" / "out"))
     assert p.returncode == 2, p.stderr
@@ -129,11 +129,11 @@ def test_batch_out_below_a_file(srv, tmp_path, after):
 
 def test_batch_disk_full_while_writing_outputs(srv, tmp_path, tiny_disk, after):
     ids = [f"d{k:02d}" for k in range(12)]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     # noise images: each output PNG is ~9 KB, so a 64 KiB disk (or a 6 KB file-size limit) fills up mid-run
     for i in ids:
         noise = os.urandom(96 * 96)
-        write_png(tmp_path / "ds" / f"{i}.png", [list(noise[y * 96:(y + 1) * 96]) for y in range(96)])
+        CD.write_png(tmp_path / "ds" / f"{i}.png", [list(noise[y * 96:(y + 1) * 96]) for y in range(96)])
     out = (tiny_disk or tmp_path) / "out"
     after.append(out.parent)
     p = cli(*batch_args(srv, INVERT, tmp_path / "ds", out, "--inflight", "1"),
@@ -160,7 +160,7 @@ def test_batch_disk_full_while_writing_outputs(srv, tmp_path, tiny_disk, after):
 def test_batch_manifest_cannot_grow(srv, tmp_path, after):
     """The manifest hits the file-size limit: the run stops with exit 4 and never leaves a torn line."""
     ids = [f"m{k:02d}" for k in range(10)]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     out = tmp_path / "out"
     after.append(out)
     p = cli(*batch_args(srv, INVERT, tmp_path / "ds", out, "--inflight", "1"), limit_fsize=1500)
@@ -187,7 +187,7 @@ def _wait_for_lines(out: Path, n: int, proc: subprocess.Popen, seconds: float = 
 
 def test_batch_sigint_mid_run_then_resume(srv, tmp_path, after):
     ids = [f"s{k:02d}" for k in range(14)]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     out = tmp_path / "out"
     after.append(out)
     proc = subprocess.Popen([*CLI, *map(str, batch_args(srv, SLOW, tmp_path / "ds", out, "--inflight", "2"))],
@@ -209,7 +209,7 @@ def test_batch_sigint_mid_run_then_resume(srv, tmp_path, after):
 
 def test_batch_two_runs_on_one_out(srv, tmp_path, after):
     ids = [f"c{k:02d}" for k in range(8)]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     out = tmp_path / "out"
     after.append(out)
     first = subprocess.Popen([*CLI, *map(str, batch_args(srv, SLOW, tmp_path / "ds", out, "--inflight", "1"))],
@@ -227,7 +227,7 @@ def test_batch_two_runs_on_one_out(srv, tmp_path, after):
 
 def test_batch_rerun_with_another_workflow_reruns_and_says_so(srv, tmp_path, after):
     ids = ["w1", "w2", "w3"]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     out = tmp_path / "out"
     after.append(out)
     assert cli(*batch_args(srv, INVERT, tmp_path / "ds", out)).returncode == 0
@@ -245,7 +245,7 @@ def _captions(ds: Path, rows: list[dict], images=()) -> None:
         w.writeheader()
         w.writerows(rows)
     for i in images:
-        write_png(ds / f"{i}.png", [[id_value(i)] * 16 for _ in range(16)])
+        CD.write_png(ds / f"{i}.png", [[CD.id_value(i)] * 16 for _ in range(16)])
 
 
 @pytest.mark.parametrize("bad_id", ["../escape", "/tmp/abs_escape", "sub/../../escape", ".hidden", "a\x00b"])
@@ -253,7 +253,7 @@ def test_batch_ids_that_would_leave_the_output_folder(srv, tmp_path, after, bad_
     ds = tmp_path / "ds"
     _captions(ds, [{"id": "ok1", "prompt": "x"}, {"id": bad_id.replace("\x00", ""), "prompt": "y"} if "\x00" not in bad_id
                    else {"id": bad_id, "prompt": "y"}], images=["ok1"])
-    write_png(tmp_path / "escape.png", [[7] * 16 for _ in range(16)])  # what '../escape' would pick up
+    CD.write_png(tmp_path / "escape.png", [[7] * 16 for _ in range(16)])  # what '../escape' would pick up
     out = tmp_path / "out"
     after.append(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -303,7 +303,7 @@ def test_batch_id_of_250_characters(srv, tmp_path, after):
 def test_batch_captions_not_utf8(srv, tmp_path, after):
     ds = tmp_path / "ds"
     ds.mkdir()
-    write_png(ds / "u1.png", [[9] * 16 for _ in range(16)])
+    CD.write_png(ds / "u1.png", [[9] * 16 for _ in range(16)])
     (ds / "captions.csv").write_bytes(b"id,prompt\nu1,a lone surrogate \xed\xa0\x80 here\n")
     p = cli(*batch_args(srv, INVERT, ds, tmp_path / "out"))
     no_traceback(p)
@@ -316,7 +316,7 @@ def test_batch_captions_not_utf8(srv, tmp_path, after):
 @pytest.mark.xfail(strict=True, reason="defect: client/convert.load_json: a workflow nested 100000 deep raises a bare "
                                       "RecursionError (traceback, exit 1) instead of exit 2 naming the file")
 def test_batch_workflow_is_not_json(srv, tmp_path, after):
-    make_dataset(tmp_path / "ds", ["j1"])
+    CD.make_dataset(tmp_path / "ds", ["j1"])
     wf = tmp_path / "wf.json"
     wf.write_text('{"1": {"class_type": "LoadImage", "inputs": {"image": ' + "[" * 100_000)
     p = cli(*batch_args(srv, str(wf), tmp_path / "ds", tmp_path / "out"))
@@ -326,7 +326,7 @@ def test_batch_workflow_is_not_json(srv, tmp_path, after):
 
 
 def test_batch_workflow_is_truncated_json(srv, tmp_path, after):
-    make_dataset(tmp_path / "ds", ["j1"])
+    CD.make_dataset(tmp_path / "ds", ["j1"])
     wf = tmp_path / "wf.json"
     wf.write_text('{"1": {"class_type": "LoadImage", "inputs": {"image": ')
     p = cli(*batch_args(srv, str(wf), tmp_path / "ds", tmp_path / "out"))
@@ -337,7 +337,7 @@ def test_batch_workflow_is_truncated_json(srv, tmp_path, after):
 
 def test_batch_corrupt_image_is_skipped(srv, tmp_path, after):
     ids = ["g1", "g2"]
-    make_dataset(tmp_path / "ds", ids)
+    CD.make_dataset(tmp_path / "ds", ids)
     (tmp_path / "ds" / "g2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     out = tmp_path / "out"
     after.append(out)
@@ -350,7 +350,7 @@ def test_batch_corrupt_image_is_skipped(srv, tmp_path, after):
 
 
 def test_batch_no_server_answers(srv, tmp_path, after):
-    make_dataset(tmp_path / "ds", ["n1"])
+    CD.make_dataset(tmp_path / "ds", ["n1"])
     import socket
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
