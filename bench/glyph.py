@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from _verdict import cells
 
+from comfyui_atelier.core import fonts as F
 from comfyui_atelier.core import glyph as G
 from comfyui_atelier.core import ocr as O
 from comfyui_atelier.core.errors import AtelierError
@@ -87,14 +88,14 @@ def main(argv=None) -> int:
     if a.threads:
         import cv2
         cv2.setNumThreads(a.threads)
-    dirs = G.font_dirs()
+    dirs = F.font_dirs()
     boxes = make_boxes(a.boxes, a.size)
-    cjk_path, cjk_idx = G.choose_font("auto", "键盘Enter", dirs)
+    cjk_path, cjk_idx = F.choose_font("auto", "键盘Enter", dirs)
 
     def ours():
         return G.render_glyphs(boxes, a.size, a.size, dirs=dirs)
 
-    font = G.load_font(cjk_path, cjk_idx, 32)
+    font = F.load_font(cjk_path, cjk_idx, 32)
 
     def peer():
         img = Image.new("L", (a.size, a.size), 0)

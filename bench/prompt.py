@@ -37,6 +37,7 @@ def main() -> None:
     from transformers import CLIPTokenizer
 
     from comfyui_atelier.client.runtime import find_comfyui
+    from comfyui_atelier.core import presets as PR
     from comfyui_atelier.core import prompt as P
 
     tok = CLIPTokenizer.from_pretrained(os.path.join(find_comfyui(), "comfy", "sd1_tokenizer"))
@@ -45,7 +46,7 @@ def main() -> None:
     def count(text: str) -> int:
         return len(tok(P.strip_emphasis(text), add_special_tokens=False)["input_ids"])
 
-    load = P.load_presets([P.SHIPPED_PRESET_DIR])
+    load = PR.load_presets([PR.SHIPPED_PRESET_DIR])
     eco = load.presets["e-commerce white background"]
     prompts = {
         "short": "a red leather sneaker with white laces, side view",

@@ -26,7 +26,6 @@ import numpy as np
 from .errors import AtelierError
 
 LAYOUT_DIR = Path(__file__).resolve().parent.parent / "layouts"
-STANDARD_SLOTS = ("background", "function_bar", "key", "function_key")
 _DEFAULT_COLORS = {"background": "#20242c", "function_bar": "#2b303a", "key": "#3a404c", "function_key": "#4a5160"}
 
 

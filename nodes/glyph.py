@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core import fonts as F
 from ..core import glyph as G
 from ..core import layout as L
 from ..core import ocr as O
@@ -53,12 +54,12 @@ def font_folder_paths() -> list[str]:
 
 
 def allowed_font_dirs() -> list[Path]:
-    return G.font_dirs(font_folder_paths())
+    return F.font_dirs(font_folder_paths())
 
 
 def font_choices() -> list[str]:
     try:
-        return ["auto"] + G.font_names(allowed_font_dirs())
+        return ["auto"] + F.font_names(allowed_font_dirs())
     except Exception:
         return ["auto"]
 
@@ -67,7 +68,7 @@ def _validate_font(font: str) -> bool | str:
     if not font or font == "auto":
         return True
     try:
-        G.resolve_font(font, allowed_font_dirs())
+        F.resolve_font(font, allowed_font_dirs())
     except AtelierError as exc:
         return str(exc)
     return True

@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..core import presets
 from ..core import prompt as core
 from ..core.errors import AtelierError
 
@@ -40,22 +41,22 @@ def user_preset_dir() -> Path:
 
 def preset_dirs() -> list[Path]:
     """The shipped presets, then the user's folder (listed, never created: the preset tooltip says where)."""
-    return [core.SHIPPED_PRESET_DIR, user_preset_dir()]
+    return [presets.SHIPPED_PRESET_DIR, user_preset_dir()]
 
 
 _cache: dict = {"sig": None, "load": None}
 
 
-def load_presets() -> core.PresetLoad:
+def load_presets() -> presets.PresetLoad:
     """All presets, reloaded only when a preset file was added, removed or changed.
     Bad files are logged once per change, naming the file."""
     dirs = preset_dirs()
-    sig = core.presets_signature(dirs)
+    sig = presets.presets_signature(dirs)
     if _cache["sig"] != sig or _cache["load"] is None:
         try:
-            load = core.load_presets(dirs)
+            load = presets.load_presets(dirs)
         except Exception as exc:  # never take both prompt nodes out of /object_info over a preset folder
-            load = core.PresetLoad()
+            load = presets.PresetLoad()
             load.errors.append(f"preset folders {', '.join(map(str, dirs))} could not be read: "
                                f"{type(exc).__name__}: {exc}")
         for err in load.errors:
@@ -157,7 +158,7 @@ def _validate_preset(preset) -> bool | str:
     if not isinstance(preset, str):  # linked from another node: checked when the node runs
         return True
     try:
-        core.get_preset(load_presets(), preset)
+        presets.get_preset(load_presets(), preset)
     except AtelierError as exc:
         return str(exc)
     return True
@@ -165,7 +166,7 @@ def _validate_preset(preset) -> bool | str:
 
 def _run(node: str, prompt, preset, position, extra_negative, style_id, count_tokens):
     load = load_presets()
-    p = core.get_preset(load, preset, node=node)
+    p = presets.get_preset(load, preset, node=node)
     res = core.build_prompts(prompt, p, position=position, extra_negative=extra_negative or "",
                              style_id=style_id or "", count_tokens=count_tokens, node=node)
     for w in res.warnings:
@@ -179,7 +180,7 @@ def _run(node: str, prompt, preset, position, extra_negative, style_id, count_to
 
 
 def _files_hash() -> str:
-    return hashlib.sha256(repr(core.presets_signature(preset_dirs())).encode()).hexdigest()
+    return hashlib.sha256(repr(presets.presets_signature(preset_dirs())).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- nodes

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_atelier.core import glyph as G
+from comfyui_atelier.core import fonts as F
 from comfyui_atelier.core.errors import AtelierError
 
 
@@ -23,7 +23,7 @@ def fonts_folder(comfy, N):
     """A font copied into the `fonts` model folder under a name no system font has."""
     folder = Path(N.font_folder_paths()[0])
     folder.mkdir(parents=True, exist_ok=True)
-    src = next(p for p in G.list_fonts(G.system_font_dirs()).values() if Path(p).name == "DejaVuSans.ttf")
+    src = next(p for p in F.list_fonts(F.system_font_dirs()).values() if Path(p).name == "DejaVuSans.ttf")
     dst = folder / "AtelierTestSans.ttf"
     shutil.copy(src, dst)
     yield folder

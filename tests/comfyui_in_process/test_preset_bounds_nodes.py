@@ -14,7 +14,7 @@ def nodes(comfy):
 
 
 def test_deep_and_huge_user_presets_are_skipped(nodes, caplog):
-    from comfyui_atelier.core import prompt as P
+    from comfyui_atelier.core import presets as P
     d = nodes.user_preset_dir()
     d.mkdir(parents=True, exist_ok=True)
     deep, huge, mine = d / "zz_deep.json", d / "zz_huge.json", d / "zz_mine.json"

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from comfyui_atelier.client import convert
+from comfyui_atelier.core import fonts as F
 from comfyui_atelier.core import glyph as G
 from comfyui_atelier.core import layout as L
 from comfyui_atelier.core import ocr as O
@@ -43,7 +44,7 @@ def reference():
     lay = L.load_layout("t9_9key")
     lay["colors"].update(background=(0, 0, 0), function_bar=(70, 70, 90), key=(96, 104, 120), function_key=(120, 96, 104))
     img, _, labels = L.compose_layout(lay, 1216, 832)
-    glyphs, _, _ = G.render_glyphs(labels, 1216, 832, dirs=G.font_dirs())
+    glyphs, _, _ = G.render_glyphs(labels, 1216, 832, dirs=F.font_dirs())
     return np.maximum(img, glyphs[..., None])
 
 
@@ -79,7 +80,7 @@ def test_keyboard_control_image_contains_the_rendered_glyphs(comfy_server, refer
     assert len(expected) >= 8, expected.texts
     # ... is drawn crisply inside its boxes: inside every polygon the control image equals our rendering
     boxes = expected.to_boxes()
-    glyphs, mask, _ = G.render_glyphs(boxes, 1216, 832, dirs=G.font_dirs(), fit=api["6"]["inputs"]["fit"],
+    glyphs, mask, _ = G.render_glyphs(boxes, 1216, 832, dirs=F.font_dirs(), fit=api["6"]["inputs"]["fit"],
                                       padding=api["6"]["inputs"]["padding"])
     inside = mask > 0
     assert np.abs(control[..., 0][inside].astype(int) - glyphs[inside].astype(int)).max() <= 1

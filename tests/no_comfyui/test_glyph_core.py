@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comfyui_atelier.core import fonts as F
 from comfyui_atelier.core import glyph as G
 from comfyui_atelier.core import layout as L
 from comfyui_atelier.core.errors import AtelierError
@@ -18,13 +19,13 @@ CJK_TEXT = "键盘皮肤"
 
 @pytest.fixture(scope="module")
 def dirs():
-    return G.font_dirs()
+    return F.font_dirs()
 
 
 @pytest.fixture(scope="module")
 def latin_font(dirs):
     """A font without CJK glyphs (DejaVu Sans ships with most Linux images)."""
-    for path in G.list_fonts(dirs).values():
+    for path in F.list_fonts(dirs).values():
         if Path(path).name == "DejaVuSans.ttf":
             return path
     pytest.fail("DejaVuSans.ttf not found: install fonts-dejavu-core")
@@ -33,7 +34,7 @@ def latin_font(dirs):
 @pytest.fixture(scope="module")
 def cjk_font(dirs):
     try:
-        path, _ = G.choose_font("auto", CJK_TEXT, dirs)
+        path, _ = F.choose_font("auto", CJK_TEXT, dirs)
     except AtelierError:
         pytest.fail("no CJK font installed: apt-get install fonts-noto-cjk (CI installs it)")
     return path
@@ -46,17 +47,17 @@ def _ink_outside(glyph: np.ndarray, mask: np.ndarray) -> int:
 # ------------------------------------------------------------------------------------- fonts
 
 def test_resolve_font_by_name_stem_and_face(dirs, latin_font, cjk_font):
-    assert G.resolve_font("DejaVuSans.ttf", dirs) == (latin_font, 0)
-    assert G.resolve_font("dejavusans", dirs) == (latin_font, 0)
+    assert F.resolve_font("DejaVuSans.ttf", dirs) == (latin_font, 0)
+    assert F.resolve_font("dejavusans", dirs) == (latin_font, 0)
     name = Path(cjk_font).name
     if name.lower().endswith(".ttc"):
-        assert G.resolve_font(f"{name}#1", dirs) == (cjk_font, 1)
-    assert G.resolve_font(cjk_font, dirs) == (str(Path(cjk_font).resolve()), 0)  # absolute inside a font dir
+        assert F.resolve_font(f"{name}#1", dirs) == (cjk_font, 1)
+    assert F.resolve_font(cjk_font, dirs) == (str(Path(cjk_font).resolve()), 0)  # absolute inside a font dir
 
 
 def test_unknown_font_is_an_actionable_error(dirs):
     with pytest.raises(AtelierError) as e:
-        G.resolve_font("NoSuchFont-Regular.ttf", dirs, node="Atelier Glyph Render")
+        F.resolve_font("NoSuchFont-Regular.ttf", dirs, node="Atelier Glyph Render")
     msg = str(e.value)
     assert "unknown font 'NoSuchFont-Regular.ttf'" in msg and "[Atelier Glyph Render]" in msg
     assert "models/fonts" in msg and "DejaVuSans.ttf" in msg
@@ -71,20 +72,20 @@ def test_explicit_path_outside_font_folders_is_refused(tmp_path, latin_font):
     shutil.copy(latin_font, allowed / "Inside.ttf")
     (allowed / "sneaky.ttf").symlink_to(outside / "Mine.ttf")  # link escaping the folder
     only = [allowed]
-    assert G.resolve_font(str(allowed / "Inside.ttf"), only)[0] == str((allowed / "Inside.ttf").resolve())
-    assert G.resolve_font("Inside", only)[0].endswith("Inside.ttf")
+    assert F.resolve_font(str(allowed / "Inside.ttf"), only)[0] == str((allowed / "Inside.ttf").resolve())
+    assert F.resolve_font("Inside", only)[0].endswith("Inside.ttf")
     for bad in (str(outside / "Mine.ttf"), "../elsewhere/Mine.ttf", str(allowed / "sneaky.ttf"), "/etc/passwd"):
         with pytest.raises(AtelierError, match="not a font file inside an allowed font folder"):
-            G.resolve_font(bad, only)
+            F.resolve_font(bad, only)
 
 
 def test_missing_glyph_detection_has_no_false_positives_or_negatives(latin_font, cjk_font):
     latin1 = "".join(chr(c) for c in range(0x21, 0x7F)) + "".join(chr(c) for c in range(0xC0, 0x100))
-    assert G.missing_glyphs(latin_font, 0, latin1) == []
+    assert F.missing_glyphs(latin_font, 0, latin1) == []
     cjk = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 200))
-    assert G.missing_glyphs(latin_font, 0, cjk) == list(cjk)  # DejaVu has no Han characters
-    assert G.missing_glyphs(cjk_font, 0, cjk + string.ascii_letters) == []
-    assert G.missing_glyphs(latin_font, 0, "A B\tC") == []  # whitespace needs no glyph
+    assert F.missing_glyphs(latin_font, 0, cjk) == list(cjk)  # DejaVu has no Han characters
+    assert F.missing_glyphs(cjk_font, 0, cjk + string.ascii_letters) == []
+    assert F.missing_glyphs(latin_font, 0, "A B\tC") == []  # whitespace needs no glyph
 
 
 def test_font_without_the_needed_glyphs_is_reported_not_drawn_as_boxes(dirs, latin_font, cjk_font):
@@ -97,8 +98,8 @@ def test_font_without_the_needed_glyphs_is_reported_not_drawn_as_boxes(dirs, lat
 
 
 def test_auto_font_picks_a_cjk_font_for_chinese_and_latin_font_for_latin(dirs, cjk_font, latin_font):
-    assert G.choose_font("auto", CJK_TEXT, dirs)[0] == cjk_font
-    assert G.missing_glyphs(G.choose_font("auto", "Hello", dirs)[0], 0, "Hello") == []
+    assert F.choose_font("auto", CJK_TEXT, dirs)[0] == cjk_font
+    assert F.missing_glyphs(F.choose_font("auto", "Hello", dirs)[0], 0, "Hello") == []
 
 
 def test_auto_font_with_no_covering_font_says_what_to_install(tmp_path, latin_font):
@@ -106,7 +107,7 @@ def test_auto_font_with_no_covering_font_says_what_to_install(tmp_path, latin_fo
     d.mkdir()
     shutil.copy(latin_font, d / "OnlyLatin.ttf")
     with pytest.raises(AtelierError, match="fonts-noto-cjk"):
-        G.choose_font("auto", CJK_TEXT, [d])
+        F.choose_font("auto", CJK_TEXT, [d])
 
 
 # ------------------------------------------------------------------------------------- specs
@@ -190,7 +191,7 @@ def test_text_too_long_for_its_box_is_shrunk_not_clipped(dirs):
     cols = np.nonzero((g > 64).any(0))[0]
     assert cols.min() > 10 and cols.max() < 210  # margin kept on both ends: nothing cut off
     # same ink as the text drawn at that size unclipped
-    font = G.load_font(*G.choose_font("auto", long_text, dirs), info[0]["size"])
+    font = F.load_font(*F.choose_font("auto", long_text, dirs), info[0]["size"])
     l, t, r, b = font.getbbox(long_text)
     assert abs((cols.max() - cols.min() + 1) - (r - l)) <= 2
 
@@ -333,7 +334,7 @@ def test_cached_rendering_is_pixel_identical_and_rasterises_each_box_once(dirs, 
 
 
 def test_cached_tile_is_read_only_and_follows_the_font_file(tmp_path, dirs):
-    regular = next(p for p in G.list_fonts(dirs).values() if Path(p).name == "DejaVuSans.ttf")
+    regular = next(p for p in F.list_fonts(dirs).values() if Path(p).name == "DejaVuSans.ttf")
     bold = Path(regular).with_name("DejaVuSans-Bold.ttf")
     if not bold.exists():
         pytest.fail("DejaVuSans-Bold.ttf not found: install fonts-dejavu-core")

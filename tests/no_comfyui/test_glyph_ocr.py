@@ -7,6 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from comfyui_atelier.core import fonts as F
 from comfyui_atelier.core import glyph as G
 from comfyui_atelier.core import ocr as O
 from comfyui_atelier.core.errors import AtelierError
@@ -15,7 +16,7 @@ if not O.backend_available("rapidocr"):
     pytest.fail("rapidocr is not installed: pip install rapidocr_onnxruntime onnxruntime (the [ocr] extra)",
                 pytrace=False)
 
-DIRS = G.font_dirs()
+DIRS = F.font_dirs()
 
 ROUND_TRIP = [
     {"text": "Atelier 2024", "box": [40, 40, 520, 120]},

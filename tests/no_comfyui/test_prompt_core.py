@@ -5,6 +5,7 @@ import re
 import pytest
 
 from comfyui_atelier.client import runtime
+from comfyui_atelier.core import presets as PR
 from comfyui_atelier.core import prompt as P
 from comfyui_atelier.core.errors import AtelierError
 
@@ -16,7 +17,7 @@ def words(text: str) -> int:
 
 @pytest.fixture(scope="module")
 def shipped():
-    load = P.load_presets([P.SHIPPED_PRESET_DIR])
+    load = PR.load_presets([PR.SHIPPED_PRESET_DIR])
     assert not load.errors, load.errors
     return load
 
@@ -36,7 +37,7 @@ def clip_tokenizer():
 
 
 def preset(**kw):
-    return P.parse_preset({"name": "t", **kw})
+    return PR.parse_preset({"name": "t", **kw})
 
 
 # ---------------------------------------------------------------- shipped presets
@@ -222,7 +223,7 @@ def test_invalid_json_file_is_named_and_others_load(tmp_path):
     bad.write_text('{"name": "broken", "positive": "x",,}')
     typo = tmp_path / "typo.json"
     typo.write_text(json.dumps({"name": "typo", "postive": "oops"}))
-    load = P.load_presets([P.SHIPPED_PRESET_DIR, tmp_path])
+    load = PR.load_presets([PR.SHIPPED_PRESET_DIR, tmp_path])
     assert "mine" in load.presets and "e-commerce white background" in load.presets
     assert "broken" not in load.presets and "typo" not in load.presets
     assert len(load.errors) == 2
@@ -235,7 +236,7 @@ def test_user_preset_overrides_shipped_and_list_files(tmp_path):
         {"name": "general negative", "negative": "mine only"},
         {"name": "second", "template": "{prompt}!"},
     ]))
-    load = P.load_presets([P.SHIPPED_PRESET_DIR, tmp_path, tmp_path / "missing"])
+    load = PR.load_presets([PR.SHIPPED_PRESET_DIR, tmp_path, tmp_path / "missing"])
     assert load.presets["general negative"].negative == "mine only"
     assert load.overridden and "general negative" in load.overridden[0]
     assert load.presets["second"].template == "{prompt}!"
@@ -252,14 +253,14 @@ def test_user_preset_overrides_shipped_and_list_files(tmp_path):
 ])
 def test_parse_preset_rejects_bad_fields(data, msg):
     with pytest.raises(ValueError, match=msg):
-        P.parse_preset(data)
+        PR.parse_preset(data)
 
 
 def test_unknown_preset_lists_available_and_load_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{nope")
-    load = P.load_presets([P.SHIPPED_PRESET_DIR, tmp_path])
+    load = PR.load_presets([PR.SHIPPED_PRESET_DIR, tmp_path])
     with pytest.raises(AtelierError) as ei:
-        P.get_preset(load, "nonexistent", node="AtelierSystemPrompt")
+        PR.get_preset(load, "nonexistent", node="AtelierSystemPrompt")
     msg = str(ei.value)
     assert "unknown preset 'nonexistent'" in msg
     assert "keyboard skin" in msg and "general negative" in msg
@@ -267,9 +268,9 @@ def test_unknown_preset_lists_available_and_load_errors(tmp_path):
 
 
 def test_signature_changes_with_files(tmp_path):
-    s0 = P.presets_signature([tmp_path])
+    s0 = PR.presets_signature([tmp_path])
     (tmp_path / "a.json").write_text("{}")
-    assert P.presets_signature([tmp_path]) != s0
+    assert PR.presets_signature([tmp_path]) != s0
 
 
 def test_split_lines():
