@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import AtelierError
+from .presets import json_depth_problem
 
 # ----------------------------------------------------------------------------- constants
 
@@ -325,17 +326,26 @@ _CACHE: dict[str, tuple[float, Manifest]] = {}
 def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
     """Load and validate the manifest (the pack's own by default); cached by path and mtime."""
     p = Path(path) if path is not None else DEFAULT_MANIFEST
+    fix = "reinstall the pack, or pass the path of a valid models_manifest.json."
     try:
         mtime = p.stat().st_mtime
-    except OSError as exc:
-        raise AtelierError(f"cannot read the model manifest {p}: {exc.strerror or exc}",
-                           fix="reinstall the pack, or pass the path of a valid models_manifest.json.") from exc
-    key = str(p.resolve())
-    hit = _CACHE.get(key)
-    if hit and hit[0] == mtime:
-        return hit[1]
+        key = str(p.resolve())
+        hit = _CACHE.get(key)
+        if hit and hit[0] == mtime:
+            return hit[1]
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:  # missing, a folder, no permission
+        raise AtelierError(f"cannot read the model manifest {p}: {exc.strerror or exc}", fix=fix) from exc
+    except UnicodeDecodeError as exc:
+        raise AtelierError(f"the model manifest {p} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+                           expected="a JSON file", fix=fix) from exc
+    too_deep = json_depth_problem(text)  # before json.loads, whose recursion would raise RecursionError
+    if too_deep:
+        raise AtelierError(f"the model manifest {p} is {too_deep}.",
+                           expected="{\"models\": [entry, ...]} (a few levels deep)",
+                           fix="use the pack's models_manifest.json or one of the same shape.")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AtelierError(f"the model manifest {p} is not valid JSON (line {exc.lineno}: {exc.msg})",
                            fix="fix the JSON syntax.") from exc

@@ -162,6 +162,24 @@ def test_load_manifest_reports_bad_json(tmp_path):
         mf.load_manifest(tmp_path / "absent.json")
 
 
+@pytest.mark.parametrize("content, words", [
+    ("[" * 100_000, "nested more than 32 levels deep (at line 1)"),  # json.loads alone: RecursionError
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    (None, "cannot read the model manifest"),  # a folder where the file should be
+])
+def test_load_manifest_names_the_file_for_any_unreadable_content(tmp_path, content, words):
+    p = tmp_path / "m.json"
+    if content is None:
+        p.mkdir()
+    elif isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content, encoding="utf-8")
+    with pytest.raises(AtelierError) as ei:
+        mf.load_manifest(p)
+    assert words in str(ei.value) and str(p) in str(ei.value)
+
+
 def test_check_entry_size_and_hash(tmp_path):
     data = b"atelier" * 100
     import hashlib
