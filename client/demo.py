@@ -80,18 +80,6 @@ def _models_dir(args) -> Path:
     return models_cli.default_models_dir(args.comfyui)[0].resolve()
 
 
-def _bar(spec):
-    start = time.monotonic()
-
-    def update(done: int, total: int | None):
-        rate = done / max(time.monotonic() - start, 1e-6) / 1e6
-        pct = f"{100 * done / total:5.1f}%" if total else "  ?  "
-        print(f"\r  {Path(spec.relpath).name}: {pct} {done / 1e6:8.1f} MB  {rate:6.1f} MB/s", end="", file=sys.stderr)
-        if total and done >= total:
-            print(file=sys.stderr)
-    return update
-
-
 def ensure_models(models_dir: Path, offline: bool) -> list[str]:
     """Check (and unless offline, download) the workflow's required models; return the ids still missing."""
     manifest = mf.load_manifest()
@@ -112,7 +100,8 @@ def ensure_models(models_dir: Path, offline: bool) -> list[str]:
             continue
         print(f"  fetch   {entry.id:28s} -> {models_dir / entry.save_path}")
         try:
-            download_entry(entry, models_dir, progress_factory=_bar)
+            download_entry(entry, models_dir,
+                           progress_factory=lambda spec: models_cli.ProgressBar(f"  {Path(spec.relpath).name}"))
         except DownloadError as exc:
             print(f"  missing {entry.id:28s} {exc}", file=sys.stderr)
             missing.append(entry.id)

@@ -231,3 +231,25 @@ def test_demo_classical_name_is_the_matting_backends():
     from comfyui_atelier.client import demo
     from comfyui_atelier.core import matting
     assert demo.CLASSICAL_MATTING == matting.CLASSICAL_NAME
+
+
+def test_demo_fetches_missing_models_verified_with_progress(tmp_path, monkeypatch, capsys):
+    """`atelier demo`'s model step through the client downloader: the workflow's models from a local host
+    (the manifest's entries pointed there), verified, with a progress line; the optional PoolNet is left out."""
+    from comfyui_atelier.client import demo
+    from comfyui_atelier.core import manifest as mf
+    from tests.fixtures import http_models as HM
+
+    real = mf.load_manifest()
+    with HM.serve() as url:
+        doc = {"models": [dict(e.raw, url=url + "/good.safetensors", sha256=HM.SHA, size=len(HM.PAYLOAD))
+                          if e.kind == "file" and not e.manual_only else e.raw for e in real]}
+        monkeypatch.setattr(mf, "load_manifest", lambda: mf.parse(doc))
+        assert demo.ensure_models(tmp_path, offline=False) == []
+    out, err = capsys.readouterr()
+    assert HM.leftovers(tmp_path) == ["checkpoints/v1-5-pruned-emaonly.safetensors",
+                                      "controlnet/control_v11p_sd15_lineart_fp16.safetensors"]
+    assert "fetch   sd15-base" in out and "absent  poolnet-resnet50" in out
+    assert "v1-5-pruned-emaonly.safetensors 100.0%" in err
+    assert demo.ensure_models(tmp_path, offline=True) == []  # now present: nothing to fetch
+    assert "ok      sd15-base" in capsys.readouterr()[0]
