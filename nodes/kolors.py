@@ -382,11 +382,84 @@ class AtelierKolorsTextEncoderLoader:
         return (load_kolors_text_encoder(folder, DTYPES.get(weight_dtype), device),)
 
 
+class AtelierKolorsLoraLoader:
+    DESCRIPTION = ("Applies a Kolors UNet LoRA in any of the formats people publish: kohya (lora_unet_*), "
+                   "diffusers/peft (unet.*.lora_A/B) and DiffSynth-Studio (blocks.N.*.lora_A/B.default, the "
+                   "format of ModelScope's Kolors LoRA trainings, which store no alpha). It converts the keys to "
+                   "kohya names and applies them exactly as ComfyUI's LoraLoaderModelOnly does (kohya files work "
+                   "in that node directly).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        try:
+            loras = list(folder_paths.get_filename_list("loras"))
+        except KeyError:
+            loras = []
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The Kolors MODEL (Atelier Kolors UNet Loader)."}),
+            "lora_name": (loras, {"tooltip": "A Kolors LoRA in ComfyUI/models/loras (.safetensors, or .ckpt/.pt/.bin "
+                                             "read with torch.load(weights_only=True))."}),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                         "tooltip": "LoRA strength, as in ComfyUI's LoRA loaders."}),
+            "diffsynth_alpha": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":
+                                "Alpha for files that store none (DiffSynth-Studio's): the scale is alpha / rank. "
+                                "ModelScope's Kolors LoRA recipe trains rank 16 with alpha 4 (scale 0.25). "
+                                "0 = the rank (scale 1). Files with their own alpha keys ignore this."}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The Kolors MODEL with the LoRA patched in (ComfyUI ModelPatcher patches).",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, model, lora_name, strength_model=1.0, diffsynth_alpha=4.0):
+        node = "Atelier Kolors LoRA Loader"
+        path = folder_paths.get_full_path("loras", lora_name) if lora_name else None
+        if not path:
+            raise AtelierError(f"LoRA file '{lora_name}' was not found", node=node, input="lora_name",
+                               expected="a file in " + (", ".join(_folder_paths(("loras",))) or "ComfyUI/models/loras"),
+                               fix="put the LoRA into ComfyUI/models/loras and refresh")
+        if strength_model == 0:
+            return (model,)
+        cfg = getattr(getattr(model, "model", None), "model_config", None)
+        if not isinstance(getattr(model, "model", None), KolorsModel):
+            raise AtelierError("the MODEL is not a Kolors model", node=node, input="model",
+                               expected="the MODEL of Atelier Kolors UNet Loader",
+                               fix="use ComfyUI's LoraLoader for SD/SDXL models")
+        sd, _ = read_weights(path)
+        if isinstance(sd.get("state_dict"), dict):      # a Lightning .ckpt (DiffSynth-Studio's trainer)
+            sd = sd["state_dict"]
+        sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        try:
+            u = cfg.unet_config
+            blocks = K.diffsynth_blocks(u["num_res_blocks"], u["transformer_depth"], u.get("transformer_depth_middle", 1),
+                                        u.get("transformer_depth_output"))
+            kohya, fmt, unmapped = K.lora_to_kohya(sd, blocks, diffsynth_alpha or None)
+        except AtelierError as e:
+            raise AtelierError(f"'{lora_name}': {e.problem}", node=node, input="lora_name", expected=e.expected, fix=e.fix) from None
+        import comfy.lora
+        key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+        modules = [k[:-len(".lora_down.weight")] for k in kohya if k.endswith(".lora_down.weight")]
+        known = [m for m in modules if m in key_map]
+        if not known:
+            raise AtelierError(f"'{lora_name}' ({fmt} format) names no module of this Kolors UNet "
+                               f"({len(modules)} modules, first: {modules[0] if modules else '-'})", node=node,
+                               input="lora_name", expected="a LoRA trained on Kolors' UNet",
+                               fix="check that the LoRA is for Kolors (not SD1.5/SDXL/a text encoder)")
+        if len(known) < len(modules) or unmapped:
+            log.warning("[Atelier] Kolors LoRA %s (%s): %d of %d modules apply; %d keys not understood", lora_name, fmt,
+                        len(known), len(modules), len(unmapped))
+        patched, _ = comfy.sd.load_lora_for_models(model, None, kohya, strength_model, 0)
+        return (patched,)
+
+
 NODE_CLASS_MAPPINGS = {
     "AtelierKolorsUNetLoader": AtelierKolorsUNetLoader,
     "AtelierKolorsTextEncoderLoader": AtelierKolorsTextEncoderLoader,
+    "AtelierKolorsLoraLoader": AtelierKolorsLoraLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AtelierKolorsUNetLoader": K.NODE_UNET,
     "AtelierKolorsTextEncoderLoader": K.NODE_TE,
+    "AtelierKolorsLoraLoader": "Atelier Kolors LoRA Loader",
 }
