@@ -1,7 +1,8 @@
 """`atelier` command line: models, batch, convert, demo, train-style.
 
-Each sub-command lives beside the code it drives and registers itself through an
-`add_parser(subparsers)` function; this module only gathers them. Importing it needs no torch.
+Each sub-command is a client module that registers itself through an `add_parser(subparsers)`
+function (models_cli, batch, demo, train_cli); this module only gathers them. Importing it, and
+building the parser, needs no torch: a command that needs it imports it when it runs.
 """
 from __future__ import annotations
 
