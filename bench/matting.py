@@ -202,6 +202,16 @@ def main(argv=None) -> int:
     print(f"# matting bench: torch CPU, {a.threads} threads, weights: "
           f"{a.weights or 'seeded random weights (official layout)'}; medians of {a.repeats} runs")
     print("# peak MB = peak RSS growth over the process's state with model and inputs loaded")
+    _backend_rows(a, common)
+    if a.ref_cases or a.ref_big:
+        _reference_rows(a, common)
+    if a.big:
+        _max_side_rows(a, common)
+    return 0
+
+
+def _backend_rows(a, common) -> None:
+    """PoolNet per batch size and the classical backend, then the batching ratios."""
     print(f"{'backend':<10} {'size':>6} {'batch':>5} {'ms/batch':>10} {'ms/image':>10} {'peak MB':>9}  "
           f"target (batch/image vs single)")
     per_image = {}
@@ -226,53 +236,58 @@ def main(argv=None) -> int:
                     print(f"{size}^2: batch {b} per image / single = {ratio:.2f}  (target {cells(ratio, BATCH_TARGET)})")
             print(f"{size}^2: classical / poolnet single = {per_image[(size, 'classical')] / per_image[(size, 1)]:.2f}"
                   f"  (target {cells(None, None)})")
-    if a.ref_cases or a.ref_big:
-        import numpy as np
-        print("\n# forward vs the reference implementation's (nn.BatchNorm2d, NCHW, no_grad), same weights, "
-              "preprocess + forward + sigmoid")
-        print(f"{'size':>6} {'batch':>5} {'ref ms/img':>11} {'ours ms/img':>12} {'ratio':>6} {'ref MB':>7} "
-              f"{'ours MB':>8} {'max|d|':>8}  target")
-        cases = [tuple(int(v) for v in c.split("x")) for c in a.ref_cases]
-        if a.ref_big:
-            cases.append((a.ref_big, 0))  # batch 0: the peak-memory row, one image, one untimed-warm-up-free run
-        for size, b in cases:
-            big = b == 0
-            args = dict(common, size=size, batch=max(1, b), repeats=1 if big else a.repeats, max_side=0, keep=True)
-            if big:
-                args["warmup"] = 0
-            ref = measure("reference", **args)
-            ours = measure("poolnet", **args)
-            n = max(1, b)
-            num, den = (ours["peak_mb"], ref["peak_mb"]) if big else (ours["median_s"], ref["median_s"])
-            ratio = num / den if den > 0 else float("nan")
-            target = PEAK_TARGET if big else (FORWARD_TARGET if size == 1024 else None)
-            d = float(np.abs(ours["alpha"] - ref["alpha"]).max())
-            print(f"{size:>6} {n:>5} {1000 * ref['median_s'] / n:>11.0f} {1000 * ours['median_s'] / n:>12.0f} "
-                  f"{ratio:>6.2f} {ref['peak_mb']:>7.0f} {ours['peak_mb']:>8.0f} {d:>8.1e}  "
-                  f"{'peak ' if big else 'time '}{cells(ratio, target)}", flush=True)
-    if a.big:
-        from comfyui_atelier.core.matting import alpha_iou
-        full = measure("remove", size=a.big, batch=a.big_images, repeats=1, max_side=0, **dict(common, warmup=0))
-        small = measure("remove", size=a.big, batch=a.big_images, repeats=1, max_side=a.max_side, **common)
-        speed = full["median_s"] / small["median_s"]
-        import torch
-        ious = [alpha_iou(torch.from_numpy(small["alpha"][i]), torch.from_numpy(full["alpha"][i]))
-                for i in range(a.big_images)]
-        print(f"\n# {a.big}^2 input, {a.big_images} images, remove_background with guided-filter edges")
-        print(f"full resolution : {1000 * full['median_s'] / a.big_images:>9.0f} ms/image  peak {full['peak_mb']:.0f} MB")
-        print(f"max_side={a.max_side:<6}: {1000 * small['median_s'] / a.big_images:>9.0f} ms/image  "
-              f"peak {small['peak_mb']:.0f} MB")
-        print(f"speed-up {speed:.1f}x (target {cells(speed, MAX_SIDE_TARGET)}); alpha IoU vs full "
-              f"resolution min {min(ious):.3f} mean {statistics.mean(ious):.3f} (target "
-              f"{cells(min(ious), IOU_TARGET)})" + ("" if a.weights else "  [random weights]"))
-        cf = measure("remove_classical", size=a.big, batch=a.big_images, repeats=1, max_side=0, **common)
-        cs = measure("remove_classical", size=a.big, batch=a.big_images, repeats=1, max_side=a.max_side, **common)
-        ious = [alpha_iou(torch.from_numpy(cs["alpha"][i]), torch.from_numpy(cf["alpha"][i]))
-                for i in range(a.big_images)]
-        print(f"classical backend, same path: full {1000 * cf['median_s'] / a.big_images:.0f} ms/image, "
-              f"max_side={a.max_side} {1000 * cs['median_s'] / a.big_images:.0f} ms/image, "
-              f"speed-up {cf['median_s'] / cs['median_s']:.1f}x, alpha IoU min {min(ious):.3f} (target {cells(None, None)})")
-    return 0
+
+
+def _reference_rows(a, common) -> None:
+    """Our forward vs the reference implementation's (time, and peak memory at --ref-big)."""
+    import numpy as np
+    print("\n# forward vs the reference implementation's (nn.BatchNorm2d, NCHW, no_grad), same weights, "
+          "preprocess + forward + sigmoid")
+    print(f"{'size':>6} {'batch':>5} {'ref ms/img':>11} {'ours ms/img':>12} {'ratio':>6} {'ref MB':>7} "
+          f"{'ours MB':>8} {'max|d|':>8}  target")
+    cases = [tuple(int(v) for v in c.split("x")) for c in a.ref_cases]
+    if a.ref_big:
+        cases.append((a.ref_big, 0))  # batch 0: the peak-memory row, one image, one untimed-warm-up-free run
+    for size, b in cases:
+        big = b == 0
+        args = dict(common, size=size, batch=max(1, b), repeats=1 if big else a.repeats, max_side=0, keep=True)
+        if big:
+            args["warmup"] = 0
+        ref = measure("reference", **args)
+        ours = measure("poolnet", **args)
+        n = max(1, b)
+        num, den = (ours["peak_mb"], ref["peak_mb"]) if big else (ours["median_s"], ref["median_s"])
+        ratio = num / den if den > 0 else float("nan")
+        target = PEAK_TARGET if big else (FORWARD_TARGET if size == 1024 else None)
+        d = float(np.abs(ours["alpha"] - ref["alpha"]).max())
+        print(f"{size:>6} {n:>5} {1000 * ref['median_s'] / n:>11.0f} {1000 * ours['median_s'] / n:>12.0f} "
+              f"{ratio:>6.2f} {ref['peak_mb']:>7.0f} {ours['peak_mb']:>8.0f} {d:>8.1e}  "
+              f"{'peak ' if big else 'time '}{cells(ratio, target)}", flush=True)
+
+
+def _max_side_rows(a, common) -> None:
+    """remove_background at full resolution vs max_side on the big input (PoolNet and classical)."""
+    from comfyui_atelier.core.matting import alpha_iou
+    full = measure("remove", size=a.big, batch=a.big_images, repeats=1, max_side=0, **dict(common, warmup=0))
+    small = measure("remove", size=a.big, batch=a.big_images, repeats=1, max_side=a.max_side, **common)
+    speed = full["median_s"] / small["median_s"]
+    import torch
+    ious = [alpha_iou(torch.from_numpy(small["alpha"][i]), torch.from_numpy(full["alpha"][i]))
+            for i in range(a.big_images)]
+    print(f"\n# {a.big}^2 input, {a.big_images} images, remove_background with guided-filter edges")
+    print(f"full resolution : {1000 * full['median_s'] / a.big_images:>9.0f} ms/image  peak {full['peak_mb']:.0f} MB")
+    print(f"max_side={a.max_side:<6}: {1000 * small['median_s'] / a.big_images:>9.0f} ms/image  "
+          f"peak {small['peak_mb']:.0f} MB")
+    print(f"speed-up {speed:.1f}x (target {cells(speed, MAX_SIDE_TARGET)}); alpha IoU vs full "
+          f"resolution min {min(ious):.3f} mean {statistics.mean(ious):.3f} (target "
+          f"{cells(min(ious), IOU_TARGET)})" + ("" if a.weights else "  [random weights]"))
+    cf = measure("remove_classical", size=a.big, batch=a.big_images, repeats=1, max_side=0, **common)
+    cs = measure("remove_classical", size=a.big, batch=a.big_images, repeats=1, max_side=a.max_side, **common)
+    ious = [alpha_iou(torch.from_numpy(cs["alpha"][i]), torch.from_numpy(cf["alpha"][i]))
+            for i in range(a.big_images)]
+    print(f"classical backend, same path: full {1000 * cf['median_s'] / a.big_images:.0f} ms/image, "
+          f"max_side={a.max_side} {1000 * cs['median_s'] / a.big_images:.0f} ms/image, "
+          f"speed-up {cf['median_s'] / cs['median_s']:.1f}x, alpha IoU min {min(ious):.3f} (target {cells(None, None)})")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from tests.fixtures import poolnet_models as PM
 
 ROOT = Path(__file__).resolve().parents[2]
 CENTRE = "atelier-e2e-poolnet-centre.pth"
-CLASSICAL = "classical (no weights: border flood fill + GrabCut)"
+CLASSICAL = "classical"  # the stable id (the legacy prose value: test_matting_house_e2e.py)
 
 
 @pytest.fixture(scope="module")
