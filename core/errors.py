@@ -16,6 +16,13 @@ ValueError catches them), not for ComfyUI's sake.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (half an emoji from a broken API client) written as
+    backslash escapes: such a message cannot be encoded as UTF-8, and ComfyUI's logging of a failed
+    node would then raise inside its own error handling and stop the prompt queue."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _rebuilt(cls: type, state: dict) -> "AtelierError":
     """An instance of `cls` with `state` as its fields, without calling its __init__ (whose
     arguments differ per subclass); its message is rendered from those fields."""
@@ -46,7 +53,7 @@ class AtelierError(ValueError):
             parts.append(f"Expected: {self.expected}.")
         if self.fix:
             parts.append(f"Fix: {self.fix}")
-        return " ".join(parts)
+        return printable(" ".join(parts))
 
     def at(self, node: str, input: str | None = None) -> "AtelierError":
         """This error attributed to `node` (and to `input` when it names none), for core errors

@@ -150,3 +150,13 @@ def test_folder_walk_follows_links_once_and_caps_depth(tmp_path):
     assert not (tmp_path / "missing").exists()  # listing creates nothing
     stop = [n for n, _ in folders.walk(root, stop=lambda d: d.endswith("/b"))]
     assert stop == ["a/b", "top.safetensors"]
+
+
+def test_error_messages_are_always_utf8_encodable():
+    # a lone surrogate sent through the API must not make the message unprintable: ComfyUI's logging
+    # of the failed node would raise inside its error handling and stop the queue
+    err = AtelierError("cannot read the colour '#ff\ud800ff'", node="Atelier Remove Background", input="background")
+    text = str(err)
+    text.encode("utf-8")  # raises UnicodeEncodeError if a surrogate is left
+    assert "#ff\\ud800ff" in text and text.startswith("[Atelier Remove Background] input 'background'")
+    assert str(err.at("Other")) == text  # the attributed copy renders the same way
