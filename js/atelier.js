@@ -1,7 +1,9 @@
 // comfyui-atelier editor extensions. Each registers once and touches only Atelier nodes:
 //   Atelier.SystemPrompt     the prompt report (token counts, over-77-token WARNING) on the prompt nodes after a run
 //   Atelier.AestheticScores  the aesthetic score(s) / gate verdict on the scorer, filter and gate after a run
-//   Atelier.Help             "Atelier help" in an Atelier node's context menu: a popup from its description
+//   Atelier.Help             "Atelier help" in an Atelier node's context menu: a popup from its description,
+//                            only where the frontend has no node help panel of its own (the legacy web UI);
+//                            the current frontend's panel shows the pack's docs, js/docs/<NodeClassId>.md
 // Image previews (glyph layouts, mattes) need no code here: those nodes return ui.images, which every
 // ComfyUI frontend draws on the node. Works on the legacy web UI (early 2024) and comfyui-frontend-package;
 // if the frontend API differs, each feature quietly does nothing (a console.warn at most, never an error).
@@ -186,10 +188,24 @@ export function showHelp(help) {
   return box;
 }
 
+// The node help panel ("Node Info" in the selection toolbox and the node library) arrived with
+// comfyui-frontend-package 1.22 (ComfyUI_frontend PR #3922, June 2025). It fetches
+// /extensions/<pack folder>/docs/<NodeClassId>/<locale>.md, then docs/<NodeClassId>.md, from this web
+// directory and renders it; that frontend also sets window.__COMFYUI_FRONTEND_VERSION__, the legacy UI does not.
+export const HELP_PANEL_SINCE = [1, 22];
+
+export function hasNodeHelpPanel(version = globalThis.__COMFYUI_FRONTEND_VERSION__) {
+  const m = /^(\d+)\.(\d+)/.exec(String(version ?? ""));
+  if (!m) return false;
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  return major > HELP_PANEL_SINCE[0] || (major === HELP_PANEL_SINCE[0] && minor >= HELP_PANEL_SINCE[1]);
+}
+
 app.registerExtension({
   name: "Atelier.Help",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!String(nodeData?.name ?? "").startsWith("Atelier")) return;
+    if (hasNodeHelpPanel()) return; // the frontend's own panel shows js/docs/<NodeClassId>.md: no second popup
     const help = helpOf(nodeData);
     nodeType.prototype.atelierHelp = help;
     const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;

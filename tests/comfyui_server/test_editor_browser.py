@@ -260,15 +260,20 @@ def test_help_popup_and_score_display(editor, editor_server):
         const options = [];
         node.getExtraMenuOptions(app.canvas, options);
         const entry = options.find((o) => o && o.content === 'Atelier help');
+        if (!entry) return {entry: false, panel: !!window.__COMFYUI_FRONTEND_VERSION__};
         entry.callback();
         const box = document.querySelector('.atelier-help');
-        return {text: box.innerText, visible: box.getClientRects().length > 0};
+        return {entry: true, text: box.innerText, visible: box.getClientRects().length > 0};
     }""")
-    assert got["visible"]
-    assert info["AtelierAestheticSetGate"]["description"] in got["text"]
-    assert "threshold" in got["text"] and "stop workflow" in got["text"]  # an input's tooltip
-    editor.page.keyboard.press("Escape")
-    assert editor.js("() => document.querySelectorAll('.atelier-help').length") == 0
+    # Only the legacy UI gets the popup; the current frontend's own help panel shows js/docs/<id>.md instead
+    # (test_node_docs_browser.py).
+    assert got["entry"] or got["panel"], got
+    if got["entry"]:
+        assert got["visible"]
+        assert info["AtelierAestheticSetGate"]["description"] in got["text"]
+        assert "threshold" in got["text"] and "stop workflow" in got["text"]  # an input's tooltip
+        editor.page.keyboard.press("Escape")
+        assert editor.js("() => document.querySelectorAll('.atelier-help').length") == 0
     # Non-Atelier nodes are left alone.
     assert editor.js("""() => {
         const node = (app.graph.nodes ?? app.graph._nodes).find((n) => n.type === 'KSampler');
