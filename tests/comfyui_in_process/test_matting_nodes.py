@@ -9,6 +9,7 @@ import torch
 
 from tests.fixtures import poolnet_models as PM
 
+LEGACY = "classical (no weights: border flood fill + GrabCut)"  # the classical value before the stable id
 RANDOM_NAME = "atelier-test-poolnet.pth"
 CENTRE_NAME = "atelier-test-poolnet-centre.pth"
 ST_NAME = "atelier-test-poolnet.safetensors"
@@ -244,3 +245,39 @@ def test_onnx_model_file_is_listed_and_loaded(env):
         assert alpha_iou(alpha, truth) > 0.95 and torch.equal(out[0, :3], torch.ones_like(out[0, :3]))
     finally:
         (folder / name).unlink()
+
+
+def test_selector_stores_a_stable_id_and_explains_it(env):
+    N = env
+    choices, opts = N.AtelierSaliencyLoader.INPUT_TYPES()["required"]["model_name"]
+    assert choices[-1] == "classical" and LEGACY not in choices
+    assert "'classical'" in opts["tooltip"] and "older long name" in opts["tooltip"]
+
+
+@pytest.mark.parametrize("value", ["classical", LEGACY])
+def test_new_and_legacy_classical_values_validate_load_and_run(env, value):
+    N = env
+    assert N.AtelierSaliencyLoader.VALIDATE_INPUTS(value) is True
+    assert N.AtelierSaliencyLoader.IS_CHANGED(value) == "classical"  # the same model: no needless re-run
+    (model,) = N.AtelierSaliencyLoader().load(value)
+    assert model.kind == "classical"
+    img = torch.full((1, 120, 160, 3), 0.98)
+    img[0, 30:90, 40:120] = torch.tensor([0.7, 0.2, 0.1])
+    out, alpha, _, _ = run(N, model, img, refine_edges="guided_filter")
+    assert torch.equal(out[0, :10], torch.ones_like(out[0, :10])) and alpha[0, 60, 80] == 1
+
+
+def test_thin_image_is_refused_before_the_model_is_loaded_or_run(env, monkeypatch):
+    """1 x 20000 would run PoolNet on 111 x 2,220,000 px: refused by the budget, before model management
+    is asked for memory (which would unload every other model) and before any allocation."""
+    N = env
+    from comfyui_atelier.core import matting as core
+    from comfyui_atelier.core.errors import AtelierError
+    calls = []
+    monkeypatch.setattr(N, "load_to_device", lambda *a, **k: calls.append(a))
+    model = core.SaliencyModel("poolnet", "not loaded")  # never used: the check comes first
+    with pytest.raises(AtelierError) as e:
+        run(N, model, torch.rand(1, 1, 20000, 3))
+    msg = str(e.value)
+    assert msg.startswith("[Atelier Remove Background] input 'small_input':")
+    assert "2,220,000 x 111 px" in msg and "'pad'" in msg and calls == []

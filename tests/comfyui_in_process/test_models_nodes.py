@@ -134,3 +134,13 @@ def test_model_check_node(models, fp, tmp_path, restore_table):
     assert node_cls.IS_CHANGED("line2product") != before
     with pytest.raises(AtelierError, match="unknown workflow"):
         node_cls().check("nope")
+
+
+def test_display_names_come_from_the_classes_in_every_family_module(comfy):
+    """Each node class carries its display name (DISPLAY); the modules' mappings are derived from it."""
+    import importlib
+    for family in ("models", "matting", "aesthetic", "lora"):
+        mod = importlib.import_module(f"comfyui_atelier.nodes.{family}")
+        for cid, cls in mod.NODE_CLASS_MAPPINGS.items():
+            assert cls.DISPLAY.startswith("Atelier ") and mod.NODE_DISPLAY_NAME_MAPPINGS[cid] == cls.DISPLAY
+        assert mod.NODE_DISPLAY_NAME_MAPPINGS.keys() == mod.NODE_CLASS_MAPPINGS.keys()

@@ -1,5 +1,7 @@
 """Matting through a real ComfyUI server: line2product ends on a pure white border, the shipped
-remove_background workflow writes a white composite and a transparent cut-out, bad inputs are refused."""
+remove_background workflow writes a white composite and a transparent cut-out, the classical backend runs
+by its stable id and by its legacy value (API prompt and UI workflow), bad inputs are refused, and sizes
+over the budget (Remove Background's working size, Image Grid) are refused before allocating."""
 from __future__ import annotations
 
 import json
@@ -10,13 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_atelier.client import demo, runtime
+from comfyui_atelier.client import convert, demo, runtime
 
 from tests.fixtures import poolnet_models as PM
 
 ROOT = Path(__file__).resolve().parents[2]
 CENTRE = "atelier-e2e-poolnet-centre.pth"
-CLASSICAL = "classical"  # the stable id (the legacy prose value: test_matting_house_e2e.py)
+CLASSICAL = "classical"  # the stable id
+LEGACY = "classical (no weights: border flood fill + GrabCut)"  # its value in workflows saved before
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +86,17 @@ def test_remove_background_workflow_writes_white_and_transparent(comfy_server, s
     assert (alpha[:3] == 0).all() and (alpha[60:140, 70:170] == 255).all()
 
 
-def test_classical_backend_runs_without_weights(comfy_server):
+@pytest.mark.parametrize("value", [CLASSICAL, LEGACY])
+def test_classical_backend_runs_without_weights(comfy_server, value):
+    """By its stable id, and by the prose value an API prompt saved before carries."""
     src = _product_png(comfy_server.input_dir / "atelier_product2.png")
     prompt = _api("remove_background")
     prompt[_node(prompt, "LoadImage")]["inputs"]["image"] = "atelier_product2.png"
-    prompt[_node(prompt, "AtelierSaliencyLoader")]["inputs"]["model_name"] = CLASSICAL
-    entry = comfy_server.run(prompt, timeout=600)
+    prompt[_node(prompt, "AtelierSaliencyLoader")]["inputs"]["model_name"] = value
+    _white_border_and_product(comfy_server, comfy_server.run(prompt, timeout=600), prompt, src)
+
+
+def _white_border_and_product(comfy_server, entry, prompt, src):
     save = next(k for k, v in prompt.items() if v["inputs"].get("filename_prefix") == "remove_background")
     white = np.asarray(Image.open(comfy_server.output_files(entry, save)[0]))
     assert (white[:40] == 255).all() and (white[60:140, 70:170] == src[60:140, 70:170]).all()
@@ -123,3 +131,45 @@ def test_mismatched_mask_batch_fails_with_the_nodes_message(comfy_server, salien
         comfy_server.run(prompt, timeout=300)
     text = str(err.value)
     assert "Atelier Remove Background" in text and "2 masks" in text and "3 images" in text
+
+
+def test_ui_workflow_saved_with_the_legacy_value_converts_and_runs(comfy_server):
+    """A workflow saved by an earlier version (prose value in widgets_values) converts with the live
+    /object_info and runs: ComfyUI leaves the value to the loader's VALIDATE_INPUTS."""
+    src = _product_png(comfy_server.input_dir / "atelier_product_ui.png")
+    ui = json.loads((ROOT / "workflows" / "remove_background.json").read_text())
+    for n in ui["nodes"]:
+        if n["type"] == "AtelierSaliencyLoader":
+            n["widgets_values"] = [LEGACY]
+        elif n["type"] == "LoadImage":
+            n["widgets_values"][0] = "atelier_product_ui.png"
+    prompt = convert.ui_to_api(ui, comfy_server.object_info())
+    assert prompt[_node(prompt, "AtelierSaliencyLoader")]["inputs"]["model_name"] == LEGACY
+    _white_border_and_product(comfy_server, comfy_server.run(prompt, timeout=600), prompt, src)
+
+
+def test_thin_image_is_refused_by_the_size_budget(comfy_server, saliency_models):
+    Image.fromarray(np.full((1, 20000, 3), 240, np.uint8)).save(comfy_server.input_dir / "atelier_thin.png")
+    prompt = _api("remove_background")
+    prompt[_node(prompt, "LoadImage")]["inputs"]["image"] = "atelier_thin.png"
+    prompt[_node(prompt, "AtelierSaliencyLoader")]["inputs"]["model_name"] = saliency_models["centre"]
+    with pytest.raises(runtime.PromptFailed) as err:
+        comfy_server.run(prompt, timeout=600)
+    text = str(err.value)
+    assert "[Atelier Remove Background] input 'small_input'" in text and "2,220,000 x 111 px" in text
+    assert "'pad'" in text
+
+
+def test_image_grid_of_256_by_256_is_refused_before_allocating(comfy_server):
+    Image.new("RGB", (512, 512), "white").save(comfy_server.input_dir / "atelier_grid_cell.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "atelier_grid_cell.png"}},
+        "2": {"class_type": "AtelierImageGrid", "inputs": {
+            "images": ["1", 0], "rows": 256, "cols": 256, "gap": 8, "background": "#ffffff", "font_size": 18,
+            "captions": ""}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    with pytest.raises(runtime.PromptFailed) as err:
+        comfy_server.run(prompt, timeout=300)
+    text = str(err.value)
+    assert "[Atelier Image Grid] input 'rows'" in text and "133,128 x 133,128 px" in text
