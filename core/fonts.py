@@ -151,14 +151,44 @@ def _font(path: str, mtime: float, index: int, size: int) -> ImageFont.FreeTypeF
     return ImageFont.truetype(path, size=size, index=index)
 
 
-def load_font(path: str, index: int, size: int) -> ImageFont.FreeTypeFont:
-    """A PIL font, cached by (path, mtime, face, size)."""
+def face_count(path: str) -> int | None:
+    """Faces in a font file: the count in a .ttc/.otc collection header, 1 for a single font, None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[:4] == b"ttcf" and len(head) == 12:
+        return int.from_bytes(head[8:12], "big")
+    return 1 if len(head) >= 4 else None
+
+
+def bad_font_error(path: str, index: int, exc: Exception, *, node: str | None = None,
+                   input: str | None = "font") -> AtelierError:
+    """The AtelierError for a font that PIL/FreeType cannot open: a face the file lacks, or a damaged file."""
+    name, n = os.path.basename(path), face_count(path)
+    if n is not None and n >= 1 and not 0 <= int(index) < n:
+        problem = (f"font file '{name}' ({path}) has {n} face{'s' if n > 1 else ''} (numbered 0..{n - 1}); "
+                   f"face #{index} does not exist")
+        fix = (f"write '{name}#0'" + (f" .. '{name}#{n - 1}'" if n > 1 else "") +
+               ", or leave '#n' off to use the first face.")
+    else:
+        problem = (f"font file '{name}' ({path}) cannot be opened as a font ({type(exc).__name__}: {exc}): it is "
+                   "damaged, truncated or not a TrueType/OpenType font")
+        fix = ("replace it with a good copy (re-download or re-install the font), remove it from the fonts folder, "
+               "or pick another font.")
+    return AtelierError(problem, node=node, input=input,
+                        expected="a readable .ttf/.otf/.ttc font (for a collection, a face number it has)", fix=fix)
+
+
+def load_font(path: str, index: int, size: int, *, node: str | None = None,
+              input: str | None = "font") -> ImageFont.FreeTypeFont:
+    """A PIL font, cached by (path, mtime, face, size); a file that cannot be opened is an AtelierError
+    naming the file (see :func:`bad_font_error`), never a bare OSError."""
     try:
         return _font(path, os.path.getmtime(path), int(index), max(1, int(size)))
-    except OSError as exc:
-        raise AtelierError(f"cannot open font '{path}' face {index}: {exc}", input="font",
-                           expected="a readable TrueType/OpenType font (for a .ttc, an existing face number)",
-                           fix="pick another font or face index.") from exc
+    except (OSError, ValueError) as exc:
+        raise bad_font_error(path, index, exc, node=node, input=input) from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,10 +223,12 @@ def _has_glyph(path: str, mtime: float, index: int, ch: str) -> bool:
     return m.getbbox() is not None  # a visible character that renders nothing cannot be drawn either
 
 
-def missing_glyphs(path: str, index: int, text: str) -> list[str]:
-    """Characters of `text` (whitespace and format marks aside) that the font cannot draw."""
+def missing_glyphs(path: str, index: int, text: str, *, node: str | None = None,
+                   input: str | None = "font") -> list[str]:
+    """Characters of `text` (whitespace and format marks aside) that the font cannot draw. A font that
+    cannot be opened raises the AtelierError of :func:`load_font`."""
+    load_font(path, index, _PROBE_SIZE, node=node, input=input)
     mtime = os.path.getmtime(path)
-    _font(path, mtime, index, _PROBE_SIZE)
     out: list[str] = []
     for ch in dict.fromkeys(text):
         if _needs_glyph(ch) and not _has_glyph(path, mtime, index, ch):
@@ -238,7 +270,7 @@ def choose_font(name: str | None, text: str, dirs: Sequence[str | os.PathLike], 
     first preferred font that covers the text. Raises AtelierError naming the missing characters."""
     if name and name.strip().lower() != "auto":
         path, index = resolve_font(name, dirs, node=node, input=input)
-        miss = missing_glyphs(path, index, text)
+        miss = missing_glyphs(path, index, text, node=node, input=input)
         if miss:
             alt = ""
             try:

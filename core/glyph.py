@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .budget import check_size
 from .errors import AtelierError
 from .fonts import choose_font, clear_font_rankings, load_font
 # font helpers other families reach through this module (core/grid.py, their tests, example_inputs)
@@ -97,10 +98,12 @@ def normalize_box(item: dict, i: int = 0, *, node: str | None = None, input: str
     size = item.get("size")
     if size is not None:
         try:
-            size = int(size)
-        except (TypeError, ValueError):
-            raise AtelierError(f"{where}: size '{size}' is not a number", node=node, input=input,
-                               expected="a font size in pixels", fix="write e.g. \"size\": 32 or leave it out.") from None
+            size = int(float(size))  # NaN: ValueError, inf / 1e999: OverflowError
+        except (TypeError, ValueError, OverflowError):
+            raise AtelierError(f"{where}: size '{size}' is not a usable number", node=node, input=input,
+                               expected="a finite font size in pixels",
+                               fix="write e.g. \"size\": 32 or leave it out (an API client must not send NaN or "
+                                   "Infinity).") from None
         if size <= 0:
             size = None
     direction = str(item.get("direction") or "auto").lower()
@@ -374,6 +377,8 @@ def _render_tile(text, path, index, w, h, direction, max_size, padding, gap, fit
         if fit == "stretch":
             w = (r - l) + 2 * pad
     W, H = max(1, int(math.ceil(w))), max(1, int(math.ceil(h)))
+    check_size(H, W, channels=1, bytes_per_value=1, input="spec", what=f"the text tile for '{text[:24]}'",
+               fix="use shorter text or a thinner box with fit 'stretch', or split the text over several boxes.")
     tile = Image.new("L", (W, H), 0)
     draw = ImageDraw.Draw(tile)
     if direction == "vertical":

@@ -18,6 +18,7 @@ control image. Labels come back as glyph boxes (core.glyph format) to feed the g
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,11 @@ from .errors import AtelierError
 
 LAYOUT_DIR = Path(__file__).resolve().parent.parent / "layouts"
 _DEFAULT_COLORS = {"background": "#20242c", "function_bar": "#2b303a", "key": "#3a404c", "function_key": "#4a5160"}
+
+
+def _is_number(v) -> bool:
+    """A finite int/float (JSON's NaN / Infinity, which json.loads accepts, and booleans are not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def shipped_layouts() -> dict[str, Path]:
@@ -68,7 +74,7 @@ def load_layout(spec: str | dict, *, node: str | None = None, input: str = "layo
                            expected='{"canvas": [w, h], "regions": [...]}', fix="wrap it in { }.")
     canvas = spec.get("canvas")
     if (not isinstance(canvas, (list, tuple)) or len(canvas) != 2
-            or not all(isinstance(v, (int, float)) and v >= 8 for v in canvas)):
+            or not all(_is_number(v) and v >= 8 for v in canvas)):
         raise AtelierError(f"layout canvas '{canvas}' is invalid", node=node, input=input,
                            expected="\"canvas\": [width, height] in pixels, each >= 8", fix="add the canvas size.")
     cw, ch = float(canvas[0]), float(canvas[1])
@@ -87,9 +93,14 @@ def load_layout(spec: str | dict, *, node: str | None = None, input: str = "layo
                                expected="{\"slot\": \"key\", \"rect\": [x, y, w, h]}", fix="name the slot.")
         rect = r.get("rect")
         if (not isinstance(rect, (list, tuple)) or len(rect) != 4
-                or not all(isinstance(v, (int, float)) for v in rect)):
+                or not all(_is_number(v) for v in rect)):
             raise AtelierError(f"{where} ({r['slot']}) has a bad rect '{rect}'", node=node, input=input,
-                               expected="[x, y, w, h] in canvas pixels", fix="give four numbers.")
+                               expected="[x, y, w, h] in canvas pixels, finite numbers",
+                               fix="give four numbers (JSON NaN / Infinity are not sizes).")
+        if r.get("size") is not None and not (_is_number(r["size"]) and r["size"] > 0):
+            raise AtelierError(f"{where} ({r['slot']}) has label size {r['size']!r}", node=node, input=input,
+                               expected="a finite label font size in canvas pixels (> 0), or none",
+                               fix="write e.g. \"size\": 48 or leave it out.")
         x, y, w, h = (float(v) for v in rect)
         if w < 1 or h < 1 or x < -0.5 or y < -0.5 or x + w > cw + 0.5 or y + h > ch + 0.5:
             raise AtelierError(f"{where} ({r['slot']}) rect {list(rect)} is empty or outside the {cw:g}x{ch:g} canvas",
@@ -99,6 +110,12 @@ def load_layout(spec: str | dict, *, node: str | None = None, input: str = "layo
             colors[r["slot"]] = colors["key"]
         out_regions.append({"slot": r["slot"], "rect": [x, y, w, h], "label": r.get("label"),
                             "color": r.get("color"), "font": r.get("font"), "size": r.get("size")})
+    for key, lo, hi in (("radius", 0.0, 0.5), ("label_inset", 0.0, 0.45), ("label_size", 0.0, None)):
+        v = spec.get(key)
+        if v is not None and not (_is_number(v) and v >= lo and (hi is None or v <= hi)):
+            raise AtelierError(f"layout {key} is {v!r}", node=node, input=input,
+                               expected=f"a finite number >= {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""),
+                               fix=f"fix \"{key}\" or leave it out for the default.")
     return {"name": spec.get("name", "custom"), "canvas": [cw, ch],
             "colors": {k: _color(v, k, node) for k, v in colors.items()},
             "radius": float(spec.get("radius", 0.18)), "label_inset": float(spec.get("label_inset", 0.2)),

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..core import edges as E
+from ..core.budget import check_size
 from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float
 from ..core.images import image_batch
@@ -124,6 +125,7 @@ class AtelierCanny:
         blur_sigma = check_finite_float(blur_sigma, node=node, input="blur_sigma")
         resolution = _check_resolution(resolution, node)
         x = check_finite(image_batch(image, node), node=node, input="image")  # NaN pixels trace as black
+        _check_output_size(x, resolution, node)
 
         def one(img):
             edges, info, _ = E.canny_image(img, low=low_threshold, high=high_threshold, auto=auto, sigma=auto_sigma,
@@ -184,6 +186,7 @@ class AtelierLineart:
                                expected="0 (automatic) or a fraction such as 0.5", fix="use a value in 0..1.")
         resolution = _check_resolution(resolution, node)
         x = check_finite(image_batch(image, node), node=node, input="image")
+        _check_output_size(x, resolution, node)
         thr = None if float(threshold) <= 0.0 else int(round(float(threshold) * 255))
 
         def one(img):
@@ -231,6 +234,10 @@ class AtelierCropBack:
         x = check_finite(image_batch(image, node), node=node, input="image")
         b, h, w, c = x.shape
         E.check_pad_fits(h, w, info, node=node)  # another image's pad_info would crop the wrong box, silently
+        if restore_size:  # a hand-made pad_info may ask for any original size: refuse before allocating it
+            check_size(info["orig_h"], info["orig_w"], batch=b, channels=4, node=node, input="pad_info",
+                       what=f"the restored batch ({b} image(s) + mask(s) at the original size)",
+                       fix="connect the pad_info of the conditioner that made this image, or turn restore_size off.")
         m = None
         if mask is not None:
             m = check_finite(image_batch(mask, node, "mask")[..., 0], node=node, input="mask", what="masks",
@@ -290,6 +297,9 @@ class AtelierEmptyLatentLike:
         if not isinstance(batch_size, (int, np.integer)) or not 1 <= int(batch_size) <= 4096:
             raise AtelierError(f"batch_size {batch_size!r} is out of range", node=node, input="batch_size",
                                expected="an integer in 1..4096", fix="use 1 for one latent per image.")
+        check_size(h // 8, w // 8, batch=b * int(batch_size), channels=self.LATENT_CHANNELS, node=node,
+                   input="batch_size", what=f"the empty latent batch ({b} image(s) x batch_size {int(batch_size)})",
+                   fix="lower batch_size (or send fewer control images at once).")
         try:
             import comfy.model_management
             device = comfy.model_management.intermediate_device()
@@ -297,6 +307,19 @@ class AtelierEmptyLatentLike:
             device = "cpu"
         latent = torch.zeros([b * int(batch_size), self.LATENT_CHANNELS, h // 8, w // 8], device=device)
         return ({"samples": latent}, (w // 8) * 8, (h // 8) * 8)
+
+
+def _check_output_size(x: torch.Tensor, resolution: int, node: str) -> None:
+    """Refuse, before anything is allocated, an output batch (IMAGE + MASK, float32) over the size budget."""
+    b, h, w = (int(v) for v in x.shape[:3])
+    info = E.pad_info(h, w, resolution)
+    oh, ow = info["scaled_h"] + info["top"] + info["bottom"], info["scaled_w"] + info["left"] + info["right"]
+    keep = resolution == 0
+    check_size(oh, ow, batch=b, channels=4, node=node, input="image" if keep else "resolution",
+               what=f"the output batch ({b} map(s) + mask(s) of {ow}x{oh}"
+                    f"{', the input size: resolution 0' if keep else f' for resolution {resolution}'})",
+               fix=("set resolution to the short side you need (e.g. 1024) instead of 0, or split the batch."
+                    if keep else "lower resolution (the output's short side, e.g. 1024), or split the batch."))
 
 
 def _check_resolution(resolution, node: str) -> int:

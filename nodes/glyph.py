@@ -23,7 +23,9 @@ from ..core import fonts as F
 from ..core import glyph as G
 from ..core import layout as L
 from ..core import ocr as O
+from ..core.budget import check_size
 from ..core.errors import AtelierError
+from ..core.finite import check_finite_float, check_finite_floats, is_finite_number
 from ..core.images import from_uint8, image_batch, rgb_uint8, to_uint8
 from ._preview import with_preview
 from ._progress import Progress
@@ -68,7 +70,8 @@ def _validate_font(font: str) -> bool | str:
     if not font or font == "auto":
         return True
     try:
-        F.resolve_font(font, allowed_font_dirs())
+        path, index = F.resolve_font(font, allowed_font_dirs())
+        F.load_font(path, index, 32)  # a damaged file or a face the collection lacks: said at queue time
     except AtelierError as exc:
         return str(exc)
     return True
@@ -91,7 +94,36 @@ def check_glyphs(glyphs, node: str, input: str = "glyphs") -> dict:
         raise AtelierError("this is not an ATELIER_GLYPHS value", node=node, input=input,
                            expected="the glyphs output of Atelier OCR Boxes, Atelier Text Boxes or Atelier Layout",
                            fix="connect one of those nodes.")
+    fix = ("connect the glyphs output of Atelier OCR Boxes / Text Boxes / Layout Compose unchanged; an API client "
+           "must send finite JSON numbers (not NaN, Infinity or 1e999).")
+    for key in ("width", "height"):
+        v = glyphs.get(key)
+        if isinstance(v, bool) or not is_finite_number(v) or float(v) < 1 or not float(v).is_integer():
+            raise AtelierError(f"the glyphs' canvas {key} is {v!r}", node=node, input=input,
+                               expected="a canvas width and height in whole pixels (>= 1)", fix=fix)
+    for i, boxes in enumerate(glyphs["items"]):
+        for k, b in enumerate(boxes if isinstance(boxes, list) else [None]):
+            where = f"box #{k + 1} of image #{i + 1}"
+            poly = b.get("polygon") if isinstance(b, dict) else None
+            try:
+                flat = np.asarray(poly, np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                flat = np.zeros(0)
+            if flat.size != 8:
+                raise AtelierError(f"{where} has no 4-point polygon ({poly!r})", node=node, input=input,
+                                   expected='boxes {"text", "polygon": [[x, y] x 4], ...}', fix=fix)
+            check_finite_floats(flat, node=node, input=input, what=f"corner coordinates of {where}", fix=fix)
+            size = b.get("size")
+            if size is not None and (isinstance(size, bool) or not is_finite_number(size) or float(size) <= 0):
+                raise AtelierError(f"{where} has font size {size!r}", node=node, input=input,
+                                   expected="a font size in pixels > 0, or none (auto-fit)", fix=fix)
     return glyphs
+
+
+def _check_canvas(h: int, w: int, n: int, node: str, input: str, what: str) -> None:
+    """The output batch (IMAGE + MASK floats) of n canvases of h x w, against the size budget, before allocating."""
+    check_size(h, w, batch=n, channels=4, node=node, input=input, what=what,
+               fix="use a smaller width/height (the glyphs are scaled to it), or fewer images at once.")
 
 
 def _boxes_for_canvas(glyphs: dict, i: int, width: int, height: int, pad: dict | None = None) -> list[dict]:
@@ -169,6 +201,7 @@ class AtelierOCRBoxes:
     def detect(self, image, backend="rapidocr", min_confidence=O.DEFAULT_MIN_CONFIDENCE, paddle_det_model="",
                paddle_rec_model=""):
         node = self.DISPLAY
+        min_confidence = check_finite_float(min_confidence, node=node, input="min_confidence")
         x = image_batch(image, node)
         det = self._paddle_dir(paddle_det_model, "paddle_det_model") if backend == "paddleocr" else None
         rec = self._paddle_dir(paddle_rec_model, "paddle_rec_model") if backend == "paddleocr" else None
@@ -219,6 +252,8 @@ class AtelierTextBoxes:
 
     def build(self, spec, width=1024, height=1024, glyphs=None):
         node = self.DISPLAY
+        check_size(height, width, node=node, input="width", what="the text-box canvas",
+                   fix="use a canvas of at most 8192 x 8192 px (the renderers scale the boxes to their own size).")
         boxes = G.parse_text_boxes(spec, node=node, input="spec")
         for i, b in enumerate(boxes):
             G.check_polygon(b["polygon"], width, height, text=b["text"], index=i, node=node, input="spec")
@@ -243,6 +278,7 @@ def _render_inputs() -> dict:
 
 
 def _render_batch(node, glyphs, n, width, height, font, fit, direction, padding, pad=None):
+    padding = check_finite_float(padding, node=node, input="padding")
     dirs = allowed_font_dirs()
     d = None if direction == "from boxes" else direction
     progress = Progress(n)
@@ -291,6 +327,8 @@ class AtelierGlyphRender:
         g = check_glyphs(glyphs, node)
         w, h = int(width or g["width"]), int(height or g["height"])
         n = max(1, len(g["items"]))
+        _check_canvas(h, w, n, node, "width" if width or height else "glyphs",
+                      f"the glyph image batch ({n} x {w}x{h}{'' if width or height else ', the glyphs canvas'})")
         res = _render_batch(node, g, n, w, h, font, fit, direction, padding)
         imgs = from_uint8(np.stack([r[0] for r in res]))
         if polarity == "black_on_white":
@@ -345,6 +383,7 @@ class AtelierGlyphCompose:
         bg = image_batch(background, node, "background")
         b, h, w = bg.shape[:3]
         n = _batch_size(node, background=b, glyphs=len(g["items"]))
+        _check_canvas(h, w, n, node, "glyphs" if n > b else "background", f"the control image batch ({n} x {w}x{h})")
         pad = None
         if pad_info is not None:
             from ..core.edges import check_pad_info
@@ -405,6 +444,7 @@ class AtelierLayoutCompose:
     def compose(self, layout, layout_json="", width=1216, height=832, fit="stretch", background=None,
                 function_bar=None, key=None, function_key=None):
         node = self.DISPLAY
+        _check_canvas(height, width, 1, node, "width", f"the layout image ({width}x{height})")
         if layout == self.CUSTOM:
             if not (layout_json or "").strip():
                 raise AtelierError("layout is 'custom' but layout_json is empty", node=node, input="layout_json",

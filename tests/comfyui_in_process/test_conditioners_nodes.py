@@ -242,3 +242,49 @@ def test_bad_inputs_are_actionable(C):
         C.AtelierLineart().extract(torch.zeros(1, 4, 4, 3), threshold=2.0)
     with pytest.raises(ValueError, match=r"\[Atelier Canny\] input 'image'"):
         C.AtelierCanny().detect(np.zeros((4, 4, 3), np.float32))
+
+
+# ------------------------------------------------------------------------------------------ size budget
+
+def _refused(fn, node: str, input: str, *words: str) -> str:
+    with pytest.raises(ValueError) as e:
+        fn()
+    msg = str(e.value)
+    assert msg.startswith(f"[{node}] input '{input}':"), msg
+    assert "Expected:" in msg and "Fix:" in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+
+@pytest.mark.parametrize("cls,name", [("AtelierCanny", "Atelier Canny"), ("AtelierLineart", "Atelier Lineart")])
+def test_conditioner_output_size_is_budgeted_before_allocating(C, cls, name, monkeypatch):
+    node = getattr(C, cls)()
+    fn = node.detect if cls == "AtelierCanny" else node.extract
+    x = torch.rand(2, 128, 96, 3)
+    monkeypatch.setenv("ATELIER_MAX_MEGAPIXELS", "0.01")  # 10,000 px per image
+    _refused(lambda: fn(x, resolution=0), name, "image", "96 x 128 px", "megapixels", "ATELIER_MAX_MEGAPIXELS",
+             "instead of 0")
+    _refused(lambda: fn(x, resolution=512), name, "resolution", "512 x 704 px", "lower resolution")
+    assert fn(x, resolution=64)[0].shape == (2, 128, 64, 3)  # 64 x 85 -> padded 64 x 128: within the budget
+    monkeypatch.delenv("ATELIER_MAX_MEGAPIXELS")
+    monkeypatch.setenv("ATELIER_MAX_GIB", "0.0004")  # ~420 KB per batch: one 128 x 96 map + mask is 192 KB
+    _refused(lambda: fn(torch.rand(3, 128, 96, 3), resolution=0), name, "image", "Split the batch", "ATELIER_MAX_GIB")
+    assert fn(x, resolution=0)[1].shape == (2, 128, 96)
+
+
+def test_crop_back_refuses_a_restore_size_over_the_budget(C):
+    img, _, info = C.AtelierLineart().extract(batch(drawing()), resolution=128)
+    giant = dict(info, orig_h=200_000, orig_w=150_000)  # hand-made: passes the shape checks, 30 gigapixels
+    _refused(lambda: C.AtelierCropBack().crop(img, giant), "Atelier Crop Back", "pad_info", "150,000 x 200,000 px",
+             "megapixels", "restore_size off")
+    out, _ = C.AtelierCropBack().crop(img, giant, restore_size=False)  # only removes the padding: nothing big
+    assert out.shape[1:3] == (info["scaled_h"], info["scaled_w"])
+
+
+def test_empty_latent_like_refuses_a_batch_over_the_budget(C, monkeypatch):
+    monkeypatch.setenv("ATELIER_MAX_GIB", "0.001")  # 1 MiB: a 512 x 512 image's latent is 64 KiB
+    x = torch.zeros(1, 512, 512, 3)
+    _refused(lambda: C.AtelierEmptyLatentLike().generate(x, 64), "Atelier Empty Latent Like Image", "batch_size",
+             "batch_size 64", "4 MiB", "lower batch_size")
+    assert C.AtelierEmptyLatentLike().generate(x, 8)[0]["samples"].shape == (8, 4, 64, 64)

@@ -351,3 +351,48 @@ def test_cached_tile_is_read_only_and_follows_the_font_file(tmp_path, dirs):
     os.utime(font, (st.st_atime, st.st_mtime + 10))  # a replaced file: new mtime, new glyphs
     tile2, _ = G.render_tile("Swap", str(font), 0, 200, 60)
     assert tile2 is not tile and (tile2 > 128).sum() > (tile > 128).sum()  # bold has more ink
+
+
+# ------------------------------------------------------------------- bad fonts, budget, NaN/inf (core)
+
+def test_damaged_font_and_missing_face_are_atelier_errors_naming_the_file(tmp_path, latin_font, cjk_font):
+    broken = tmp_path / "Broken.ttf"
+    broken.write_bytes(Path(latin_font).read_bytes()[:3000])
+    shutil.copy(latin_font, tmp_path / "Good.ttf")
+    with pytest.raises(AtelierError) as e:
+        F.choose_font("Broken.ttf", "Hi", [tmp_path], node="Atelier Glyph Render")
+    msg = str(e.value)
+    assert msg.startswith("[Atelier Glyph Render] input 'font': font file 'Broken.ttf'") and str(broken) in msg
+    assert "cannot be opened as a font" in msg and "Fix:" in msg
+    with pytest.raises(AtelierError, match=r"has 1 face \(numbered 0..0\); face #5 does not exist"):
+        F.choose_font("Good.ttf#5", "Hi", [tmp_path], node="N")
+    if cjk_font.lower().endswith(".ttc"):
+        n = F.face_count(cjk_font)
+        assert n and n > 1
+        with pytest.raises(AtelierError, match=rf"has {n} faces \(numbered 0..{n - 1}\); face #{n} does not"):
+            F.load_font(cjk_font, n, 20, node="N")
+    with pytest.raises(AtelierError, match="cannot be opened"):
+        F.missing_glyphs(str(broken), 0, "Hi")  # was a bare OSError
+    # 'auto' passes over the damaged file and takes a good one
+    assert Path(F.choose_font("auto", "Hi", [tmp_path])[0]).name == "Good.ttf"
+
+
+def test_a_huge_text_tile_is_refused_before_rasterising(latin_font):
+    with pytest.raises(AtelierError, match="the text tile for 'WWWW.*megapixels"):
+        G.render_tile("W" * 3000, latin_font, 0, 8000, 4000, fit="stretch")
+
+
+@pytest.mark.parametrize("size", ["Infinity", "NaN", "1e999"])
+def test_box_font_size_must_be_a_finite_number(size):
+    with pytest.raises(AtelierError, match=r"\[N\] input 'spec': text box #1: size '(inf|nan)' is not a usable"):
+        G.parse_text_boxes('[{"text": "A", "box": [0, 0, 50, 50], "size": %s}]' % size, node="N", input="spec")
+
+
+def test_layout_refuses_nonfinite_numbers():
+    ok = {"canvas": [400, 200], "regions": [{"slot": "key", "rect": [10, 10, 100, 100]}]}
+    assert L.load_layout(json.dumps(ok))["canvas"] == [400.0, 200.0]
+    for bad in ('{"canvas": [Infinity, 200], "regions": [{"slot": "key", "rect": [1, 1, 5, 5]}]}',
+                '{"canvas": [400, 200], "regions": [{"slot": "key", "rect": [1, NaN, 5, 5]}]}',
+                '{"canvas": [400, 200], "label_inset": NaN, "regions": [{"slot": "key", "rect": [1, 1, 5, 5]}]}'):
+        with pytest.raises(AtelierError, match=r"\[N\] input 'layout_json'"):
+            L.load_layout(bad, node="N")
