@@ -12,7 +12,7 @@ from this machine, so the sizes below are computed from the shapes, not read fro
   (``cross_attention_dim`` 2048); ``addition_embed_type`` "text_time" with
   ``addition_time_embed_dim`` 256 and ``projection_class_embeddings_input_dim`` 5632 =
   4096 (pooled ChatGLM state) + 6 x 256 (sinusoidal embeddings of original size h, w, crop top,
-  left, target size h, w: the same six time ids as SDXL). About 2.58 B parameters: 5.2 GB in fp16.
+  left, target size h, w: the same six time ids as SDXL). 2.58 B parameters: 5.16 GB in fp16.
 - ``scheduler/scheduler_config.json`` (EulerDiscreteScheduler): ``num_train_timesteps`` 1100 (not
   1000), ``beta_schedule`` "scaled_linear" from ``beta_start`` 0.00085 to ``beta_end`` 0.014 (SDXL:
   0.012), epsilon prediction, "leading" spacing, steps_offset 1. "scaled_linear" is
@@ -22,7 +22,8 @@ from this machine, so the sizes below are computed from the shapes, not read fro
   no other biases, RMSNorm eps 1e-5, rotary embedding on the first half of each head (pairs
   interleaved), padded vocabulary 65024; weights in 7 ``pytorch_model-0000N-of-00007.bin`` shards
   (keys ``transformer.*``) plus ``tokenizer.model`` (sentencepiece) and ``tokenizer_config.json``.
-  About 6.24 B parameters: 12.5 GB in fp16 (the unused ``output_layer``, 0.27 B, is skipped here).
+  6.24 B parameters: 12.5 GB in fp16; the encoder here loads 5.98 B (11.95 GB in fp16): the LM head
+  ``output_layer`` (0.27 B) and the final norm are not part of Kolors' conditioning.
 - Prompt encoding as ``KolorsPipeline.encode_prompt`` does it: ids ``[gMASK] sop`` + the
   sentencepiece ids, truncated to 256 and padded *on the left* with the unk id up to 256 (mask 0
   and position 0 on the padding); context = ``hidden_states[-2]`` (the input of the last layer)
@@ -61,9 +62,9 @@ SCHEDULE = {"num_train_timesteps": 1100, "beta_start": 0.00085, "beta_end": 0.01
             "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
 UNET_PARAMS = 2.58e9
 TEXT_ENCODER_PARAMS = 6.24e9
-MEMORY_NOTE = ("Full-size Kolors: UNet ~2.6 B parameters (5.2 GB in fp16/bf16), ChatGLM3-6B text "
-               "encoder ~6.2 B (12.5 GB in fp16/bf16; ComfyUI offloads it to the CPU after encoding). "
-               "A 12 GB GPU runs the UNet at 1024x1024; the text encoder then runs partly on the CPU.")
+MEMORY_NOTE = ("Memory (full-size Kolors, fp16/bf16): UNet 2.58 B parameters = 5.2 GB; ChatGLM3-6B text encoder "
+               "6.24 B in the files (12.5 GB), of which the 5.98 B the conditioning needs are loaded = 12.0 GB "
+               "(24 GB in fp32). ComfyUI loads each when it runs and offloads the other under memory pressure.")
 
 
 def kolors_betas(timesteps: int = SCHEDULE["num_train_timesteps"], beta_start: float = SCHEDULE["beta_start"],
@@ -450,11 +451,14 @@ def load_text_encoder(folder: str, *, ops=None, device=None, dtype=torch.float32
         config = ChatGLMConfig.from_dict(json.load(f))
     tokenizer = ChatGLMTokenizer(files["tokenizer"])
     model = ChatGLMEncoder(config, ops=ops, device=device, dtype=dtype)
-    sd = {}
-    for w in files["weights"]:
+    wanted, loaded = set(model.state_dict()), set()
+    for w in files["weights"]:          # shard by shard: peak RAM = the model + one shard
         part, _ = reader(w)
-        sd.update(encoder_state_dict(part))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+        part = encoder_state_dict(part)
+        model.load_state_dict(part, strict=False)
+        loaded |= set(part) & wanted
+        del part
+    missing = sorted(wanted - loaded)
     if missing:
         raise AtelierError(f"the weights lack {len(missing)} tensors the config needs (first: {missing[0]})",
                            node=NODE_TE, input="text_encoder",

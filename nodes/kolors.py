@@ -234,11 +234,15 @@ def load_kolors_text_encoder(folder: str, dtype: torch.dtype | None = None, devi
     if device == "cpu":
         clip.patcher.load_device = torch.device("cpu")
     clip.cond_stage_model.load_device = clip.patcher.load_device
-    sd = {}
-    for w in files["weights"]:
+    wanted = set(clip.cond_stage_model.state_dict())
+    loaded = set()
+    for w in files["weights"]:          # shard by shard: peak RAM = the model + one shard, not model + all shards
         part, _ = read_weights(w)
-        sd.update(part)
-    missing, _unexpected = clip.load_sd(sd)
+        part = {"transformer." + k: v for k, v in K.encoder_state_dict(part).items()}
+        clip.cond_stage_model.load_state_dict(part, strict=False)
+        loaded |= set(part) & wanted
+        del part
+    missing = sorted(wanted - loaded)
     if missing:
         raise AtelierError(f"the weights lack {len(missing)} tensors the config needs (first: {missing[0]})",
                            node=node, input="text_encoder",
@@ -355,7 +359,7 @@ class AtelierKolorsTextEncoderLoader:
                                                 "shards (or .safetensors), tokenizer.model. ChatGLM3-6B: 6.2 B parameters, "
                                                 "12.5 GB in fp16."}),
             "weight_dtype": (list(DTYPES), {"default": "default", "tooltip":
-                             "default: ComfyUI's text-encoder dtype (fp16 on a GPU). fp32 needs 25 GB of RAM."}),
+                             "default: ComfyUI's text-encoder dtype (fp16). fp16/bf16: 12.0 GB, fp32: 24 GB (full-size ChatGLM3-6B)."}),
             "device": (["default", "cpu"], {"default": "default", "tooltip":
                        "cpu: always run the text encoder on the CPU (keeps the GPU for the UNet; slow: a prompt "
                        "takes seconds to minutes)."}),

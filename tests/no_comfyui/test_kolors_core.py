@@ -136,3 +136,14 @@ def test_lora_formats_convert_to_the_same_kohya_keys():
     assert K.lora_to_kohya(kohya)[0] is not kohya and K.lora_format(kohya) == "kohya"
     with pytest.raises(AtelierError, match="LoRA"):
         K.lora_format({"conv_in.weight": a})
+
+
+def test_incomplete_weights_are_refused(tmp_path, text_folder):
+    broken = tmp_path / "te-half"
+    shutil.copytree(text_folder, broken)
+    for p in broken.glob("*.index.json"):
+        p.unlink()                                   # no index: every weight file in the folder is read
+    sorted(p for p in broken.iterdir() if "00002" in p.name)[0].unlink()
+    with pytest.raises(AtelierError, match="lack") as e:
+        K.load_text_encoder(str(broken))
+    assert "text_encoder" in str(e.value) and "shard" in str(e.value)
