@@ -80,7 +80,8 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
         return image
     a = np.asarray(image, dtype=np.float32) * np.float32(255.0)
     np.clip(a, 0, 255, out=a)
-    np.nan_to_num(a, copy=False, nan=0.0)
+    if np.isnan(a).any():  # checked first: nan_to_num costs ten times a clip, and NaN is rare
+        np.nan_to_num(a, copy=False, nan=0.0)
     return a.astype(np.uint8)
 
 
