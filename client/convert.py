@@ -2,6 +2,10 @@
 
 Follows the rules of the ComfyUI frontend's ``graphToPrompt``:
 
+* subgraphs (``definitions.subgraphs``) are flattened into their inner nodes, ids
+  ``<instance id>:<inner id>`` (nested: ``a:b:c``), links wired through the subgraph inputs and
+  outputs, promoted widgets taking the instance's value (client/flatten.py);
+
 * frontend-only (virtual) nodes are not serialised: ``Reroute`` passes its input through,
   ``PrimitiveNode`` has already pushed its value into the target widget, ``Note`` is dropped;
 * muted nodes (mode 2) are dropped together with every link that points at them; bypassed
@@ -30,6 +34,7 @@ from typing import Any, Iterable
 
 from ..core.errors import AtelierError
 from ..core.files import atomic_path
+from .flatten import MODE_BYPASS, MODE_NEVER, FlatGraph
 
 # Frontend-only node types (never sent to the server). Extra ones can be passed in.
 VIRTUAL_NODE_TYPES = frozenset({
@@ -39,7 +44,6 @@ VIRTUAL_NODE_TYPES = frozenset({
 })
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize", "increment-wrap"})
-MODE_NEVER, MODE_BYPASS = 2, 4
 
 
 # --------------------------------------------------------------------------- loading
@@ -260,19 +264,6 @@ def apply_text_replacements(value: str, nodes: list[dict], widget_map: dict, now
 
 # --------------------------------------------------------------------------- conversion
 
-def _links_by_id(links: Iterable) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for l in links or []:
-        if isinstance(l, dict):
-            d = {"id": l["id"], "origin_id": l["origin_id"], "origin_slot": l["origin_slot"],
-                 "target_id": l["target_id"], "target_slot": l["target_slot"], "type": l.get("type")}
-        else:
-            d = {"id": l[0], "origin_id": l[1], "origin_slot": l[2], "target_id": l[3], "target_slot": l[4],
-                 "type": l[5] if len(l) > 5 else None}
-        out[d["id"]] = d
-    return out
-
-
 def _frontend_major_minor(wf: dict) -> tuple[int, int] | None:
     v = ((wf.get("extra") or {}).get("frontendVersion"))
     if not isinstance(v, str):
@@ -281,124 +272,86 @@ def _frontend_major_minor(wf: dict) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def ui_to_api(workflow: dict, object_info: dict, *, extra_virtual: Iterable[str] = (),
-              dynamic_prompt_seed: int | None = 0, now: _dt.datetime | None = None) -> dict:
-    """Convert a UI-format workflow (``{"nodes": [...], "links": [...]}``) to an API prompt.
-
-    ``object_info`` is the server's /object_info. Raises AtelierError naming the node for an
-    unknown node type, group nodes or subgraphs (which must be ungrouped / unpacked first).
-    """
-    if not is_ui_format(workflow):
-        raise AtelierError("this is not a UI-format workflow (no 'nodes' list)",
-                           expected="a workflow saved with ComfyUI's Save / Export",
-                           fix="pass an API-format file as is, or re-export the workflow")
-    if (workflow.get("definitions") or {}).get("subgraphs"):
-        raise AtelierError("workflows with subgraphs are not supported by the converter",
-                           fix="unpack the subgraphs in the ComfyUI editor and save again, or use Export (API)")
-    group_nodes = ((workflow.get("extra") or {}).get("groupNodes") or {})
-    virtual = set(VIRTUAL_NODE_TYPES) | set(extra_virtual)
-    nodes = {n["id"]: n for n in workflow["nodes"]}
-    links = _links_by_id(workflow.get("links"))
-    fe = _frontend_major_minor(workflow)
-    new_frontend = fe is not None and fe >= (1, 16)
-
-    def is_virtual(n: dict) -> bool:
-        return n.get("type") in virtual and n.get("type") not in object_info
-
-    # Unknown types first: one clear message listing all of them.
+def _check_node_types(flat: FlatGraph, object_info: dict, group_nodes: dict) -> None:
+    """Group nodes and node types the server lacks: one clear message (inner nodes named by their path)."""
     unknown = []
-    for n in workflow["nodes"]:
-        t = n.get("type")
-        if is_virtual(n) or t in object_info:
+    for p in flat.placed.values():
+        n, t = p.node, p.node.get("type")
+        if flat.is_instance(n) or flat.is_virtual(n) or t in object_info:
             continue
         if n.get("mode") in (MODE_NEVER, MODE_BYPASS):
             continue  # never sent, so a missing pack does not matter
-        if isinstance(t, str) and t.startswith("workflow/") or t in group_nodes or (isinstance(t, str) and t.startswith("workflow>")):
-            raise AtelierError(f"node {n['id']} is a group node ('{t}'); group nodes are not supported",
+        if isinstance(t, str) and (t.startswith("workflow/") or t.startswith("workflow>")) or t in group_nodes:
+            raise AtelierError(f"node {p.exec_id} is a group node ('{t}'); group nodes are not supported",
                                node=str(t), fix="right-click the group node > Convert to nodes, then save again")
-        unknown.append(f"#{n['id']} '{t}'")
+        unknown.append(f"#{p.exec_id} '{t}'")
     if unknown:
         raise AtelierError(f"the workflow uses node types the server does not have: {', '.join(unknown)}",
                            expected="every node type listed in the server's /object_info",
                            fix="install the custom node pack that provides them on the server (ComfyUI-Manager > "
                                "Install Missing Custom Nodes) and restart it, or remove those nodes")
 
-    # Widget values of every real node (also needed for %Node.widget% replacements).
-    widget_vals: dict[Any, dict] = {}
-    for nid, n in nodes.items():
-        if is_virtual(n) or n.get("type") not in object_info:
-            continue
-        widget_vals[nid] = map_widget_values(n["type"], object_info[n["type"]], n.get("widgets_values"), node_id=nid)
 
-    def input_node(node: dict, slot: int) -> tuple[dict | None, dict | None]:
-        ins = node.get("inputs") or []
-        if slot >= len(ins) or ins[slot].get("link") is None:
-            return None, None
-        link = links.get(ins[slot]["link"])
-        if link is None:
-            return None, None
-        return nodes.get(link["origin_id"]), link
+def _widget_inputs(p, vals: dict, info: dict, new_frontend: bool, text_fix) -> dict[str, Any]:
+    """The widget part of one node's API inputs (before links are added)."""
+    specs = node_inputs(info)
+    n = p.node
+    converted = {i["widget"]["name"]: i for i in (n.get("inputs") or [])
+                 if isinstance(i.get("widget"), dict) and "name" in i["widget"]}
+    inputs: dict[str, Any] = {}
+    for name, value in vals.items():
+        slot = converted.get(name)
+        if slot is not None and slot.get("link") is None and not new_frontend and len(converted) < len(vals):
+            continue  # converted-to-input widget with nothing connected: the old frontend leaves it out
+        inputs[name] = text_fix(n["type"], name, value, specs.get(name))
+    return inputs
 
-    def resolve(node: dict, slot: int) -> list | None:
-        parent, link = input_node(node, slot)
-        want_type = (node["inputs"][slot] or {}).get("type")
-        seen = set()
-        while parent is not None and (parent.get("mode") == MODE_BYPASS or is_virtual(parent)):
-            key = (parent["id"], link["origin_slot"] if link else None)
-            if key in seen:  # a cycle of reroutes; the frontend would hang, we stop
-                return None
-            seen.add(key)
-            found = False
-            if is_virtual(parent):
-                nparent, nlink = input_node(parent, link["origin_slot"])
-                link = nlink
-                if nlink is not None and nparent is not None:
-                    parent, found = nparent, True
-            elif link is not None and parent.get("mode") == MODE_BYPASS:
-                p_inputs = parent.get("inputs") or []
-                order = [link["origin_slot"]] + list(range(len(p_inputs)))
-                for idx in order:
-                    if 0 <= idx < len(p_inputs) and p_inputs[idx].get("type") == want_type:
-                        nparent, nlink = input_node(parent, idx)
-                        link = nlink
-                        if nlink is not None:
-                            parent = nparent
-                        found = True
-                        break
-            if not found:
-                break
-        if link is None or parent is None:
-            return None
-        return [str(link["origin_id"]), int(link["origin_slot"])]
 
+def ui_to_api(workflow: dict, object_info: dict, *, extra_virtual: Iterable[str] = (),
+              dynamic_prompt_seed: int | None = 0, now: _dt.datetime | None = None) -> dict:
+    """Convert a UI-format workflow (``{"nodes": [...], "links": [...]}``) to an API prompt.
+
+    ``object_info`` is the server's /object_info. Subgraphs (``definitions.subgraphs``) are flattened
+    as the frontend does (inner node ids ``<instance id>:<inner id>``, see client/flatten.py). Raises
+    AtelierError naming the node for an unknown node type or a group node (which must be ungrouped).
+    """
+    if not is_ui_format(workflow):
+        raise AtelierError("this is not a UI-format workflow (no 'nodes' list)",
+                           expected="a workflow saved with ComfyUI's Save / Export",
+                           fix="pass an API-format file as is, or re-export the workflow")
+    virtual = set(VIRTUAL_NODE_TYPES) | set(extra_virtual)
+    flat = FlatGraph(workflow, lambda n: n.get("type") in virtual and n.get("type") not in object_info)
+    _check_node_types(flat, object_info, (workflow.get("extra") or {}).get("groupNodes") or {})
+    fe = _frontend_major_minor(workflow)
+    new_frontend = flat.definitions != {} or (fe is not None and fe >= (1, 16))
+    real = [p for p in flat.real_nodes() if p.node.get("type") in object_info]  # others are muted/bypassed
+    widget_vals = {p.exec_id: map_widget_values(p.node["type"], object_info[p.node["type"]],
+                                                p.node.get("widgets_values"), node_id=p.exec_id) for p in real}
+    flat.widget_values = widget_vals
+    root_vals = {p.node["id"]: widget_vals[p.exec_id] for p in real if not p.path}
     rng = random.Random(dynamic_prompt_seed) if dynamic_prompt_seed is not None else random.Random()
+
+    def text_fix(ctype, name, value, spec):
+        type_, opts = _input_spec(spec)
+        dynamic = (opts.get("multiline") and opts.get("dynamicPrompts") is not False) or opts.get("dynamicPrompts")
+        if isinstance(value, str) and type_ == "STRING" and dynamic:
+            value = resolve_dynamic_prompt(value, rng)
+        if ctype == "SaveImage" and name == "filename_prefix" and isinstance(value, str):
+            value = apply_text_replacements(value, workflow["nodes"], root_vals, now)
+        return value
+
     output: dict[str, dict] = {}
-    for n in workflow["nodes"]:
-        if is_virtual(n) or n.get("mode") in (MODE_NEVER, MODE_BYPASS):
+    for p in real:
+        if p.node.get("mode") in (MODE_NEVER, MODE_BYPASS):
             continue
-        ctype = n["type"]
-        info = object_info[ctype]
-        specs = node_inputs(info)
-        inputs: dict[str, Any] = {}
-        converted = {i["widget"]["name"]: i for i in (n.get("inputs") or [])
-                     if isinstance(i.get("widget"), dict) and "name" in i["widget"]}
-        for name, value in widget_vals[n["id"]].items():
-            slot = converted.get(name)
-            if slot is not None and slot.get("link") is None and not new_frontend \
-                    and len(converted) < len(widget_vals[n["id"]]):
-                continue  # converted-to-input widget with nothing connected: the frontend leaves it out
-            type_, opts = _input_spec(specs.get(name))
-            dynamic = (opts.get("multiline") and opts.get("dynamicPrompts") is not False) or opts.get("dynamicPrompts")
-            if isinstance(value, str) and type_ == "STRING" and dynamic:
-                value = resolve_dynamic_prompt(value, rng)
-            if ctype == "SaveImage" and name == "filename_prefix" and isinstance(value, str):
-                value = apply_text_replacements(value, workflow["nodes"], widget_vals, now)
-            inputs[name] = value
-        for slot, inp in enumerate(n.get("inputs") or []):
-            ref = resolve(n, slot)
-            if ref is not None:
-                inputs[inp["name"] if "widget" not in inp else inp["widget"].get("name", inp["name"])] = ref
-        output[str(n["id"])] = {"inputs": inputs, "class_type": ctype}
+        info = object_info[p.node["type"]]
+        inputs = _widget_inputs(p, widget_vals[p.exec_id], info, new_frontend, text_fix)
+        for slot, inp in enumerate(p.node.get("inputs") or []):
+            got = flat.resolve_input(p, slot)
+            if got is not None:
+                name = inp["name"] if "widget" not in inp else inp["widget"].get("name", inp["name"])
+                inputs[name] = [got[1], got[2]] if got[0] == "link" else got[1]
+        output[p.exec_id] = {"inputs": inputs, "class_type": p.node["type"]}
 
     # links to nodes that were not serialised (muted, virtual dead ends) are removed
     for node in output.values():

@@ -180,3 +180,66 @@ def test_bad_files(tmp_path, info):
     bad.write_text("{not json")
     with pytest.raises(AtelierError, match="not valid JSON"):
         convert.to_api(str(bad), info)
+
+
+# --------------------------------------------------------------------------- subgraphs
+# client_subgraph.json was built in the real frontend (comfyui-frontend-package 1.27.10) and saved with
+# app.graph.serialize(); client_subgraph_api.json is that frontend's own graphToPrompt() output (see
+# tests/comfyui_server/test_client_subgraph_browser.py, which also compares live on ComfyUI 0.3.64).
+
+@pytest.fixture()
+def subgraph_wf():
+    return json.loads((DATA / "client_subgraph.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def subgraph_info():
+    return json.loads((DATA / "client_subgraph_object_info.json").read_text())
+
+
+def _defn(wf, name):
+    return next(d for d in wf["definitions"]["subgraphs"] if d["name"] == name)
+
+
+def test_subgraphs_convert_like_the_frontends_graph_to_prompt(subgraph_wf, subgraph_info):
+    frontend = json.loads((DATA / "client_subgraph_api.json").read_text())
+    ours = convert.ui_to_api(subgraph_wf, subgraph_info)
+    assert ours == {k: {"inputs": v["inputs"], "class_type": v["class_type"]} for k, v in frontend.items()}
+    # nested instance ids; a link through two subgraph inputs; each instance's own promoted widget values
+    assert ours["10:9:7"]["inputs"]["image"] == ["10:5", 0]
+    assert ours["10:9:7"]["inputs"]["height"] == ["2", 2] and ours["11:9:7"]["inputs"]["height"] == 36
+    assert ours["10:5"]["inputs"]["blur_radius"] == 2 and ours["11:5"]["inputs"]["blur_radius"] == 7
+    assert not convert.validate_api(ours, subgraph_info)
+
+
+def test_subgraph_promoted_widget_falls_back_to_the_inner_value(subgraph_wf, subgraph_info):
+    inst = _node(subgraph_wf, 11)
+    del inst["widgets_values"]  # an instance saved without its own values: the inner widget's value is used
+    _defn(subgraph_wf, "Soften")["nodes"][2]["widgets_values"] = [5, 0.75]
+    out = convert.ui_to_api(subgraph_wf, subgraph_info)
+    assert out["11:5"]["inputs"]["blur_radius"] == 5 and out["10:5"]["inputs"]["blur_radius"] == 2
+
+
+def test_subgraph_bypass_and_mute_inside(subgraph_wf, subgraph_info):
+    fit = _defn(subgraph_wf, "Fit")
+    fit["nodes"][0]["mode"] = 0  # the inner ImageInvert no longer bypassed: it is sent, under both instances
+    out = convert.ui_to_api(subgraph_wf, subgraph_info)
+    assert out["10:9:6"]["inputs"]["image"] == ["10:5", 0] and out["10:9:7"]["inputs"]["image"] == ["10:9:6", 0]
+    fit["nodes"][1]["mode"] = 2  # the inner ImageScale muted: gone, and so is the link to it
+    out = convert.ui_to_api(subgraph_wf, subgraph_info)
+    assert "10:9:7" not in out and "images" not in out["8"]["inputs"]
+    assert any("required input 'images' is missing" in p for p in convert.validate_api(out, subgraph_info))
+
+
+def test_subgraph_unknown_inner_node_is_named_by_its_path(subgraph_wf, subgraph_info):
+    _defn(subgraph_wf, "Fit")["nodes"][1]["type"] = "SomePackScale"
+    with pytest.raises(AtelierError) as e:
+        convert.ui_to_api(subgraph_wf, subgraph_info)
+    assert "#10:9:7 'SomePackScale'" in str(e.value) and "#11:9:7 'SomePackScale'" in str(e.value)
+
+
+def test_subgraph_that_contains_itself_is_refused(subgraph_wf, subgraph_info):
+    fit, soften = _defn(subgraph_wf, "Fit"), _defn(subgraph_wf, "Soften")
+    fit["nodes"][0]["type"] = soften["id"]  # Fit holds Soften, which holds Fit
+    with pytest.raises(AtelierError, match="contains itself"):
+        convert.ui_to_api(subgraph_wf, subgraph_info)
