@@ -8,8 +8,10 @@ with transformers' classic (PIL) CLIP image processor and runs AestheticsPredict
 torch.no_grad(). Models are random but real-shaped
 (tiny CLIP, and CLIP ViT-L/14 = 304M vision parameters), written once to --cache in the
 simple-aesthetics-predictor layout and loaded from disk by both. Prints median seconds per call,
-images/s, ratio ours/peer (>= 1.0 means we are at least as fast), the max score difference and peak RSS.
-Each row prints its targets (peer/ours >= 1.0, max |d score| <= 1e-4) with met/missed. CPU only (set
+images/s, ratio peer/ours (>= 1.0 means we are at least as fast), the max score difference and peak RSS.
+The peer is timed twice: with transformers' default CLIP processor (transformers 5: torchvision resizing,
+the speed target) and with the classic PIL processor (whose pixel values ours are identical to: the
+parity reference). Each row prints its targets (peer/ours >= 1.0, max |d score| <= 1e-4) with met/missed. CPU only (set
 --threads to pin torch's thread count). --quick: a smoke run (tiny model, batches 1 and 2, 64x64 images, one
 repeat) that checks the bench still runs and prints its table (timings mean nothing).
 """
@@ -44,24 +46,29 @@ def _fixtures():
     return mod
 
 
-def _peer_processor():
+def _peer_processors():
+    """(default, PIL) CLIP image processors. transformers 5's default CLIPImageProcessor resizes with
+    torchvision (faster, pixel values up to one 8-bit level off PIL's); CLIPImageProcessorPil is the
+    classic one our pixel values are identical to. transformers 4.x: both are the PIL processor."""
+    from transformers import CLIPImageProcessor
     try:
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as P
     except ImportError:
-        from transformers import CLIPImageProcessor as P
-    return P()
+        P = CLIPImageProcessor
+    return CLIPImageProcessor(), P()
 
 
-def _time_pair(fa, fb, repeats: int):
-    """Median seconds of fa and fb, measured alternately (a shared machine's load hits both alike)."""
-    out_a, out_b = fa(), fb()  # warm-up (also the results we compare)
-    ta, tb = [], []
+def _time_all(fns, repeats: int):
+    """Median seconds of each function and its first result, measured in turns (a shared machine's load hits
+    all alike)."""
+    outs = [fn() for fn in fns]  # warm-up (also the results we compare)
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, acc in ((fa, ta), (fb, tb)):
+        for fn, acc in zip(fns, times):
             t = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb), out_a, out_b
+    return [statistics.median(t) for t in times], outs
 
 
 def _peak_rss_mb() -> float:
@@ -89,7 +96,7 @@ def main(argv=None) -> int:
         print("peer missing: pip install --no-deps simple-aesthetics-predictor", file=sys.stderr)
         return 2
     FX = _fixtures()
-    proc = _peer_processor()
+    procs = _peer_processors()
     batches = [int(b) for b in args.batches.split(",")]
     imgs = FX.sample_images(max(batches), args.image, args.image, seed=0)
 
@@ -105,28 +112,34 @@ def main(argv=None) -> int:
             def run_ours():
                 return ours.score(x, batch_size=b)
 
-            def run_peer():
-                # a ComfyUI node built on the peer must first turn the IMAGE tensor into PIL images
-                p = [Image.fromarray(np.clip(255.0 * i.cpu().numpy(), 0, 255).astype(np.uint8)) for i in x]
-                with torch.no_grad():
-                    pv = proc(images=p, return_tensors="pt")["pixel_values"]
-                    return peer(pixel_values=pv).logits[:, 0]
+            def peer_with(proc):
+                def run_peer():
+                    # a ComfyUI node built on the peer must first turn the IMAGE tensor into PIL images
+                    p = [Image.fromarray(np.clip(255.0 * i.cpu().numpy(), 0, 255).astype(np.uint8)) for i in x]
+                    with torch.no_grad():
+                        pv = proc(images=p, return_tensors="pt")["pixel_values"]
+                        return peer(pixel_values=pv).logits[:, 0]
+                return run_peer
 
-            t_ours, t_peer, s_ours, s_peer = _time_pair(run_ours, run_peer, reps)
-            diff = (s_ours - s_peer).abs().max().item()
-            rows.append((size, b, t_ours, t_peer, b / t_ours, b / t_peer, t_peer / t_ours, diff, _peak_rss_mb()))
+            (t_ours, t_peer, t_pil), (s_ours, _, s_pil) = _time_all(
+                [run_ours, peer_with(procs[0]), peer_with(procs[1])], reps)
+            diff = (s_ours - s_pil).abs().max().item()
+            rows.append((size, b, t_ours, t_peer, t_pil, b / t_ours, b / t_peer, t_peer / t_ours, diff,
+                         _peak_rss_mb()))
         del ours, peer
 
     print(f"\naesthetic scoring, CPU ({torch.get_num_threads()} threads), {args.image}x{args.image} RGB inputs, "
           f"torch {torch.__version__}")
-    head = (f"{'model':<6} {'batch':>5} {'ours s':>9} {'peer s':>9} {'ours img/s':>11} {'peer img/s':>11} "
-            f"{'ours/peer':>9} {'max |d score|':>14} {'peak RSS MB':>12}  target (speed; parity)")
+    head = (f"{'model':<6} {'batch':>5} {'ours s':>9} {'peer s':>9} {'peer PIL s':>10} {'ours img/s':>11} "
+            f"{'peer img/s':>11} {'peer/ours':>9} {'max |d score|':>14} {'peak RSS MB':>12}  target (speed; parity)")
     print(head)
     print("-" * len(head))
-    for size, b, to, tp, io, ip, ratio, diff, rss in rows:
-        print(f"{size:<6} {b:>5} {to:>9.4f} {tp:>9.4f} {io:>11.2f} {ip:>11.2f} {ratio:>8.2f}x {diff:>14.2e} {rss:>12.0f}"
-              f"  {cells(ratio, SPEED_TARGET)}; {cells(diff, PARITY_TARGET)}")
-    print("(medians; ratio = peer time / our time, >= 1.0 means at least as fast; parity target max |d| <= 1e-4)")
+    for size, b, to, tp, tpil, io, ip, ratio, diff, rss in rows:
+        print(f"{size:<6} {b:>5} {to:>9.4f} {tp:>9.4f} {tpil:>10.4f} {io:>11.2f} {ip:>11.2f} {ratio:>8.2f}x "
+              f"{diff:>14.2e} {rss:>12.0f}  {cells(ratio, SPEED_TARGET)}; {cells(diff, PARITY_TARGET)}")
+    print("(medians; peer = simple-aesthetics-predictor with transformers' default CLIP processor, the speed "
+          "target: peer/ours >= 1.0 means at least as fast; peer PIL = the same with the classic PIL processor, "
+          "the parity reference: max |d score| <= 1e-4 against it)")
     return 0
 
 
