@@ -307,6 +307,7 @@ def text_encoder_folders() -> dict[str, str]:
 # ----------------------------------------------------------------------------- nodes
 
 class AtelierKolorsUNetLoader:
+    DISPLAY = K.NODE_UNET
     DESCRIPTION = ("Loads a Kolors UNet (the published diffusers file unet/diffusion_pytorch_model*.safetensors of "
                    "Kwai-Kolors/Kolors) from models/unet as a MODEL for KSampler, LoRA loaders and model management. "
                    + K.MEMORY_NOTE)
@@ -346,6 +347,7 @@ class AtelierKolorsUNetLoader:
 
 
 class AtelierKolorsTextEncoderLoader:
+    DISPLAY = K.NODE_TE
     DESCRIPTION = ("Loads Kolors' ChatGLM3-6B text encoder from a folder in models/text_encoders (or models/clip) laid "
                    "out as Kwai-Kolors/Kolors text_encoder/ (config.json, the weight shards, tokenizer.model) as a CLIP "
                    "for CLIP Text Encode. Needs sentencepiece (the pack's kolors extra). " + K.MEMORY_NOTE)
@@ -387,6 +389,7 @@ class AtelierKolorsTextEncoderLoader:
 
 
 class AtelierKolorsLoraLoader:
+    DISPLAY = "Atelier Kolors LoRA Loader"
     DESCRIPTION = ("Applies a Kolors UNet LoRA in any of the formats people publish: kohya (lora_unet_*), "
                    "diffusers/peft (unet.*.lora_A/B) and DiffSynth-Studio (blocks.N.*.lora_A/B.default, the "
                    "format of ModelScope's Kolors LoRA trainings, which store no alpha). It converts the keys to "
@@ -417,7 +420,7 @@ class AtelierKolorsLoraLoader:
     CATEGORY = CATEGORY
 
     def apply(self, model, lora_name, strength_model=1.0, diffsynth_alpha=4.0):
-        node = "Atelier Kolors LoRA Loader"
+        node = self.DISPLAY
         path = folder_paths.get_full_path("loras", lora_name) if lora_name else None
         if not path:
             raise AtelierError(f"LoRA file '{lora_name}' was not found", node=node, input="lora_name",
@@ -462,8 +465,4 @@ NODE_CLASS_MAPPINGS = {
     "AtelierKolorsTextEncoderLoader": AtelierKolorsTextEncoderLoader,
     "AtelierKolorsLoraLoader": AtelierKolorsLoraLoader,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "AtelierKolorsUNetLoader": K.NODE_UNET,
-    "AtelierKolorsTextEncoderLoader": K.NODE_TE,
-    "AtelierKolorsLoraLoader": "Atelier Kolors LoRA Loader",
-}
+NODE_DISPLAY_NAME_MAPPINGS = {cid: cls.DISPLAY for cid, cls in NODE_CLASS_MAPPINGS.items()}

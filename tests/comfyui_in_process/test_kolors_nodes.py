@@ -132,3 +132,17 @@ def test_missing_text_encoder_folder_is_explained(env):
     with pytest.raises(AtelierError, match="text_encoder") as e:
         env["N"].AtelierKolorsTextEncoderLoader().load("no-such-folder", "default", "default")
     assert "Atelier Kolors Text Encoder Loader" in str(e.value)
+
+
+def test_node_definitions(env):
+    N = env["N"]
+    assert set(N.NODE_CLASS_MAPPINGS) == {"AtelierKolorsUNetLoader", "AtelierKolorsTextEncoderLoader", "AtelierKolorsLoraLoader"}
+    for cid, cls in N.NODE_CLASS_MAPPINGS.items():
+        assert cls.CATEGORY == "atelier/kolors" and cls.DISPLAY.startswith("Atelier Kolors ")
+        assert N.NODE_DISPLAY_NAME_MAPPINGS[cid] == cls.DISPLAY
+        for group in cls.INPUT_TYPES().values():
+            for name, (typ, opts) in group.items():
+                assert opts.get("tooltip"), f"{cid}.{name} has no tooltip"
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    # the memory a full-size Kolors needs is stated where the user picks the files
+    assert "5.2 GB" in N.AtelierKolorsUNetLoader.DESCRIPTION and "12.0 GB" in N.AtelierKolorsTextEncoderLoader.DESCRIPTION
