@@ -164,19 +164,8 @@ def find_captions(folder: str) -> str | None:
     return None
 
 
-def load_dataset(images_dir: str | None, captions: str | None = None, *, id_column: str = "id",
-                 prompt_column: str = "prompt", image_column: str = "image", on_problem: str = "skip",
-                 require_images: bool | None = None, check_images: bool = True) -> Dataset:
-    """Match captions rows and image files by id.
-
-    ``on_problem``: "skip" reports a row without image / image without row / unreadable image and
-    leaves it out; "fail" raises AtelierError listing all of them. Duplicate ids, an empty id or
-    a missing captions file always raise.
-    """
-    if require_images is None:  # a captions-only dataset (text to image) needs no images
-        require_images = images_dir is not None
-    if on_problem not in ("skip", "fail"):
-        raise ValueError("on_problem must be 'skip' or 'fail'")
+def _captions_records(images_dir: str | None, captions: str | None, id_column: str) -> tuple[str, list]:
+    """(captions path, [(line, record)]) with the id column present; bad input raises."""
     if images_dir is not None and not os.path.isdir(images_dir):
         raise AtelierError(f"image folder '{images_dir}' does not exist", fix="pass --images DIR")
     if captions is None and images_dir is not None:
@@ -194,25 +183,69 @@ def load_dataset(images_dir: str | None, captions: str | None = None, *, id_colu
     if id_column not in cols:
         raise AtelierError(f"captions file '{captions}' has no '{id_column}' column (columns: {sorted(cols)})",
                            expected=f"an id column named '{id_column}'", fix="add it, or pass --id-column NAME")
+    return captions, records
 
-    # images by id (file stem)
+
+def _images_by_id(images_dir: str | None) -> dict[str, str]:
+    """Image files of the folder by id (file stem); two files with one id raise."""
     images: dict[str, str] = {}
-    problems: list[Problem] = []
     dup_images: dict[str, list[str]] = {}
-    if images_dir is not None:
-        for name in sorted(os.listdir(images_dir)):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() not in IMAGE_EXTS or name.startswith("."):
-                continue
-            key = stem.strip()
-            if key in images:
-                dup_images.setdefault(key, [os.path.basename(images[key])]).append(name)
-            images[key] = os.path.join(images_dir, name)
+    if images_dir is None:
+        return images
+    for name in sorted(os.listdir(images_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in IMAGE_EXTS or name.startswith("."):
+            continue
+        key = stem.strip()
+        if key in images:
+            dup_images.setdefault(key, [os.path.basename(images[key])]).append(name)
+        images[key] = os.path.join(images_dir, name)
     if dup_images:
         lines = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(dup_images.items()))
         raise AtelierError(f"several image files share an id in '{images_dir}': {lines}",
                            expected="one image per id", fix="remove or rename the extra files")
+    return images
 
+
+def _row_image(rid: str, rec: dict, line: int, *, images: dict, images_dir: str | None, captions: str,
+               image_column: str, require_images: bool, check_images: bool) -> tuple[str | None, str | None]:
+    """(image path or None, problem or None) of one captions row."""
+    img = None
+    if rec.get(image_column):
+        img = os.path.join(images_dir or os.path.dirname(captions), str(rec[image_column]))
+        if not os.path.exists(img):
+            return None, f"image '{rec[image_column]}' named on line {line} does not exist"
+    elif images_dir is not None:
+        img = images.get(rid)
+    if img is None and require_images:
+        hint = ""
+        near = [k for k in images if k.lstrip("0") == rid.lstrip("0") and k != rid]
+        if near:
+            hint = f" (found {os.path.basename(images[near[0]])}: ids must match exactly, leading zeros included)"
+        return None, f"no image file for id {rid} in {images_dir}{hint}"
+    if img is not None and check_images:
+        why = image_problem(img)
+        if why:
+            return None, why
+    return img, None
+
+
+def load_dataset(images_dir: str | None, captions: str | None = None, *, id_column: str = "id",
+                 prompt_column: str = "prompt", image_column: str = "image", on_problem: str = "skip",
+                 require_images: bool | None = None, check_images: bool = True) -> Dataset:
+    """Match captions rows and image files by id.
+
+    ``on_problem``: "skip" reports a row without image / image without row / unreadable image and
+    leaves it out; "fail" raises AtelierError listing all of them. Duplicate ids, an empty id or
+    a missing captions file always raise.
+    """
+    if require_images is None:  # a captions-only dataset (text to image) needs no images
+        require_images = images_dir is not None
+    if on_problem not in ("skip", "fail"):
+        raise ValueError("on_problem must be 'skip' or 'fail'")
+    captions, records = _captions_records(images_dir, captions, id_column)
+    images = _images_by_id(images_dir)
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
     dups: dict[str, list[int]] = {}
     rows: list[Row] = []
@@ -222,39 +255,22 @@ def load_dataset(images_dir: str | None, captions: str | None = None, *, id_colu
             dups.setdefault(rid, [seen[rid]]).append(line)
             continue
         seen[rid] = line
-        prompt = rec.get(prompt_column)
         overrides = {k: _coerce(v) for k, v in rec.items()
                      if k not in (id_column, prompt_column, image_column) and v not in (None, "")}
-        img = None
-        if rec.get(image_column):
-            img = os.path.join(images_dir or os.path.dirname(captions), str(rec[image_column]))
-            if not os.path.exists(img):
-                problems.append(Problem(rid, f"image '{rec[image_column]}' named on line {line} does not exist"))
-                continue
-        elif images_dir is not None:
-            img = images.get(rid)
-        if img is None and require_images:
-            hint = ""
-            near = [k for k in images if k.lstrip("0") == rid.lstrip("0") and k != rid]
-            if near:
-                hint = f" (found {os.path.basename(images[near[0]])}: ids must match exactly, leading zeros included)"
-            problems.append(Problem(rid, f"no image file for id {rid} in {images_dir}{hint}"))
+        img, why = _row_image(rid, rec, line, images=images, images_dir=images_dir, captions=captions,
+                              image_column=image_column, require_images=require_images, check_images=check_images)
+        if why:
+            problems.append(Problem(rid, why))
             continue
-        if img is not None and check_images:
-            why = image_problem(img)
-            if why:
-                problems.append(Problem(rid, why))
-                continue
-        rows.append(Row(rid, os.path.abspath(img) if img else None, prompt, overrides, line))
+        rows.append(Row(rid, os.path.abspath(img) if img else None, rec.get(prompt_column), overrides, line))
     if dups:
         lines = "; ".join(f"id {k} on lines {', '.join(map(str, v))}" for k, v in sorted(dups.items()))
         raise AtelierError(f"duplicate ids in '{captions}': {lines}", expected="each id exactly once",
                            fix="remove or renumber the duplicate rows")
-    if images_dir is not None:
-        used = {r.id for r in rows} | {p.id for p in problems}
-        for key, path in sorted(images.items()):
-            if key not in used and key not in seen:
-                problems.append(Problem(key, f"image {os.path.basename(path)} has no row in {os.path.basename(captions)}"))
+    used = {r.id for r in rows} | {p.id for p in problems}
+    for key, path in sorted(images.items()):
+        if key not in used and key not in seen:
+            problems.append(Problem(key, f"image {os.path.basename(path)} has no row in {os.path.basename(captions)}"))
     if problems and on_problem == "fail":
         raise AtelierError(f"{len(problems)} dataset problem(s): " + "; ".join(f"{p.id}: {p.reason}" for p in problems),
                            fix="fix them, or run with --on-missing skip to skip those ids")

@@ -223,6 +223,10 @@ def test_progress_and_finish_arrive_over_ws(two_servers):
         assert ws.connected, "the /ws follower did not connect"
         pid = srv.queue_prompt(prompt)
         entry = srv.wait(pid, poll=120, timeout=110, on_progress=lambda v, m: steps.append((v, m)))
+        for _ in range(250):  # ComfyUI stores /history a moment before it sends the finish message
+            if pid in ws._recent:
+                break
+            time.sleep(0.02)
         finished_on_ws = pid in ws._recent
     finally:
         srv.close()

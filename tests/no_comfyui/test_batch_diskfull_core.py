@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from comfyui_atelier.client import batch
+from comfyui_atelier.client import batch, scheduler
 from tests.fixtures import instant_server as IS
 
 PROMPT = IS.empty_image_prompt()
@@ -69,7 +69,7 @@ def test_baseline_run_succeeds(setup):
 
 def test_output_disk_full_stops_the_run_with_a_clear_message(setup, monkeypatch):
     cfg, out = setup
-    monkeypatch.setattr(batch, "write_atomic", _enospc)
+    monkeypatch.setattr(scheduler, "write_atomic", _enospc)
     t0 = time.monotonic()
     res = _run_bounded(cfg())
     assert time.monotonic() - t0 < 20  # no retries against a full disk, no 300 s server wait
@@ -86,7 +86,7 @@ def test_output_disk_full_stops_the_run_with_a_clear_message(setup, monkeypatch)
 
 def test_manifest_disk_full_never_leaves_a_torn_line(setup, monkeypatch):
     cfg, out = setup
-    real = batch.Manifest._raw_write
+    real = batch.ResultsLog._raw_write
     calls = {"n": 0}
 
     def half_then_full(fd, data):
@@ -96,7 +96,7 @@ def test_manifest_disk_full_never_leaves_a_torn_line(setup, monkeypatch):
         os.write(fd, data[: len(data) // 2])  # the disk takes half the line, then is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(batch.Manifest, "_raw_write", staticmethod(half_then_full))
+    monkeypatch.setattr(batch.ResultsLog, "_raw_write", staticmethod(half_then_full))
     res = _run_bounded(cfg())
     assert res.exit_code == batch.EXIT_WRITE_FAILED
     assert "cannot write the manifest" in res.problems[0] and "No space left" in res.problems[0]
@@ -105,7 +105,7 @@ def test_manifest_disk_full_never_leaves_a_torn_line(setup, monkeypatch):
     time.sleep(0.2)
     assert not _job_threads()
     # the next run (disk freed) resumes: the two recorded ids are kept, the rest run
-    monkeypatch.setattr(batch.Manifest, "_raw_write", staticmethod(real))
+    monkeypatch.setattr(batch.ResultsLog, "_raw_write", staticmethod(real))
     res2 = _run_bounded(cfg())
     assert res2.exit_code == batch.EXIT_OK
     assert sum(1 for r in res2.results.values() if r["status"] == "already done") == 2
@@ -113,9 +113,9 @@ def test_manifest_disk_full_never_leaves_a_torn_line(setup, monkeypatch):
 
 
 def test_short_write_is_cut_back(tmp_path, monkeypatch):
-    m = batch.Manifest(str(tmp_path / "m.jsonl"))
+    m = batch.ResultsLog(str(tmp_path / "m.jsonl"))
     m.write({"id": "a", "status": "done"})
-    monkeypatch.setattr(batch.Manifest, "_raw_write", staticmethod(lambda fd, data: os.write(fd, data[:5])))
+    monkeypatch.setattr(batch.ResultsLog, "_raw_write", staticmethod(lambda fd, data: os.write(fd, data[:5])))
     with pytest.raises(batch.LocalWriteError, match="short write"):
         m.write({"id": "b", "status": "done"})
     m.close()
@@ -130,7 +130,7 @@ def test_a_crashing_worker_stops_the_run_and_says_why(setup, monkeypatch):
         raise RuntimeError("unexpected bug")
 
     monkeypatch.setattr(batch.Runner, "download", boom)
-    monkeypatch.setattr(batch.Manifest, "write", lambda self, rec: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(batch.ResultsLog, "write", lambda self, rec: (_ for _ in ()).throw(RuntimeError("x")))
     res = _run_bounded(cfg())
     assert res.exit_code == batch.EXIT_WRITE_FAILED
     assert "internal error in worker" in res.problems[0]
@@ -140,7 +140,7 @@ def test_a_crashing_worker_stops_the_run_and_says_why(setup, monkeypatch):
 
 def test_ctrl_c_while_the_disk_is_full_exits_130(setup, monkeypatch, capsys):
     cfg, out = setup
-    monkeypatch.setattr(batch, "write_atomic", _enospc)
+    monkeypatch.setattr(scheduler, "write_atomic", _enospc)
 
     def interrupted_run(self):
         raise KeyboardInterrupt
@@ -164,13 +164,13 @@ def _workflow_file(folder):
 def test_disk_full_for_outputs_and_manifest_ends_instead_of_hanging(setup, monkeypatch):
     """The reported case: the output write fails, then the failure's own manifest line fails too."""
     cfg, out = setup
-    monkeypatch.setattr(batch, "write_atomic", _enospc)
+    monkeypatch.setattr(scheduler, "write_atomic", _enospc)
 
     def half(fd, data):
         os.write(fd, data[:7])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(batch.Manifest, "_raw_write", staticmethod(half))
+    monkeypatch.setattr(batch.ResultsLog, "_raw_write", staticmethod(half))
     res = _run_bounded(cfg(inflight=3))
     assert res.exit_code == batch.EXIT_WRITE_FAILED
     assert "No space left on device" in res.problems[0]
@@ -195,7 +195,7 @@ def test_a_worker_crash_outside_a_job_stops_the_run(setup, monkeypatch):
 
 def test_cli_disk_full_exit_code_and_message(setup, monkeypatch, capsys):
     cfg, out = setup
-    monkeypatch.setattr(batch, "write_atomic", _enospc)
+    monkeypatch.setattr(scheduler, "write_atomic", _enospc)
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("code", batch.main(
         ["batch", "--server", "http://fake:1", "--captions", cfg().captions, "--out", str(out), "--quiet",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_atelier.client import batch
-from comfyui_atelier.client.batch import Manifest, output_valid, patch_prompt, resolve_bindings, seed_for, write_atomic
+from comfyui_atelier.client.batch import ResultsLog as Manifest, output_valid, patch_prompt, resolve_bindings, seed_for, write_atomic
 from comfyui_atelier.client.dataset import Row
 from tests.fixtures import client_data as CD
 
@@ -132,7 +132,7 @@ def test_manifest_ignores_torn_line_and_last_line_wins(tmp_path):
 
 
 def test_scheduler_hands_out_a_job_that_failed_everywhere():
-    from comfyui_atelier.client.batch import Bindings, Runner, _ServerState
+    from comfyui_atelier.client.batch import Bindings, Runner, ServerState as _ServerState
     from comfyui_atelier.client.server_api import ComfyServer
     from comfyui_atelier.client.progress import ProgressBar
     a, b = _ServerState(ComfyServer("http://127.0.0.1:1")), _ServerState(ComfyServer("http://127.0.0.1:2"))

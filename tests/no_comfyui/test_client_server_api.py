@@ -154,6 +154,7 @@ def test_real_library_follows_progress_and_finish_over_ws():
     import asyncio
 
     state = {"done": False}
+    steps = []
     loop = asyncio.new_event_loop()
     go = threading.Event()
 
@@ -171,8 +172,9 @@ def test_real_library_follows_progress_and_finish_over_ws():
             pass
         return ws
 
-    async def history(request):
-        return aiohttp_web.json_response({"p1": {"status": {"completed": True}, "outputs": {}}} if state["done"] else {})
+    async def history(request):  # finished once the progress went out (and, so the test is exact, arrived)
+        done = state["done"] and len(steps) >= 2
+        return aiohttp_web.json_response({"p1": {"status": {"completed": True}, "outputs": {}}} if done else {})
 
     async def queue(request):
         return aiohttp_web.json_response({"queue_running": [[0, "p1"]], "queue_pending": []})
@@ -188,7 +190,6 @@ def test_real_library_follows_progress_and_finish_over_ws():
     t = threading.Thread(target=loop.run_forever, daemon=True)
     t.start()
     srv = ComfyServer(f"http://127.0.0.1:{port}", client_id="cid")
-    steps = []
     try:
         ws = srv.follower()
         for _ in range(200):
@@ -196,8 +197,11 @@ def test_real_library_follows_progress_and_finish_over_ws():
                 break
             threading.Event().wait(0.02)
         assert ws.connected
+        def on_progress(v, m):
+            steps.append((v, m))
+        ws.watch("p1", on_progress)  # registered before the server sends (a real prompt is queued first)
         go.set()
-        entry = srv.wait("p1", poll=30, timeout=20, on_progress=lambda v, m: steps.append((v, m)))
+        entry = srv.wait("p1", poll=30, timeout=20, on_progress=on_progress)
         assert entry["status"]["completed"] is True
         assert steps == [(1, 2), (2, 2)]
     finally:
