@@ -10,7 +10,7 @@ import torch
 
 from comfyui_atelier.core import fonts as F
 from comfyui_atelier.core.errors import AtelierError
-from tests.fixtures.checks import refused, saved_png
+from tests.fixtures import checks as CK
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_ocr_and_compose_of_an_image_equal_those_of_its_saved_png(N, tmp_path, m
     img, _, _ = N.AtelierGlyphRender().render(glyphs, fit="stretch")
     ramp = torch.linspace(0.13, 0.71, 640).expand(1, 320, 640)[..., None]
     soft = (1 - img) * (0.6 + 0.4 * ramp) + 0.001  # dark text on a shaded ground, off the uint8 grid
-    png = saved_png(soft, tmp_path, monkeypatch)
+    png = CK.saved_png(soft, tmp_path, monkeypatch)
     a, _, spec_a = N.AtelierOCRBoxes().detect(soft, min_confidence=0.5)
     b, _, spec_b = N.AtelierOCRBoxes().detect(png, min_confidence=0.5)
     assert a == b and spec_a == spec_b and len(a["items"][0]) == 2
@@ -209,28 +209,28 @@ def test_ocr_and_compose_of_an_image_equal_those_of_its_saved_png(N, tmp_path, m
 def test_glyph_canvases_are_budgeted_before_allocating(N, monkeypatch):
     (glyphs,) = N.AtelierTextBoxes().build(SPEC, 640, 320)
     api = dict(glyphs, width=200_000, height=100_000)  # a canvas sent through the API: 20 gigapixels
-    refused(lambda: N.AtelierGlyphRender().render(api), "Atelier Glyph Render", "glyphs", "200,000 x 100,000 px",
+    CK.refused(lambda: N.AtelierGlyphRender().render(api), "Atelier Glyph Render", "glyphs", "200,000 x 100,000 px",
              "megapixels", "ATELIER_MAX_MEGAPIXELS")
     monkeypatch.setenv("ATELIER_MAX_MEGAPIXELS", "0.1")  # 100,000 px
-    refused(lambda: N.AtelierGlyphRender().render(glyphs, width=640, height=320), "Atelier Glyph Render", "width",
+    CK.refused(lambda: N.AtelierGlyphRender().render(glyphs, width=640, height=320), "Atelier Glyph Render", "width",
              "640 x 320 px")
-    refused(lambda: N.AtelierGlyphCompose().compose(_edges(320, 640), glyphs), "Atelier Glyph Compose",
+    CK.refused(lambda: N.AtelierGlyphCompose().compose(_edges(320, 640), glyphs), "Atelier Glyph Compose",
              "background", "640 x 320 px")
-    refused(lambda: N.AtelierTextBoxes().build(SPEC, 640, 320), "Atelier Text Boxes", "width", "640 x 320 px")
-    refused(lambda: N.AtelierLayoutCompose().compose("qwerty_26", width=1216, height=832), "Atelier Layout Compose",
+    CK.refused(lambda: N.AtelierTextBoxes().build(SPEC, 640, 320), "Atelier Text Boxes", "width", "640 x 320 px")
+    CK.refused(lambda: N.AtelierLayoutCompose().compose("qwerty_26", width=1216, height=832), "Atelier Layout Compose",
              "width", "1,216 x 832 px")
     assert N.AtelierGlyphRender().render(glyphs, width=320, height=160)[0].shape == (1, 160, 320, 3)
     monkeypatch.delenv("ATELIER_MAX_MEGAPIXELS")
     monkeypatch.setenv("ATELIER_MAX_GIB", "0.01")  # ~10 MiB: one 640 x 320 IMAGE + MASK is 3.1 MiB
     many = dict(glyphs, items=glyphs["items"] * 4)  # four glyph sets on one background: four outputs
-    refused(lambda: N.AtelierGlyphCompose().compose(_edges(320, 640), many), "Atelier Glyph Compose", "glyphs",
+    CK.refused(lambda: N.AtelierGlyphCompose().compose(_edges(320, 640), many), "Atelier Glyph Compose", "glyphs",
              "Split the batch")
 
 
 def test_a_text_tile_too_large_to_rasterise_is_refused_first(N):
     spec = json.dumps([{"text": "W" * 3000, "box": [0, 0, 8000, 4000]}])
     (glyphs,) = N.AtelierTextBoxes().build(spec, 8192, 4096)
-    msg = refused(lambda: N.AtelierGlyphRender().render(glyphs, fit="stretch"),
+    msg = CK.refused(lambda: N.AtelierGlyphRender().render(glyphs, fit="stretch"),
                    "Atelier Glyph Render", "glyphs", "text box #1", "the text tile", "megapixels")
     assert "shorter text" in msg
 
@@ -256,15 +256,15 @@ def test_glyph_floats_from_the_api_must_be_finite(N, change, input, words):
             g[k] = v
     for node, call in (("Atelier Glyph Render", lambda: N.AtelierGlyphRender().render(g, **kw)),
                        ("Atelier Glyph Compose", lambda: N.AtelierGlyphCompose().compose(_edges(320, 640), g, **kw))):
-        refused(call, node, input, *words)
+        CK.refused(call, node, input, *words)
 
 
 def test_text_box_and_layout_json_refuse_nan_and_infinity(N):
-    refused(lambda: N.AtelierTextBoxes().build('[{"text": "A", "box": [NaN, 0, 60, 60]}]', 256, 256),
+    CK.refused(lambda: N.AtelierTextBoxes().build('[{"text": "A", "box": [NaN, 0, 60, 60]}]', 256, 256),
              "Atelier Text Boxes", "spec", "not 4 finite points")
-    refused(lambda: N.AtelierTextBoxes().build('[{"text": "A", "box": [0, 0, 60, 60], "size": Infinity}]', 256, 256),
+    CK.refused(lambda: N.AtelierTextBoxes().build('[{"text": "A", "box": [0, 0, 60, 60], "size": Infinity}]', 256, 256),
              "Atelier Text Boxes", "spec", "size 'inf' is not a usable number")
-    refused(lambda: N.AtelierOCRBoxes().detect(torch.zeros(1, 32, 32, 3), min_confidence=float("nan")),
+    CK.refused(lambda: N.AtelierOCRBoxes().detect(torch.zeros(1, 32, 32, 3), min_confidence=float("nan")),
              "Atelier OCR Boxes", "min_confidence", "NaN")
     base = {"canvas": [400, 200], "regions": [{"slot": "key", "rect": [10, 10, 100, 100], "label": "Q"}]}
     for change, words in ((dict(canvas=[float("inf"), 200]), "canvas"),
@@ -273,7 +273,7 @@ def test_text_box_and_layout_json_refuse_nan_and_infinity(N):
                            "label size inf"),
                           (dict(radius=float("nan")), "layout radius is nan")):
         lay = json.dumps(dict(base, **change))
-        refused(lambda: N.AtelierLayoutCompose().compose(N.AtelierLayoutCompose.CUSTOM, lay, 400, 200),
+        CK.refused(lambda: N.AtelierLayoutCompose().compose(N.AtelierLayoutCompose.CUSTOM, lay, 400, 200),
                  "Atelier Layout Compose", "layout_json", words)
     assert N.AtelierLayoutCompose().compose(N.AtelierLayoutCompose.CUSTOM, json.dumps(base), 400, 200)[0].shape == (
         1, 200, 400, 3)
@@ -290,16 +290,16 @@ def broken_font(fonts_folder):
 
 def test_a_damaged_font_or_a_missing_face_is_an_error_naming_node_input_and_file(N, broken_font):
     (glyphs,) = N.AtelierTextBoxes().build(SPEC.replace("键盘皮肤", "Skin"), 640, 320)
-    msg = refused(lambda: N.AtelierGlyphRender().render(glyphs, font="AtelierBroken.ttf"), "Atelier Glyph Render",
+    msg = CK.refused(lambda: N.AtelierGlyphRender().render(glyphs, font="AtelierBroken.ttf"), "Atelier Glyph Render",
                    "font", "font file 'AtelierBroken.ttf'", str(broken_font), "cannot be opened as a font",
                    "good copy")
     assert "OSError" in msg  # the cause is shown, not raised bare
-    refused(lambda: N.AtelierGlyphCompose().compose(_edges(320, 640), glyphs, font="AtelierTestSans.ttf#3"),
+    CK.refused(lambda: N.AtelierGlyphCompose().compose(_edges(320, 640), glyphs, font="AtelierTestSans.ttf#3"),
              "Atelier Glyph Compose", "font", "'AtelierTestSans.ttf'", "has 1 face", "face #3 does not exist",
              "'AtelierTestSans.ttf#0'")
     # a box that names its own bad font: the glyphs input is named
     (own,) = N.AtelierTextBoxes().build("Hello | 10,10,200,60 | AtelierTestSans.ttf#2", 256, 128)
-    refused(lambda: N.AtelierGlyphRender().render(own), "Atelier Glyph Render", "glyphs", "face #2 does not exist")
+    CK.refused(lambda: N.AtelierGlyphRender().render(own), "Atelier Glyph Render", "glyphs", "face #2 does not exist")
     # and the queue-time check says so before the run
     for bad in ("AtelierBroken.ttf", "AtelierTestSans.ttf#3"):
         v = N.AtelierGlyphRender.VALIDATE_INPUTS(font=bad)
