@@ -344,3 +344,17 @@ def test_sizes_from_inputs_are_checked_before_allocating(env):
         N.AtelierAestheticScorer().score([m], [torch.rand(1, 1, 20000, 3)])
     msg = str(e.value)
     assert msg.startswith("[Atelier Aesthetic Scorer] input 'images': image 0 (20,000 x 1)") and "224" in msg
+
+
+def test_a_predictor_folder_is_reloaded_when_a_file_inside_changes(env):
+    """The cache's stamp of a model folder covers the files in it (config.json, the weights)."""
+    N = env["N"]
+    (m,) = N.AtelierAestheticLoader().load(HF_NAME)
+    assert N.AtelierAestheticLoader().load(HF_NAME)[0] is m
+    stamp = N.AtelierAestheticLoader.IS_CHANGED(HF_NAME)
+    weights = Path(env["hf"]) / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert N.AtelierAestheticLoader.IS_CHANGED(HF_NAME) != stamp
+    again = N.AtelierAestheticLoader().load(HF_NAME)[0]
+    assert again is not m and again.head.layout == m.head.layout
