@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.checks import refused, saved_png
+from tests.fixtures import checks as CK
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_canny_and_lineart_of_an_image_equal_those_of_its_saved_png(C, tmp_path,
     """Save Image's own float->uint8 (truncating) is the conversion: edges of an IMAGE and of the PNG that
     ComfyUI's Save Image writes for it, loaded back with ComfyUI's Load Image, are identical."""
     x = batch(photo(seed=3), photo(seed=4))
-    png = saved_png(x, tmp_path, monkeypatch)
+    png = CK.saved_png(x, tmp_path, monkeypatch)
     for run in (lambda im: C.AtelierCanny().detect(im, 40, 90, resolution=256),
                 lambda im: C.AtelierLineart().extract(im, binarize=False, resolution=0)):
         a, b = run(x), run(png)
@@ -245,20 +245,20 @@ def test_conditioner_output_size_is_budgeted_before_allocating(C, cls, name, mon
     fn = node.detect if cls == "AtelierCanny" else node.extract
     x = torch.rand(2, 128, 96, 3)
     monkeypatch.setenv("ATELIER_MAX_MEGAPIXELS", "0.01")  # 10,000 px per image
-    refused(lambda: fn(x, resolution=0), name, "image", "96 x 128 px", "megapixels", "ATELIER_MAX_MEGAPIXELS",
+    CK.refused(lambda: fn(x, resolution=0), name, "image", "96 x 128 px", "megapixels", "ATELIER_MAX_MEGAPIXELS",
              "instead of 0")
-    refused(lambda: fn(x, resolution=512), name, "resolution", "512 x 704 px", "lower resolution")
+    CK.refused(lambda: fn(x, resolution=512), name, "resolution", "512 x 704 px", "lower resolution")
     assert fn(x, resolution=64)[0].shape == (2, 128, 64, 3)  # 64 x 85 -> padded 64 x 128: within the budget
     monkeypatch.delenv("ATELIER_MAX_MEGAPIXELS")
     monkeypatch.setenv("ATELIER_MAX_GIB", "0.0004")  # ~420 KB per batch: one 128 x 96 map + mask is 192 KB
-    refused(lambda: fn(torch.rand(3, 128, 96, 3), resolution=0), name, "image", "Split the batch", "ATELIER_MAX_GIB")
+    CK.refused(lambda: fn(torch.rand(3, 128, 96, 3), resolution=0), name, "image", "Split the batch", "ATELIER_MAX_GIB")
     assert fn(x, resolution=0)[1].shape == (2, 128, 96)
 
 
 def test_crop_back_refuses_a_restore_size_over_the_budget(C):
     img, _, info = C.AtelierLineart().extract(batch(drawing()), resolution=128)
     giant = dict(info, orig_h=200_000, orig_w=150_000)  # hand-made: passes the shape checks, 30 gigapixels
-    refused(lambda: C.AtelierCropBack().crop(img, giant), "Atelier Crop Back", "pad_info", "150,000 x 200,000 px",
+    CK.refused(lambda: C.AtelierCropBack().crop(img, giant), "Atelier Crop Back", "pad_info", "150,000 x 200,000 px",
              "megapixels", "restore_size off")
     out, _ = C.AtelierCropBack().crop(img, giant, restore_size=False)  # only removes the padding: nothing big
     assert out.shape[1:3] == (info["scaled_h"], info["scaled_w"])
@@ -267,6 +267,6 @@ def test_crop_back_refuses_a_restore_size_over_the_budget(C):
 def test_empty_latent_like_refuses_a_batch_over_the_budget(C, monkeypatch):
     monkeypatch.setenv("ATELIER_MAX_GIB", "0.001")  # 1 MiB: a 512 x 512 image's latent is 64 KiB
     x = torch.zeros(1, 512, 512, 3)
-    refused(lambda: C.AtelierEmptyLatentLike().generate(x, 64), "Atelier Empty Latent Like Image", "batch_size",
+    CK.refused(lambda: C.AtelierEmptyLatentLike().generate(x, 64), "Atelier Empty Latent Like Image", "batch_size",
              "batch_size 64", "4 MiB", "lower batch_size")
     assert C.AtelierEmptyLatentLike().generate(x, 8)[0]["samples"].shape == (8, 4, 64, 64)
