@@ -1184,6 +1184,38 @@ def lora_none_and_real_file(e):
     assert a.shape == b.shape == (64, 64, 3)
 
 
+# ------------------------------------------------------------------------------------------- Kolors
+
+@case("kolors", "error")
+def kolors_unet_name_traversal(e):
+    p = {"u": {"class_type": "AtelierKolorsUNetLoader", "inputs": {
+        "unet_name": "../checkpoints/" + e["ckpt"], "weight_dtype": "default"}},
+        "t": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 1], "text": "mug"}}, "c": ckpt(e)}
+    p.update(sampled(e, ["t", 0], ["t", 0], model=("u", 0), prefix="rel_kolors"))
+    RL.refused_or_not_listed(e["server"], p, node="Atelier Kolors UNet Loader", input="unet_name",
+                             words=["was not found"])
+
+
+@case("kolors", "error")
+def kolors_text_encoder_absolute_folder(e):
+    p = {"k": {"class_type": "AtelierKolorsTextEncoderLoader", "inputs": {
+        "text_encoder": str(e["tmp"]), "weight_dtype": "default", "device": "cpu"}},
+        "t": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["k", 0], "text": "mug"}}, "c": ckpt(e)}
+    p.update(sampled(e, ["t", 0], ["t", 0], prefix="rel_kolors"))
+    RL.refused_or_not_listed(e["server"], p, node="Atelier Kolors Text Encoder Loader", input="text_encoder",
+                             words=["was not found"])
+
+
+@case("kolors", "error")
+def kolors_lora_name_traversal(e):
+    p = {"c": ckpt(e), "l": {"class_type": "AtelierKolorsLoraLoader", "inputs": {
+        "model": ["c", 0], "lora_name": "../../../../../etc/passwd", "strength_model": 1.0, "diffsynth_alpha": 4.0}},
+        "t": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 1], "text": "mug"}}}
+    p.update(sampled(e, ["t", 0], ["t", 0], model=("l", 0), prefix="rel_kolors"))
+    RL.refused_or_not_listed(e["server"], p, node="Atelier Kolors LoRA Loader", input="lora_name",
+                             words=["was not found"])
+
+
 # ------------------------------------------------------------------------------------ models check
 
 @case("models check", "error")
@@ -1255,5 +1287,5 @@ def test_case_count_per_family():
     for family, outcome, _ in CASES.values():
         fams.setdefault(family, {"error": 0, "result": 0})[outcome] += 1
     assert set(fams) >= {"prompt", "conditioners", "crop back", "empty latent", "matting", "style", "glyph",
-                         "aesthetic", "lora", "models check"}
+                         "aesthetic", "lora", "kolors", "models check"}
     assert all(sum(v.values()) >= 2 for v in fams.values()), fams

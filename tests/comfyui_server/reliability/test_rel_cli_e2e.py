@@ -107,6 +107,23 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", str(d)], capture_output=True)
 
 
+@pytest.fixture()
+def read_only_dir(tmp_path):
+    """A folder nothing can be written in: a read-only tmpfs when this runs as root (root ignores file
+    modes; EROFS from the kernel), a folder with mode 0555 otherwise (EACCES)."""
+    d = tmp_path / "read_only"
+    d.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(d)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        d.chmod(0o555)
+    yield d
+    if mounted:
+        subprocess.run(["umount", str(d)], capture_output=True)
+    else:
+        d.chmod(0o755)
+
+
 # ============================================================================================ batch
 
 def test_batch_out_is_an_existing_file(srv, tmp_path, after):
@@ -125,6 +142,16 @@ def test_batch_out_below_a_file(srv, tmp_path, after):
     p = cli(*batch_args(srv, INVERT, tmp_path / "ds", tmp_path / "file" / "out"))
     assert p.returncode == 2, p.stderr
     no_traceback(p)
+
+
+def test_batch_out_on_a_read_only_file_system(srv, tmp_path, read_only_dir, after):
+    CD.make_dataset(tmp_path / "ds", ["r1", "r2"])
+    for out in (read_only_dir, read_only_dir / "new_out"):  # the folder itself, or one to create there
+        p = cli(*batch_args(srv, INVERT, tmp_path / "ds", out))
+        assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+        no_traceback(p)
+        assert str(read_only_dir) in p.stderr, p.stderr
+    assert os.listdir(read_only_dir) == []
 
 
 def test_batch_disk_full_while_writing_outputs(srv, tmp_path, tiny_disk, after):
@@ -416,6 +443,15 @@ def test_models_broken_manifest(tmp_path, after, text):
     assert p.returncode != 0
     no_traceback(p)
     assert "manifest.json" in (p.stdout + p.stderr), p.stderr[-2000:]
+
+
+def test_models_download_into_a_read_only_folder(http_models, tmp_path, read_only_dir, after):
+    m = _manifest_file(tmp_path, [_entry("ro1", http_models + "/good.safetensors")])
+    p = cli("models", "--manifest", m, "download", "ro1", "--models-dir", read_only_dir)
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:], p.stdout[-2000:])
+    no_traceback(p)
+    assert str(read_only_dir) in (p.stdout + p.stderr)
+    assert os.listdir(read_only_dir) == []
 
 
 def test_models_dir_is_a_file(http_models, tmp_path, after):
