@@ -362,3 +362,26 @@ def test_a_file_system_without_locks_warns_and_runs(setup, monkeypatch):
     res = _run_bounded(cfg())
     assert res.exit_code == batch.EXIT_OK and res.count("done") == 6
     assert any("cannot lock the output folder" in m and "No locks available" in m for m in logged)
+
+
+# ============================================================================ folders of earlier versions
+
+def test_output_folder_from_before_the_split_resumes(setup, tmp_path):
+    """tests/data/batch_manifest_before_split.jsonl was written by client/batch.py before it was split into
+    bindings / results_log / outdir / scheduler (commit 5abd68a) for these captions and InstantServer's PNG:
+    the new code must take every id as done (same files, same fingerprints) and re-run only a changed row."""
+    cfg, out = setup
+    rows = [{"id": i, "prompt": f"p{i}", "seed": 100 + k} for k, i in enumerate(IDS)]
+    cfg.write_caps(rows)
+    out.mkdir()
+    (out / "manifest.jsonl").write_bytes((Path(__file__).parents[1] / "data" / "batch_manifest_before_split.jsonl")
+                                         .read_bytes())
+    for i in IDS:
+        (out / f"{i}.png").write_bytes(IS.PNG)
+    res = _run_bounded(cfg(verify_hash=True))
+    assert res.exit_code == batch.EXIT_OK and res.count("already done") == 6 and res.rerun == []
+    assert IS.InstantServer.queued == []
+    rows[3]["1.color"] = 7  # that row's prompt changes: its fingerprint differs from the recorded one
+    cfg.write_caps(rows)
+    res = _run_bounded(cfg())
+    assert res.rerun == ["r3"] and [rid for rid, _ in IS.InstantServer.queued] == ["r3"]
