@@ -69,18 +69,20 @@ def _stamp(roots: Sequence[str]) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def _listing(roots: tuple[str, ...], exts: tuple[str, ...], stamp: tuple) -> tuple[tuple[str, str], ...]:
+def _listing(roots: tuple[str, ...], exts: tuple[str, ...], stop, stamp: tuple) -> tuple[tuple[str, str], ...]:
     found: dict[str, str] = {}
     for d in roots:
-        for rel, full in walk(d):
-            if rel.lower().endswith(exts):
+        for rel, full in walk(d, stop=stop):
+            if rel.lower().endswith(exts) or (stop is not None and os.path.isdir(full)):
                 found.setdefault(rel, full)
     return tuple(sorted(found.items(), key=lambda kv: kv[0].lower()))
 
 
-def list_files(roots: Iterable[str | os.PathLike], exts: Iterable[str]) -> list[tuple[str, str]]:
+def list_files(roots: Iterable[str | os.PathLike], exts: Iterable[str],
+               stop: Callable[[str], bool] | None = None) -> list[tuple[str, str]]:
     """``(name relative to its folder, full path)`` for files ending in one of ``exts`` under the
-    folders (the first folder wins a name), cached as the module says. Missing folders are skipped."""
+    folders (the first folder wins a name), cached as the module says. Missing folders are skipped.
+    ``stop`` as in :func:`walk`: such folders are listed as one entry each (a model that is a folder)."""
     roots_t = tuple(os.fspath(r) for r in roots)
     exts_t = tuple(e.lower() for e in exts)
-    return list(_listing(roots_t, exts_t, _stamp(roots_t)))
+    return list(_listing(roots_t, exts_t, stop, _stamp(roots_t)))

@@ -19,7 +19,7 @@ from ..core import aesthetic as core
 from ..core.cache import FileCache, file_stamp
 from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float, check_finite_floats
-from ..core.folders import walk
+from ..core.folders import list_files
 from ..core.grid import AUTO_LAYOUT_RULE, make_grid
 from ..core.images import image_batch
 from ._managed import load_to_device, managed, read_weights
@@ -35,18 +35,14 @@ CATEGORY = "atelier/aesthetic"
 def list_aesthetic_models() -> list[str]:
     """Model folders (relative path of a dir holding config.json + weights) and head files, sorted.
 
-    core.folders.walk: bounded, each real folder once (a link loop ends), hidden entries skipped,
-    nothing created; a predictor folder is one entry, its weights are not listed on their own."""
+    core.folders.list_files: bounded, each real folder once (a link loop ends), hidden entries skipped,
+    nothing created, cached by folder mtimes; a predictor folder is one entry, its weights are not
+    listed on their own."""
     try:
         roots = folder_paths.get_folder_paths(FOLDER)
     except KeyError:
         roots = []
-    found = set()
-    for root in roots:
-        for rel, full in walk(root, stop=core.is_hf_predictor_dir):
-            if rel.lower().endswith(core.HEAD_FILE_EXTENSIONS) or os.path.isdir(full):  # a dir: a predictor
-                found.add(rel)
-    return sorted(found, key=str.lower)
+    return [rel for rel, _ in list_files(roots, core.HEAD_FILE_EXTENSIONS, stop=core.is_hf_predictor_dir)]
 
 
 def resolve_aesthetic(name: str, node: str, input: str = "model_name") -> str:

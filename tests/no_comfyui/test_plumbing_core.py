@@ -160,3 +160,20 @@ def test_error_messages_are_always_utf8_encodable():
     text.encode("utf-8")  # raises UnicodeEncodeError if a surrogate is left
     assert "#ff\\ud800ff" in text and text.startswith("[Atelier Remove Background] input 'background'")
     assert str(err.at("Other")) == text  # the attributed copy renders the same way
+
+
+def test_list_files_lists_model_folders_once(tmp_path):
+    from comfyui_atelier.core import folders
+    root = tmp_path / "aesthetic"
+    (root / "predictor").mkdir(parents=True)
+    (root / "predictor" / "config.json").write_text("{}")
+    (root / "predictor" / "model.safetensors").write_bytes(b"")
+    (root / "head.pth").write_bytes(b"")
+
+    def is_model_dir(d):
+        return os.path.isfile(os.path.join(d, "config.json"))
+
+    assert [n for n, _ in folders.list_files([root], [".pth", ".safetensors"], stop=is_model_dir)] == \
+        ["head.pth", "predictor"]
+    assert [n for n, _ in folders.list_files([root], [".pth", ".safetensors"])] == \
+        ["head.pth", "predictor/model.safetensors"]
