@@ -7,8 +7,8 @@ Every method gets the same ComfyUI IMAGE tensor ([1,H,W,3] float32) in the same 
 noise) and `drawing` (scanned line drawing: dark strokes on uneven paper, dust specks).
 
 - builtin : ComfyUI's `Canny` node (comfy_extras/nodes_canny.py, kornia), its default thresholds 0.4/0.8;
-- floor   : plain cv2.Canny(50, 80) on the same pixels plus the unavoidable conversions (float RGB -> uint8
-            gray, uint8 edges -> float 3-channel IMAGE), written into one preallocated tensor;
+- floor   : plain cv2.Canny(50, 80) on the same pixels plus the unavoidable conversions (float RGB -> uint8 RGB
+            as Save Image writes it, -> gray; uint8 edges -> float 3-channel IMAGE), into one preallocated tensor;
 - ours    : AtelierCanny (manual 50/80, resolution 0 = same pixels) and AtelierLineart (defaults, resolution 0;
             also with min_speck_area 0, to show what speck removal costs).
 
@@ -107,8 +107,9 @@ def floor_canny(image: torch.Tensor, low: float = 50, high: float = 80) -> torch
     b, h, w, _ = image.shape
     out = np.empty((b, h, w, 3), dtype=np.float32)  # numpy: huge pages for big buffers (as our nodes do)
     for i in range(b):
-        g = cv2.cvtColor(image[i].numpy(), cv2.COLOR_RGB2GRAY)  # float RGB -> float gray
-        u8 = cv2.addWeighted(g, 255.0, g, 0.0, 0.0, dtype=cv2.CV_8U)  # x255, round, saturate: one pass
+        rgb = image[i].numpy() * np.float32(255.0)  # ComfyUI Save Image's float -> uint8 (x255, clip, truncate),
+        np.clip(rgb, 0, 255, out=rgb)  # the conversion every Atelier node uses (an IMAGE and its PNG agree)
+        u8 = cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2GRAY)
         edges = cv2.Canny(u8, low, high)
         e = cv2.LUT(edges, U8_TO_FLOAT)  # uint8 -> float 0..1: one lookup
         cv2.merge([e, e, e], dst=out[i])  # 3 channels, written into the output buffer

@@ -270,3 +270,21 @@ def test_empty_latent_like_refuses_a_batch_over_the_budget(C, monkeypatch):
     CK.refused(lambda: C.AtelierEmptyLatentLike().generate(x, 64), "Atelier Empty Latent Like Image", "batch_size",
              "batch_size 64", "4 MiB", "lower batch_size")
     assert C.AtelierEmptyLatentLike().generate(x, 8)[0]["samples"].shape == (8, 4, 64, 64)
+
+
+@pytest.mark.parametrize("cls", ["AtelierCanny", "AtelierLineart"])
+def test_a_batch_equals_its_images_one_by_one(C, cls, monkeypatch):
+    node = getattr(C, cls)()
+    fn = node.detect if cls == "AtelierCanny" else node.extract
+    imgs = [photo(300, 280, seed=s) if s % 2 else drawing(300, 280, dark_on_light=s % 3 == 0) for s in range(6)]
+    x = batch(*imgs)
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        out, mask, info = fn(x, resolution=256)
+    for i, im in enumerate(imgs):
+        one, one_mask, one_info = fn(batch(im), resolution=256)
+        assert torch.equal(out[i], one[0]) and torch.equal(mask[i], one_mask[0]) and info == one_info
+    # an error in one image of the batch reaches the caller as it is
+    monkeypatch.setattr(C.E, "canny_image" if cls == "AtelierCanny" else "lineart_image",
+                        lambda *a, **k: (_ for _ in ()).throw(C.AtelierError("boom", node="N", input="image")))
+    with pytest.raises(C.AtelierError, match="boom"):
+        fn(x, resolution=256)
