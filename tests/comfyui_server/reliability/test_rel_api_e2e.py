@@ -113,6 +113,7 @@ def env(comfy_server, tiny_sd15, tmp_path_factory):
     secret = tmp / "secret.style.safetensors"
     shutil.copy(styles / STYLE, secret)
     place(styles / "rel_escape.style.safetensors").symlink_to(secret)
+    place(styles / "rel_corrupt.style.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 16)
     # fonts: a corrupt font file, a real font outside the font folders; loras: a corrupt file, a malicious pickle
     place(models / "fonts" / BROKEN_FONT).write_bytes(os.urandom(2048))
     outside_font = tmp / "fonts_elsewhere" / "Outside.ttf"
@@ -675,6 +676,12 @@ def style_load_absolute_existing_file(e):
 def style_load_symlink_out_of_the_folder(e):
     RL.refused(e["server"], _style_load_prompt(e, "rel_escape.style.safetensors"), node="Atelier Style Load",
                input="style_file", words=["was not found inside the folders"], when="rejected")
+
+
+@case("style", "error")
+def style_load_corrupt_style_file(e):
+    RL.refused(e["server"], _style_load_prompt(e, "rel_corrupt.style.safetensors"), node="Atelier Style Load",
+               input="style_file", words=["rel_corrupt.style.safetensors"], when="failed")
 
 
 @case("style", "error")
@@ -1247,7 +1254,9 @@ DEFECTS = {
                                                        "string to float' (core/glyph line-format parser)",
     "prompt_wrong_type_for_text": "AtelierSystemPrompt.run: a JSON object for 'prompt' (pinned runtime passes it "
                                   "through) raises a bare AttributeError ('dict' object has no attribute 'strip')",
-    "style_adapter_corrupt_file": "Style Adapter Loader: a corrupt adapter file's error has 'Expected:' but no 'Fix:'",
+    "style_adapter_corrupt_file": "Style Adapter Loader: a corrupt adapter file's error has 'Expected:' but no 'Fix:' "
+                                  "(core/style._read raises AtelierError without fix=)",
+    "style_load_corrupt_style_file": "Style Load: a corrupt style file's error has no 'Fix:' (core/style._read)",
     "text_boxes_deeply_nested_spec": "Text Boxes: a spec nested 100000 deep raises a bare RecursionError "
                                      "(core/glyph.parse_text_boxes: json.loads without a depth bound)",
     "layout_custom_deeply_nested": "Layout Compose: layout_json nested 50000 deep raises a bare RecursionError "
