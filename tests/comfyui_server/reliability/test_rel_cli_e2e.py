@@ -235,7 +235,7 @@ def test_batch_sigint_mid_run_then_resume(srv, tmp_path, after):
 
 
 def test_batch_two_runs_on_one_out(srv, tmp_path, after):
-    ids = [f"c{k:02d}" for k in range(8)]
+    ids = [f"c{k:02d}" for k in range(20)]  # the first run is still busy when the second starts
     CD.make_dataset(tmp_path / "ds", ids)
     out = tmp_path / "out"
     after.append(out)
