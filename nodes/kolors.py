@@ -16,7 +16,13 @@ from ComfyUI's own parts:
   ComfyUI's model management treat it like any text encoder. Conditioning: context [B, 256, 4096]
   (penultimate layer), pooled_output [B, 4096] (last layer, last token).
 
-Memory: see core.kolors.MEMORY_NOTE. Prompt weights "(word:1.2)" are not applied (read as text).
+- CONTROL_NET: Kolors' ControlNets (diffusers ControlNetModel files whose forward, in Kwai-Kolors'
+  kolors/models/controlnet.py, first applies their own ``encoder_hid_proj``) as ComfyUI's cldm
+  ControlNet + that projection, wrapped in ``comfy.controlnet.ControlNet``, so ComfyUI's Apply
+  ControlNet nodes use them; ComfyUI's own ControlNet loader cannot detect them (adm 5632).
+
+Memory: see core.kolors.MEMORY_NOTE. Prompt weights "(word:1.2)" are not applied (read as text), as
+in KolorsPipeline.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from types import SimpleNamespace
 
 import torch
 
+import comfy.cldm.cldm
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
@@ -460,9 +467,129 @@ class AtelierKolorsLoraLoader:
         return (patched,)
 
 
+# ----------------------------------------------------------------------------- ControlNet
+
+class KolorsControlNetModel(comfy.cldm.cldm.ControlNet):
+    """ComfyUI's ControlNet (cldm) + the Kolors ControlNet's own ``encoder_hid_proj`` on the context:
+    ComfyUI hands a ControlNet the conditioning's raw context (ChatGLM, 4096 wide), as it does the UNet."""
+
+    def __init__(self, *args, text_dim: int = K.TEXT_HIDDEN, **kwargs):
+        super().__init__(*args, **kwargs)
+        ops = kwargs.get("operations") or comfy.ops.disable_weight_init
+        self.encoder_hid_proj = ops.Linear(text_dim, kwargs["context_dim"], bias=True,
+                                           dtype=kwargs.get("dtype"), device=kwargs.get("device"))
+
+    def forward(self, x, hint, timesteps, context, y=None, **kwargs):
+        if context is not None and context.shape[-1] == self.encoder_hid_proj.in_features:
+            context = self.encoder_hid_proj(context)
+        return super().forward(x, hint, timesteps, context, y=y, **kwargs)
+
+
+NODE_CN = "Atelier Kolors ControlNet Loader"
+
+
+def controlnet_keymap(sd: dict, unet_config: dict) -> dict:
+    """Diffusers ControlNetModel keys -> ComfyUI cldm keys (the UNet table + zero convs + hint block)."""
+    cfg = dict(unet_config, transformer_depth_output=[0] * sum(r + 1 for r in unet_config["num_res_blocks"]))
+    keymap = comfy.utils.unet_to_diffusers(cfg)
+    keymap.update({"encoder_hid_proj.weight": "encoder_hid_proj.weight", "encoder_hid_proj.bias": "encoder_hid_proj.bias",
+                   "controlnet_mid_block.weight": "middle_block_out.0.weight",
+                   "controlnet_mid_block.bias": "middle_block_out.0.bias"})
+    n = 0
+    while f"controlnet_down_blocks.{n}.weight" in sd:
+        for s in ("weight", "bias"):
+            keymap[f"controlnet_down_blocks.{n}.{s}"] = f"zero_convs.{n}.0.{s}"
+        n += 1
+    blocks = 0
+    while f"controlnet_cond_embedding.blocks.{blocks}.weight" in sd:
+        blocks += 1
+    for s in ("weight", "bias"):
+        keymap[f"controlnet_cond_embedding.conv_in.{s}"] = f"input_hint_block.0.{s}"
+        for b in range(blocks):
+            keymap[f"controlnet_cond_embedding.blocks.{b}.{s}"] = f"input_hint_block.{2 * (b + 1)}.{s}"
+        keymap[f"controlnet_cond_embedding.conv_out.{s}"] = f"input_hint_block.{2 * (blocks + 1)}.{s}"
+    return keymap
+
+
+def load_kolors_controlnet_state_dict(sd: dict, dtype: torch.dtype | None = None, node: str = NODE_CN):
+    """A diffusers-layout Kolors ControlNet (Kwai-Kolors/Kolors-ControlNet-*) -> comfy.controlnet.ControlNet."""
+    import comfy.controlnet
+    if "controlnet_cond_embedding.conv_in.weight" not in sd:
+        raise AtelierError("no controlnet_cond_embedding: this is not a diffusers-layout ControlNet", node=node,
+                           input="control_net_name", expected="a Kolors ControlNet (diffusion_pytorch_model.safetensors of "
+                           "Kwai-Kolors/Kolors-ControlNet-Canny/Depth/Pose)",
+                           fix="load SD1.5/SDXL ControlNets with ComfyUI's Load ControlNet Model")
+    try:
+        layout = K.unet_layout(sd)
+    except AtelierError as e:
+        raise AtelierError(e.problem.replace("UNet", "ControlNet"), node=node, input="control_net_name",
+                           expected="a Kolors ControlNet in the diffusers layout (encoder_hid_proj 4096->2048, "
+                                    "add_embedding with 5632 inputs)",
+                           fix="use ComfyUI's Load ControlNet Model for SD1.5/SDXL ControlNets") from None
+    cfg = {k: v for k, v in layout.unet_config.items() if k not in ("out_channels", "transformer_depth_output")}
+    keymap = controlnet_keymap(sd, layout.unet_config)
+    new_sd = {keymap[k]: v for k, v in sd.items() if k in keymap}
+    parameters = comfy.utils.calculate_parameters(sd)
+    load_device = mm.get_torch_device()
+    supported = [torch.float16, torch.bfloat16, torch.float32]
+    unet_dtype = dtype or mm.unet_dtype(model_params=parameters, supported_dtypes=supported)
+    manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, supported)
+    ops = comfy.ops.manual_cast if manual_cast_dtype is not None else comfy.ops.disable_weight_init
+    model = KolorsControlNetModel(hint_channels=3, text_dim=layout.text_dim, operations=ops,
+                                  device=mm.unet_offload_device(), dtype=unet_dtype, **cfg)
+    missing, _ = model.load_state_dict(new_sd, strict=False)
+    left = [k for k in sd if k not in keymap]
+    if missing or left:
+        raise AtelierError(f"the file's keys do not fill a Kolors ControlNet ({len(missing)} missing, {len(left)} unused; "
+                           f"first: {(missing or left)[0]})", node=node, input="control_net_name",
+                           expected="a complete Kolors ControlNet in the diffusers layout",
+                           fix="re-download the ControlNet's diffusion_pytorch_model.safetensors")
+    return comfy.controlnet.ControlNet(control_model=model, load_device=load_device, manual_cast_dtype=manual_cast_dtype)
+
+
+class AtelierKolorsControlNetLoader:
+    DISPLAY = NODE_CN
+    DESCRIPTION = ("Loads a Kolors ControlNet (Kwai-Kolors/Kolors-ControlNet-Canny, -Depth, -Pose: diffusers "
+                   "ControlNetModel files with their own 4096->2048 text projection and the 5632-wide adm) from "
+                   "models/controlnet as a CONTROL_NET for ComfyUI's Apply ControlNet nodes. ComfyUI's own Load "
+                   "ControlNet Model cannot detect these files.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        try:
+            files = [f for f in folder_paths.get_filename_list("controlnet") if f.endswith((".safetensors", ".sft"))]
+        except KeyError:
+            files = []
+        return {"required": {
+            "control_net_name": (files, {"tooltip": "A Kolors ControlNet in ComfyUI/models/controlnet "
+                                                    "(diffusion_pytorch_model.fp16.safetensors of Kwai-Kolors/Kolors-ControlNet-*, "
+                                                    "about 2.5 GB in fp16)."}),
+        }}
+
+    RETURN_TYPES = ("CONTROL_NET",)
+    OUTPUT_TOOLTIPS = ("A ComfyUI ControlNet for the Kolors MODEL: use it with Apply ControlNet on conditioning from "
+                       "the Kolors text encoder.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, control_net_name):
+        path = folder_paths.get_full_path("controlnet", control_net_name) if control_net_name else None
+        if not path:
+            raise AtelierError(f"ControlNet file '{control_net_name}' was not found", node=NODE_CN,
+                               input="control_net_name", expected="a file in ComfyUI/models/controlnet",
+                               fix="put the Kolors ControlNet into ComfyUI/models/controlnet and refresh")
+        sd, _ = read_weights(path)
+        try:
+            return (load_kolors_controlnet_state_dict(sd),)
+        except AtelierError as e:
+            raise AtelierError(f"'{control_net_name}': {e.problem}", node=NODE_CN, input="control_net_name",
+                               expected=e.expected, fix=e.fix) from None
+
+
 NODE_CLASS_MAPPINGS = {
     "AtelierKolorsUNetLoader": AtelierKolorsUNetLoader,
     "AtelierKolorsTextEncoderLoader": AtelierKolorsTextEncoderLoader,
     "AtelierKolorsLoraLoader": AtelierKolorsLoraLoader,
+    "AtelierKolorsControlNetLoader": AtelierKolorsControlNetLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {cid: cls.DISPLAY for cid, cls in NODE_CLASS_MAPPINGS.items()}

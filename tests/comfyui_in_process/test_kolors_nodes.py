@@ -136,7 +136,8 @@ def test_missing_text_encoder_folder_is_explained(env):
 
 def test_node_definitions(env):
     N = env["N"]
-    assert set(N.NODE_CLASS_MAPPINGS) == {"AtelierKolorsUNetLoader", "AtelierKolorsTextEncoderLoader", "AtelierKolorsLoraLoader"}
+    assert set(N.NODE_CLASS_MAPPINGS) == {"AtelierKolorsUNetLoader", "AtelierKolorsTextEncoderLoader",
+                                        "AtelierKolorsLoraLoader", "AtelierKolorsControlNetLoader"}
     for cid, cls in N.NODE_CLASS_MAPPINGS.items():
         assert cls.CATEGORY == "atelier/kolors" and cls.DISPLAY.startswith("Atelier Kolors ")
         assert N.NODE_DISPLAY_NAME_MAPPINGS[cid] == cls.DISPLAY
