@@ -1,6 +1,7 @@
 """Kolors end to end on a real ComfyUI server (pinned runtime and 0.3.64): the tiny Kolors UNet and
 tiny ChatGLM3 through the pack's loaders -> ComfyUI's CLIPTextEncode -> KSampler (2 steps, 64x64)
--> VAEDecode (the tiny SD1.5 checkpoint's VAE: same KL-f8 architecture as SDXL's) -> SaveImage."""
+-> VAEDecode (the tiny SD1.5 checkpoint's VAE: same KL-f8 architecture as SDXL's) -> SaveImage; the same
+with a tiny Kolors ControlNet through ComfyUI's ControlNetApply."""
 from __future__ import annotations
 
 import time
@@ -70,3 +71,25 @@ def test_kolors_loader_error_reaches_the_user(kolors_files, comfy_server, tiny_s
     with pytest.raises(Exception) as e:
         comfy_server.run(g)
     assert "encoder_hid_proj" in str(e.value) and "Atelier Kolors UNet Loader" in str(e.value)
+
+
+def test_kolors_controlnet_graph(kolors_files, comfy_server, tiny_sd15):
+    """Atelier Kolors ControlNet Loader -> ComfyUI's ControlNetApply on the Kolors conditioning -> KSampler."""
+    from PIL import Image
+    cn_dir = Path(kolors_files["paths"][0]).parents[2] / "controlnet"
+    cn_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in KM.controlnet_state_dict().items()}, str(cn_dir / "atelier-kolors-e2e-cn.safetensors"))
+    ckpt = tiny_sd15["checkpoints"].name
+    plain = _graph(kolors_files, ckpt, "a mug")
+    g = _graph(kolors_files, ckpt, "a mug")
+    g["10"] = {"class_type": "AtelierKolorsControlNetLoader", "inputs": {"control_net_name": "atelier-kolors-e2e-cn.safetensors"}}
+    g["11"] = {"class_type": "LoadImage", "inputs": {"image": "line_drawing_mug.png"}}
+    g["12"] = {"class_type": "ImageScale", "inputs": {"image": ["11", 0], "upscale_method": "bilinear", "width": 64,
+                                                      "height": 64, "crop": "center"}}
+    g["13"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["3", 0], "control_net": ["10", 0],
+                                                           "image": ["12", 0], "strength": 1.0}}
+    g["6"]["inputs"]["positive"] = ["13", 0]
+    a = np.asarray(Image.open(comfy_server.output_files(comfy_server.run(plain), "9")[0]).convert("RGB"), dtype=np.float32)
+    b = np.asarray(Image.open(comfy_server.output_files(comfy_server.run(g), "9")[0]).convert("RGB"), dtype=np.float32)
+    assert b.shape == (64, 64, 3) and np.isfinite(b).all() and np.abs(a - b).max() > 1.0
