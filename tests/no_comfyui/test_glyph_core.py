@@ -396,3 +396,16 @@ def test_layout_refuses_nonfinite_numbers():
                 '{"canvas": [400, 200], "label_inset": NaN, "regions": [{"slot": "key", "rect": [1, 1, 5, 5]}]}'):
         with pytest.raises(AtelierError, match=r"\[N\] input 'layout_json'"):
             L.load_layout(bad, node="N")
+
+
+def test_font_scan_survives_a_link_loop_and_lists_each_font_once(tmp_path, latin_font):
+    root = tmp_path / "fonts"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(latin_font, root / "sub" / "LoopSans.ttf")
+    (root / "sub" / "back").symlink_to(root, target_is_directory=True)  # fonts/sub/back -> fonts: a loop
+    (root / ".hidden").mkdir()
+    shutil.copy(latin_font, root / ".hidden" / "Hidden.ttf")
+    table = F.list_fonts([root])
+    assert table["LoopSans.ttf"] == str(root / "sub" / "LoopSans.ttf") and "sub/LoopSans.ttf" in table
+    assert not any("back/" in k for k in table) and "Hidden.ttf" not in table
+    assert F.font_names([root]) == ["LoopSans.ttf"]
