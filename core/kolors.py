@@ -41,7 +41,6 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Callable, Optional
 
 import torch

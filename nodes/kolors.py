@@ -39,6 +39,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
 import comfy.sd
+import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 import folder_paths
@@ -112,7 +113,7 @@ class KolorsConfig(comfy.supported_models_base.BASE):
     latent_format = comfy.latent_formats.SDXL
     sampling_settings = {"beta_schedule": "linear", "linear_start": K.SCHEDULE["beta_start"],
                          "linear_end": K.SCHEDULE["beta_end"], "timesteps": K.SCHEDULE["num_train_timesteps"]}
-    memory_usage_factor = getattr(__import__("comfy.supported_models", fromlist=["SDXL"]).SDXL, "memory_usage_factor", 0.8)
+    memory_usage_factor = getattr(comfy.supported_models.SDXL, "memory_usage_factor", 0.8)   # SDXL's estimate
     supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
 
     def __init__(self, unet_config):
