@@ -63,7 +63,7 @@ if [ -f "$CURRENT_TARBALL" ]; then
 fi
 
 step "installing comfyui-atelier (editable) with its test extras"
-"${PIP[@]}" -e ".[dev,train]"
+"${PIP[@]}" -e ".[dev,train,kolors]"
 # OCR backend: rapidocr_onnxruntime declares opencv-python, which would sit beside the headless
 # opencv ComfyUI environments use (two cv2 packages). Install it without deps, then what it needs.
 if ! .venv/bin/python -c "import rapidocr_onnxruntime" 2>/dev/null; then
