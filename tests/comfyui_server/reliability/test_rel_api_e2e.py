@@ -355,6 +355,55 @@ def prompt_wrong_type_for_text(e):
         RL.assert_clear(text, SYSTEM_PROMPT, "prompt")
 
 
+# ------------------------------------------------------------------------ NaN pixels from a VAE decode
+# A real chain: Empty Latent -> Latent Multiply by NaN (it passes ComfyUI's min/max check) -> VAE Decode:
+# every pixel is NaN, as after an fp16 VAE overflow. Each family's image input must refuse it by name.
+
+def nan_decode(e, w=64, h=64) -> dict:
+    return {"c": ckpt(e),
+            "el": {"class_type": "EmptyLatentImage", "inputs": {"width": w, "height": h, "batch_size": 2}},
+            "lm": {"class_type": "LatentMultiply", "inputs": {"samples": ["el", 0], "multiplier": NAN}},
+            "vd": {"class_type": "VAEDecode", "inputs": {"samples": ["lm", 0], "vae": ["c", 2]}}}
+
+
+@case("conditioners", "error")
+def canny_after_a_nan_vae_decode(e):
+    p = nan_decode(e)
+    p.update({"2": canny(["vd", 0]), "3": save("2", "rel_nan")})
+    RL.refused(e["server"], p, node="Atelier Canny", input="image", words=["2 of 2 images", "NaN/inf pixels",
+                                                                           "--fp32-vae"], when="failed")
+
+
+@case("matting", "error")
+def remove_background_after_a_nan_vae_decode(e):
+    p = nan_decode(e)
+    p.update({"m": saliency(CLASSICAL), "2": remove_bg(["m", 0], ["vd", 0]), "3": save("2", "rel_nan")})
+    RL.refused(e["server"], p, node="Atelier Remove Background", input="image", words=["NaN/inf pixels"],
+               when="failed")
+
+
+@case("aesthetic", "error")
+def aesthetic_scorer_after_a_nan_vae_decode(e):
+    p = nan_decode(e)
+    p.update({"m": {"class_type": "AtelierAestheticLoader", "inputs": {"model_name": PRED}},
+              "sc": {"class_type": "AtelierAestheticScorer", "inputs": {"aesthetic_model": ["m", 0],
+                                                                        "images": ["vd", 0]}},
+              "g": grid(["vd", 0], scores=["sc", 0]), "o": save("g", "rel_nan")})
+    RL.refused(e["server"], p, node="Atelier Aesthetic Scorer", input="images", words=["NaN/inf pixels"],
+               when="failed")
+
+
+@case("style", "error")
+def style_encode_after_a_nan_vae_decode(e):
+    p = nan_decode(e)
+    p.update({"s": {"class_type": "AtelierStyleEncode", "inputs": {"images": ["vd", 0], "vae": ["c", 2],
+                                                                   "resolution": 64, "crop": "center"}},
+              "v": {"class_type": "AtelierStyleSave", "inputs": {"style": ["s", 0], "filename": "rel/nan"}}})
+    RL.refused(e["server"], p, node="Atelier Style Encode", input="images", words=["NaN/inf pixels"],
+               when="failed")
+    assert not (e["styles"] / "rel" / "nan.style.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------- conditioners
 
 def _canny_prompt(e, img="ok", **kw) -> dict:
