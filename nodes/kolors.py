@@ -46,6 +46,7 @@ import folder_paths
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..core import kolors as K
+from ..core import kolors_lora as KL
 from ..core.cache import file_stamp
 from ..core.errors import AtelierError
 from ..core.folders import walk
@@ -447,9 +448,9 @@ class AtelierKolorsLoraLoader:
         sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
         try:
             u = cfg.unet_config
-            blocks = K.diffsynth_blocks(u["num_res_blocks"], u["transformer_depth"], u.get("transformer_depth_middle", 1),
+            blocks = KL.diffsynth_blocks(u["num_res_blocks"], u["transformer_depth"], u.get("transformer_depth_middle", 1),
                                         u.get("transformer_depth_output"))
-            kohya, fmt, unmapped = K.lora_to_kohya(sd, blocks, diffsynth_alpha or None)
+            kohya, fmt, unmapped = KL.lora_to_kohya(sd, blocks, diffsynth_alpha or None)
         except AtelierError as e:
             raise AtelierError(f"'{lora_name}': {e.problem}", node=node, input="lora_name", expected=e.expected, fix=e.fix) from None
         import comfy.lora

@@ -97,8 +97,8 @@ def _load(N, name):
 
 
 def test_diffsynth_block_numbers_match_diffsynth_sdxl_unet():
-    from comfyui_atelier.core import kolors as K
-    sdxl = K.diffsynth_blocks([2, 2, 2], [0, 0, 2, 2, 10, 10], 10, [0, 0, 0, 2, 2, 2, 10, 10, 10])
+    from comfyui_atelier.core import kolors_lora as KL
+    sdxl = KL.diffsynth_blocks([2, 2, 2], [0, 0, 2, 2, 10, 10], 10, [0, 0, 0, 2, 2, 2, 10, 10, 10])
     # diffsynth/models/sdxl_unet.py: AttentionBlocks at these list positions, 49 blocks in all
     assert sorted(i for i, v in sdxl.items() if ".attentions." in v) == [7, 10, 15, 18, 21, 25, 28, 31, 35, 38, 41]
     assert max(sdxl) == 48 and sdxl[4] == "down_blocks.0.downsamplers.0" and sdxl[32] == "up_blocks.0.upsamplers.0"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from comfyui_atelier.core import kolors as K
+from comfyui_atelier.core import kolors_lora as KL
 from comfyui_atelier.core.errors import AtelierError
 from tests.fixtures import kolors_models as KM
 
@@ -120,22 +121,22 @@ def test_lora_formats_convert_to_the_same_kohya_keys():
     a, b = torch.randn(16, 128), torch.randn(128, 16)
     mod = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0"
     kohya_name = "lora_unet_" + mod.replace(".", "_")
-    blocks = K.diffsynth_blocks([1, 1], [0, 1], 1, [0, 0, 1, 1])
+    blocks = KL.diffsynth_blocks([1, 1], [0, 1], 1, [0, 0, 1, 1])
     files = {
         "diffusers": {f"unet.{mod}.lora_A.weight": a, f"unet.{mod}.lora_B.weight": b},
         "diffsynth": {"blocks.5.transformer_blocks.0.attn1.to_out.lora_A.default.weight": a,
                       "blocks.5.transformer_blocks.0.attn1.to_out.lora_B.default.weight": b},
     }
     for fmt, sd in files.items():
-        assert K.lora_format(sd) == fmt
-        out, got_fmt, unmapped = K.lora_to_kohya(sd, blocks, 4.0 if fmt == "diffsynth" else None)
+        assert KL.lora_format(sd) == fmt
+        out, got_fmt, unmapped = KL.lora_to_kohya(sd, blocks, 4.0 if fmt == "diffsynth" else None)
         assert got_fmt == fmt and not unmapped
         assert torch.equal(out[f"{kohya_name}.lora_down.weight"], a) and torch.equal(out[f"{kohya_name}.lora_up.weight"], b)
         assert float(out[f"{kohya_name}.alpha"]) == (4.0 if fmt == "diffsynth" else 16.0)   # no alpha: rank (scale 1)
     kohya = {f"{kohya_name}.lora_down.weight": a, f"{kohya_name}.lora_up.weight": b, f"{kohya_name}.alpha": torch.tensor(8.0)}
-    assert K.lora_to_kohya(kohya)[0] is not kohya and K.lora_format(kohya) == "kohya"
+    assert KL.lora_to_kohya(kohya)[0] is not kohya and KL.lora_format(kohya) == "kohya"
     with pytest.raises(AtelierError, match="LoRA"):
-        K.lora_format({"conv_in.weight": a})
+        KL.lora_format({"conv_in.weight": a})
 
 
 def test_incomplete_weights_are_refused(tmp_path, text_folder):
