@@ -131,19 +131,17 @@ def env(comfy_server, tiny_sd15, tmp_path_factory):
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_sd15["checkpoints"].name}},
         "2": {"class_type": "LoadImage", "inputs": {"image": imgs["ok"]}},
         "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "warm"}},
         "5": {"class_type": "AtelierStyleEncode", "inputs": {"images": ["2", 0], "vae": ["1", 2],
                                                              "resolution": 64, "crop": "center"}},
         "6": {"class_type": "AtelierStyleSave", "inputs": {"style": ["5", 0], "filename": "rel/warm"}},
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "rel_warm"}},
-        "8": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
     }
-    del warm["8"]
     s.run(warm, timeout=300)
     made.append(styles / "rel" / "warm.style.safetensors")
     limit = RL.limit_address_space(s.proc.pid, HEADROOM)
-    yield {"relimit": lambda srv: RL.limit_address_space(srv.proc.pid, HEADROOM), "server": s, "img": imgs, "ckpt": tiny_sd15["checkpoints"].name, "lora": tiny_sd15["loras"].name,
-           "marker": marker, "tmp": tmp, "outside_font": outside_font, "limit": limit, "styles": styles, "n": [0]}
+    yield {"server": s, "img": imgs, "ckpt": tiny_sd15["checkpoints"].name, "lora": tiny_sd15["loras"].name,
+           "marker": marker, "tmp": tmp, "outside_font": outside_font, "limit": limit, "styles": styles, "n": [0],
+           "relimit": lambda srv: RL.limit_address_space(srv.proc.pid, HEADROOM)}
     for p in reversed(made):  # the workspace is the session's: leave its folders as found
         if p.is_symlink() or p.is_file():
             p.unlink()
@@ -333,7 +331,8 @@ def prompt_deep_user_preset_is_skipped(e):
 def prompt_lines_only_comments(e):
     p = {"1": {"class_type": "AtelierPromptLines", "inputs": {"text": "# one\n\n   \n# two", "skip_comments": True}},
          "2": load(e["img"]["ok"]), "3": grid(["2", 0], captions=["1", 0]), "4": save("3", "rel_lines")}
-    RL.refused(e["server"], p, node=("Atelier Prompt Lines", "AtelierPromptLines"), input="text", words=["no prompt lines"])
+    RL.refused(e["server"], p, node=("Atelier Prompt Lines", "AtelierPromptLines"), input="text",
+               words=["no prompt lines"])
 
 
 @case("prompt", "error")
@@ -342,7 +341,8 @@ def prompt_encode_surrogate_in_negative(e):
         "clip": ["c", 1], "prompt": "a mug", "preset": "e-commerce white background", "position": "preset default",
         "extra_negative": "blur \udfff", "style_id": ""}}}
     p.update(sampled(e, ["enc", 0], ["enc", 1]))
-    RL.refused(e["server"], p, node=("Atelier System Prompt (encode)", "AtelierSystemPromptEncode"), input="extra_negative",
+    RL.refused(e["server"], p, node=("Atelier System Prompt (encode)", "AtelierSystemPromptEncode"),
+               input="extra_negative",
                words=["lone surrogate"], when="failed")
 
 
@@ -909,7 +909,8 @@ def glyph_render_huge_font_size_is_fitted(e):
 
 @case("glyph", "result")
 def glyph_render_no_boxes(e):
-    entry = e["server"].run(_render_prompt({"type": "atelier_glyphs", "version": 1, "width": 96, "height": 32, "items": []}))
+    entry = e["server"].run(_render_prompt({"type": "atelier_glyphs", "version": 1, "width": 96, "height": 32,
+                                            "items": []}))
     img = one_image(e["server"], entry)
     assert img.shape[:2] == (32, 96) and img.max() == 0
 
@@ -1045,6 +1046,10 @@ def _score_prompt(e, tail: dict, img="ok", model=PRED) -> dict:
     return p
 
 
+def _grid_tail() -> dict:
+    return {"g": grid(["1", 0], scores=["sc", 0]), "o": save("g", "rel_aes")}
+
+
 def _filter(**kw) -> dict:
     inputs = {"images": ["1", 0], "scores": ["sc", 0], "mode": "threshold", "threshold": 6.0, "top_k": 4,
               "if_none_pass": "keep best"}
@@ -1054,7 +1059,7 @@ def _filter(**kw) -> dict:
 
 @case("aesthetic", "error")
 def aesthetic_loader_traversal(e):  # the uniform confinement message (or ComfyUI's list check)
-    RL.refused_or_not_listed(e["server"], _score_prompt(e, {"g": grid(["1", 0], scores=["sc", 0]), "o": save("g", "rel_aes")},
+    RL.refused_or_not_listed(e["server"], _score_prompt(e, _grid_tail(),
                                           model="../../../../tmp"),
                node="Atelier Aesthetic Loader", input="model_name", words=["was not found inside the folders"])
     assert "tmp" not in os.listdir(e["server"].models_dir / "aesthetic")
@@ -1062,7 +1067,7 @@ def aesthetic_loader_traversal(e):  # the uniform confinement message (or ComfyU
 
 @case("aesthetic", "error")
 def aesthetic_loader_name_with_a_lone_surrogate(e):
-    RL.refused_or_not_listed(e["server"], _score_prompt(e, {"g": grid(["1", 0], scores=["sc", 0]), "o": save("g", "rel_aes")},
+    RL.refused_or_not_listed(e["server"], _score_prompt(e, _grid_tail(),
                                           model="pred\ud800"),
                node="Atelier Aesthetic Loader", input="model_name", words=["was not found"])
 
@@ -1108,7 +1113,8 @@ def aesthetic_filter_top_k_zero(e):
 
 @case("aesthetic", "error")
 def aesthetic_filter_hand_typed_scores_for_two_images(e):
-    p = {"1": load(e["img"]["ok"]), "2": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["1", 0]}},
+    p = {"1": load(e["img"]["ok"]),
+         "2": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["1", 0]}},
          "f": {"class_type": "AtelierAestheticFilter", "inputs": {
              "images": ["2", 0], "scores": 5.0, "mode": "threshold", "threshold": 6.0, "top_k": 4,
              "if_none_pass": "stop with error"}}, "o": save("f", "rel_aes")}

@@ -100,8 +100,9 @@ def tiny_disk(tmp_path):
     ATELIER_RELIABILITY_FSIZE=1 (the cases then use prlimit --fsize, a real EFBIG from the kernel)."""
     d = tmp_path / "tiny_disk"
     d.mkdir()
-    ok = os.geteuid() == 0 and not os.environ.get("ATELIER_RELIABILITY_FSIZE") and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
-                                              capture_output=True).returncode == 0
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)]
+    ok = (os.geteuid() == 0 and not os.environ.get("ATELIER_RELIABILITY_FSIZE")
+          and subprocess.run(mount, capture_output=True).returncode == 0)
     yield d if ok else None
     if ok:
         subprocess.run(["umount", str(d)], capture_output=True)
@@ -278,8 +279,7 @@ def _captions(ds: Path, rows: list[dict], images=()) -> None:
 @pytest.mark.parametrize("bad_id", ["../escape", "/tmp/abs_escape", "sub/../../escape", ".hidden", "a\x00b"])
 def test_batch_ids_that_would_leave_the_output_folder(srv, tmp_path, after, bad_id):
     ds = tmp_path / "ds"
-    _captions(ds, [{"id": "ok1", "prompt": "x"}, {"id": bad_id.replace("\x00", ""), "prompt": "y"} if "\x00" not in bad_id
-                   else {"id": bad_id, "prompt": "y"}], images=["ok1"])
+    _captions(ds, [{"id": "ok1", "prompt": "x"}, {"id": bad_id, "prompt": "y"}], images=["ok1"])
     CD.write_png(tmp_path / "escape.png", [[7] * 16 for _ in range(16)])  # what '../escape' would pick up
     out = tmp_path / "out"
     after.append(tmp_path)
