@@ -397,6 +397,9 @@ class AtelierKolorsTextEncoderLoader:
         return (load_kolors_text_encoder(folder, DTYPES.get(weight_dtype), device),)
 
 
+NO_LORA = "none"  # the LoRA selector's pass-through choice (as Atelier LoRA (optional))
+
+
 class AtelierKolorsLoraLoader:
     DISPLAY = "Atelier Kolors LoRA Loader"
     DESCRIPTION = ("Applies a Kolors UNet LoRA in any of the formats people publish: kohya (lora_unet_*), "
@@ -413,8 +416,10 @@ class AtelierKolorsLoraLoader:
             loras = []
         return {"required": {
             "model": ("MODEL", {"tooltip": "The Kolors MODEL (Atelier Kolors UNet Loader)."}),
-            "lora_name": (loras, {"tooltip": "A Kolors LoRA in ComfyUI/models/loras (.safetensors, or .ckpt/.pt/.bin "
-                                             "read with torch.load(weights_only=True))."}),
+            "lora_name": ([NO_LORA] + loras, {"default": NO_LORA, "tooltip":
+                          "A Kolors LoRA in ComfyUI/models/loras (.safetensors, or .ckpt/.pt/.bin read with "
+                          "torch.load(weights_only=True)). 'none': no LoRA, the MODEL passes through unchanged (so a "
+                          "workflow runs with only the base model's files)."}),
             "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                          "tooltip": "LoRA strength, as in ComfyUI's LoRA loaders."}),
             "diffsynth_alpha": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":
@@ -430,6 +435,8 @@ class AtelierKolorsLoraLoader:
 
     def apply(self, model, lora_name, strength_model=1.0, diffsynth_alpha=4.0):
         node = self.DISPLAY
+        if lora_name == NO_LORA:
+            return (model,)
         path = folder_paths.get_full_path("loras", lora_name) if lora_name else None
         if not path:
             raise AtelierError(f"LoRA file '{lora_name}' was not found", node=node, input="lora_name",

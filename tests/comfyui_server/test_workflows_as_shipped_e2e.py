@@ -9,6 +9,11 @@ sampling steps and smaller image / latent sizes (tiny random models on a CPU), a
 changed nothing else. The prompt must pass the server's validation (/prompt accepts it) and run to its last
 Save Image: every Save Image node's files exist.
 
+story_set_kolors runs on the tiny Kolors UNet and ChatGLM3 folder (tests/fixtures/kolors_models.py) under the
+manifest's names (models/unet/kolors_unet_fp16.safetensors, the folder models/clip/kolors_chatglm3) and the tiny
+SD1.5 checkpoint's VAE (same KL-f8 architecture as SDXL's) as models/vae/sdxl_vae.safetensors; its wall time and
+the server's peak RSS so far are printed and recorded.
+
 Also here: line2product keeps a 3:4 drawing's aspect end to end, and story_set's Set Gate (threshold 6.0,
 on_fail "stop workflow") stops a failing set before the grid's Save Image.
 
@@ -38,6 +43,7 @@ WORKFLOWS = {p.stem: p for p in sorted((PACK / "workflows").glob("*.json"))}
 EXAMPLE_INPUTS = PACK / "example_inputs"
 SD15_WORKFLOWS = ("remove_background", "line2product", "style_transfer")
 SDXL_WORKFLOWS = ("keyboard_skin", "story_set")
+KOLORS_WORKFLOWS = ("story_set_kolors",)
 
 # What the test may change, and how: fewer steps, smaller images / latents. Nothing else.
 STEP_INPUTS = {"steps": 1}
@@ -82,6 +88,21 @@ def changed_inputs(shipped: dict, run: dict) -> dict[tuple[str, str], tuple]:
             if run[nid]["inputs"][name] != value:
                 diff[(nid, name)] = (value, run[nid]["inputs"][name])
     return diff
+
+
+def under_a_folder_target(rel: Path, targets: set[str]) -> bool:
+    """A file inside a manifest entry that is a folder (the Kolors text encoder: models/clip/kolors_chatglm3/...)."""
+    return any(str(parent) in targets for parent in rel.parents)
+
+
+def vae_from_checkpoint(ckpt: Path, out: Path) -> Path:
+    """The VAE of a checkpoint (first_stage_model.* keys, prefix dropped) as a VAE file for Load VAE."""
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(ckpt))
+    vae = {k[len("first_stage_model."):]: v.contiguous() for k, v in sd.items() if k.startswith("first_stage_model.")}
+    assert vae, f"{ckpt} has no first_stage_model.* keys"
+    save_file(vae, str(out))
+    return out
 
 
 def manifest_targets() -> dict[str, Path]:
@@ -178,22 +199,52 @@ def sdxl(shipped, request, tmp_path_factory) -> Shipped:
     ControlNet, a full-size random CLIP ViT-L/14 vision model (ComfyUI's loader takes no smaller one) and a
     LAION v2 head whose scores pass the story set's gate."""
     models = request.getfixturevalue("tiny_sdxl_models")
-    cache = tmp_path_factory.mktemp("as-shipped-sdxl-models")
-    more = {"sdxl-base": Path(models["checkpoints"]), "sdxl-controlnet-canny": Path(models["controlnet"]),
+    more = {"sdxl-base": Path(models["checkpoints"]), "sdxl-controlnet-canny": Path(models["controlnet"])}
+    _add_stand_ins(shipped, {**_aesthetic_stand_ins(shipped, tmp_path_factory), **more})
+    return shipped
+
+
+def _aesthetic_stand_ins(shipped: Shipped, tmp_path_factory) -> dict[str, Path]:
+    """The story sets' scorer models (built once per module): a full-size random CLIP ViT-L/14 vision model
+    (ComfyUI's loader takes no smaller one) and a LAION v2 head whose scores pass the 6.0 gate."""
+    if "clip-vit-l14" not in shipped.stand_ins:
+        cache = tmp_path_factory.mktemp("as-shipped-aesthetic-models")
+        _add_stand_ins(shipped, {
             "clip-vit-l14": Path(FX.build_comfy_vitl_clip_vision(str(cache / "clip_vision_vitl.safetensors"))),
-            "aesthetic-laion-v2-linear": aesthetic_head(cache / "aesthetic_head.pth", AESTHETIC_PASS_BIAS)}
+            "aesthetic-laion-v2-linear": aesthetic_head(cache / "aesthetic_head.pth", AESTHETIC_PASS_BIAS)})
+    return {k: shipped.stand_ins[k] for k in ("clip-vit-l14", "aesthetic-laion-v2-linear")}
+
+
+def _add_stand_ins(shipped: Shipped, more: dict[str, Path]) -> None:
     targets = manifest_targets()
     for model_id, src in more.items():
+        if shipped.stand_ins.get(model_id) == src:
+            continue
         link_file(src, shipped.server.models_dir / targets[model_id])
         shipped.stand_ins[model_id] = src
     shipped.info = shipped.server.object_info()  # the new files are listed after a refresh
+
+
+@pytest.fixture(scope="module")
+def kolors(shipped, tiny_sd15, tmp_path_factory) -> Shipped:
+    """Adds story_set_kolors' stand-ins under their manifest names: the tiny Kolors UNet (diffusers keys), the
+    tiny ChatGLM3 text_encoder folder (config, 2 shards + index, a sentencepiece tokenizer.model trained here),
+    the tiny SD1.5 checkpoint's VAE as the SDXL VAE, and the scorer models."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("sentencepiece")
+    from tests.fixtures import kolors_models as KM
+    cache = tmp_path_factory.mktemp("as-shipped-kolors-models")
+    more = {"kolors-unet-fp16": KM.build_unet(cache / "unet" / "kolors_unet.safetensors"),
+            "kolors-text-encoder": KM.build_text_encoder(cache / "text_encoder"),
+            "kolors-vae": vae_from_checkpoint(Path(tiny_sd15["checkpoints"]), cache / "vae.safetensors")}
+    _add_stand_ins(shipped, {**_aesthetic_stand_ins(shipped, tmp_path_factory), **more})
     return shipped
 
 
 # ----------------------------------------------------------------------------------------- tests
 
 def test_every_shipped_workflow_is_covered():
-    assert set(WORKFLOWS) == set(SD15_WORKFLOWS) | set(SDXL_WORKFLOWS)
+    assert set(WORKFLOWS) == set(SD15_WORKFLOWS) | set(SDXL_WORKFLOWS) | set(KOLORS_WORKFLOWS)
 
 
 def test_models_folder_holds_only_manifest_files(shipped):
@@ -201,8 +252,9 @@ def test_models_folder_holds_only_manifest_files(shipped):
     targets = {str(p) for p in manifest_targets().values()}
     present = {str(p.relative_to(shipped.server.models_dir)) for p in shipped.server.models_dir.rglob("*")
                if p.is_file() or p.is_symlink()}
-    assert present and present <= targets, present - targets
-    for name in SD15_WORKFLOWS + SDXL_WORKFLOWS:
+    extra = {p for p in present - targets if not under_a_folder_target(Path(p), targets)}
+    assert present and not extra, extra
+    for name in SD15_WORKFLOWS + SDXL_WORKFLOWS + KOLORS_WORKFLOWS:
         need = workflow_model_ids(name)
         assert need <= set(manifest_targets()), need
 
@@ -299,3 +351,25 @@ def test_story_set_failing_set_stops_before_the_grid(sdxl):
         assert not any(outputs.get(k, {}).get("images") for k in saves)
     finally:
         link_file(passing, head)
+
+
+def test_story_set_kolors_as_shipped(kolors, record_property):
+    """Kolors loaders (UNet, ChatGLM3 folder, the optional LoRA at 'none') + Load VAE + the story set's scorer, gate,
+    grid and saves, as shipped, on the tiny Kolors model."""
+    prompt, saved = _check_runs_as_shipped(kolors, "story_set_kolors", record_property)
+    types = {v["class_type"] for v in prompt.values()}
+    assert {"AtelierKolorsUNetLoader", "AtelierKolorsTextEncoderLoader", "VAELoader"} <= types
+    assert "CheckpointLoaderSimple" not in types                   # nothing SDXL-checkpoint-shaped is needed
+    assert [v["inputs"]["lora_name"] for v in prompt.values() if v["class_type"] == "AtelierKolorsLoraLoader"] == ["none"]
+    frames = [k for k, v in prompt.items()
+              if v["class_type"] == "SaveImage" and "frame" in v["inputs"]["filename_prefix"]]
+    assert frames and len(saved[frames[0]]) == 8                   # one frame per prompt line
+    imgs = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) for f in saved[frames[0]]]
+    assert all(np.isfinite(i).all() and i.std() > 0.5 for i in imgs)   # real decodes, not constant frames
+    # the 8 Chinese prompt lines reach the UNet: same seed, different prompts, different frames
+    assert max(np.abs(imgs[0] - i).max() for i in imgs[1:]) > 1.0
+    peak = kolors.server.peak_rss()
+    if peak:
+        record_property("peak_rss_gib[story_set_kolors]", round(peak / 2**30, 2))
+    print(f"\nstory_set_kolors as shipped on the tiny Kolors model: {TIMES['story_set_kolors']:.1f} s; "
+          f"server peak RSS so far {peak / 2**30 if peak else float('nan'):.2f} GiB")
