@@ -32,6 +32,7 @@ import random
 import re
 from typing import Any, Iterable
 
+from ..core import jsontext
 from ..core.errors import AtelierError
 from ..core.files import atomic_path
 from .flatten import MODE_BYPASS, MODE_NEVER, FlatGraph
@@ -42,6 +43,8 @@ VIRTUAL_NODE_TYPES = frozenset({
     "Reroute (rgthree)", "Note (rgthree)", "Label (rgthree)", "Fast Groups Muter (rgthree)",
     "Fast Groups Bypasser (rgthree)", "Bookmark (rgthree)",
 })
+#: workflows nest ~8 levels (subgraph definitions included); deeper is refused before json.loads recurses
+WORKFLOW_MAX_DEPTH = 64
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize", "increment-wrap"})
 
@@ -56,8 +59,11 @@ def load_json(path: str | os.PathLike) -> Any:
                            fix="check the path (shipped workflows live in workflows/ and workflows/api/)")
     try:
         with open(p, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+            return jsontext.loads(f.read(), limit=WORKFLOW_MAX_DEPTH)
+    except UnicodeDecodeError as e:
+        raise AtelierError(f"workflow file '{p}' is not UTF-8 text ({e})",
+                           fix="re-export it from ComfyUI (Save, or Save (API Format))") from None
+    except ValueError as e:  # invalid JSON, or nested too deep for json.loads' recursion
         raise AtelierError(f"workflow file '{p}' is not valid JSON ({e})",
                            fix="re-export it from ComfyUI (Save, or Save (API Format))") from None
 

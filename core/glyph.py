@@ -21,7 +21,6 @@ polygon, and a typed line format `text | x0,y0,x1,y1 [| font [| size]]`.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import threading
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .budget import check_size
+from . import jsontext
 from .errors import AtelierError
 from .fonts import choose_font, clear_font_rankings, load_font
 # font helpers other families reach through this module (core/grid.py, their tests, example_inputs)
@@ -129,7 +129,12 @@ def _parse_lines(spec: str, node, input) -> list[dict]:
             raise AtelierError(f"line {n} '{line}' has no box", node=node, input=input,
                                expected="'text | x0,y0,x1,y1 [| font [| size]]' or a JSON list",
                                fix="add the box after a '|'.")
-        nums = _num_list(parts[1])
+        try:
+            nums = _num_list(parts[1])
+        except ValueError:
+            raise AtelierError(f"line {n} '{line}': the box '{parts[1]}' is not a list of numbers", node=node,
+                               input=input, expected="'text | x0,y0,x1,y1 [| font [| size]]' with the corners in pixels",
+                               fix="write the corners as numbers, e.g. 'Q | 10,10,60,60'.") from None
         item = {"text": parts[0]}
         item["box" if len(nums) == 4 else "polygon"] = nums
         if len(parts) > 2 and parts[2]:
@@ -148,8 +153,8 @@ def parse_text_boxes(spec, *, node: str | None = None, input: str | None = None)
             return []
         if s[0] in "[{":
             try:
-                spec = json.loads(s)
-            except json.JSONDecodeError as exc:
+                spec = jsontext.loads(s)
+            except ValueError as exc:  # invalid, or nested too deep for json.loads' recursion
                 raise AtelierError(f"the text-box spec is not valid JSON: {exc}", node=node, input=input,
                                    expected='[{"text": "Q", "box": [10, 10, 60, 60]}]',
                                    fix="fix the JSON (double quotes, commas) or use lines 'text | x0,y0,x1,y1'.") from None

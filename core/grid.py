@@ -96,8 +96,12 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     ("" when not even one character does). A binary search over the prefix length: about
     log2(len) measurements of at most len characters, O(n log n), where dropping one character at
     a time measured n prefixes (O(n^2)); same result, since a longer prefix is never narrower."""
-    if draw.textlength(text, font=font) <= width:
+    # every drawn character is at least a pixel wide, so no more than `width` of them can fit: measuring
+    # only that prefix keeps a 1,000,000-character caption (PIL refuses such strings) as cheap as a short one
+    cut = text[:max(0, width) + 1]
+    if cut == text and draw.textlength(text, font=font) <= width:
         return text
+    text = cut
     lo, hi = 0, len(text) + 1  # text[:lo] + "…" fits (lo = 0 stands for ""), text[:hi] + "…" does not
     while hi - lo > 1:
         mid = (lo + hi) // 2

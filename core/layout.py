@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import jsontext
 from .errors import AtelierError
 
 LAYOUT_DIR = Path(__file__).resolve().parent.parent / "layouts"
@@ -64,8 +65,8 @@ def load_layout(spec: str | dict, *, node: str | None = None, input: str = "layo
             spec = json.loads(shipped[s].read_text(encoding="utf-8"))
         else:
             try:
-                spec = json.loads(s)
-            except json.JSONDecodeError as exc:
+                spec = jsontext.loads(s)
+            except ValueError as exc:  # invalid, or nested too deep for json.loads' recursion
                 raise AtelierError(f"layout is neither a shipped layout name nor valid JSON ({exc})", node=node,
                                    input=input, expected=f"one of {', '.join(shipped) or '(none)'} or a layout JSON",
                                    fix="pick a shipped layout or fix the JSON.") from None

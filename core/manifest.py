@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import AtelierError
-from .presets import json_depth_problem
+from .jsontext import depth_problem as json_depth_problem
 
 # ----------------------------------------------------------------------------- constants
 

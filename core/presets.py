@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import AtelierError
+from .jsontext import depth_problem as json_depth_problem  # noqa: F401  (named so by the manifest and tests)
 
 POSITIONS = ("prefix", "suffix")
 PRESET_KEYS = {"name", "description", "positive", "position", "negative", "categories", "template", "style",
@@ -136,33 +137,6 @@ MAX_PRESET_FILE_BYTES = 1 << 20  # a preset file is a few KB; 1 MiB is far beyon
 MAX_PRESET_DEPTH = 32  # a preset is 4 levels deep ([ {categories: {name: {keywords: [...]}}} ])
 
 
-def json_depth_problem(text: str, limit: int = MAX_PRESET_DEPTH) -> str | None:
-    """None, or why `text` nests deeper than `limit` arrays/objects; one linear scan that skips
-    strings, run before json.loads (whose recursion would otherwise raise RecursionError)."""
-    depth = 0
-    in_str = esc = False
-    line = 1
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return f"nested more than {limit} levels deep (at line {line})"
-        elif ch in "]}":
-            depth -= 1
-        if ch == "\n":
-            line += 1
-    return None
-
-
 def load_preset_file(path: str | os.PathLike) -> list[Preset]:
     """Presets in one JSON file: a single preset object or a list of them. Raises ValueError.
 
@@ -181,7 +155,7 @@ def load_preset_file(path: str | os.PathLike) -> list[Preset]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"cannot read file: {exc}") from exc
-    deep = json_depth_problem(text)
+    deep = json_depth_problem(text, MAX_PRESET_DEPTH)
     if deep:
         raise ValueError(f"JSON is {deep}; a preset needs at most 4")
     try:

@@ -394,8 +394,12 @@ def check_text(text, *, node: str | None = None, input: str | None = None) -> st
     """`text` unchanged, or an AtelierError when it holds a lone surrogate (U+D800..U+DFFF): not a
     character, so CLIP's tokenizer fails on it (TypeError) and it cannot be written as UTF-8. It comes
     from an API client that split an emoji's UTF-16 pair (JSON "\\ud83d" without its "\\ude00")."""
-    if not isinstance(text, str):
+    if text is None:
         return text
+    if not isinstance(text, str):  # the pinned runtime passes a JSON object or list sent for a STRING through
+        raise AtelierError(f"got {type(text).__name__}, not text", node=node, input=input, expected="a string",
+                           fix="type the text in the widget or connect a STRING output; an API client must send "
+                               "a JSON string for this input.")
     m = _SURROGATE.search(text)
     if m is None:
         return text

@@ -288,7 +288,9 @@ def _read(path, read: Reader | None, what: str, input: str) -> tuple[dict, dict]
         raise
     except Exception as exc:
         raise AtelierError(f"cannot read {what} file '{path}': {exc}", input=input,
-                           expected=f"a safetensors {what}") from exc
+                           expected=f"a safetensors {what}",
+                           fix=f"the file is damaged or not a {what}: write it again (Atelier Style Save, or "
+                               "`atelier train-style` for adapters) or pick another file.") from exc
     return sd, dict(meta or {})
 
 

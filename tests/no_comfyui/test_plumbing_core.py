@@ -177,3 +177,11 @@ def test_list_files_lists_model_folders_once(tmp_path):
         ["head.pth", "predictor"]
     assert [n for n, _ in folders.list_files([root], [".pth", ".safetensors"])] == \
         ["head.pth", "predictor/model.safetensors"]
+
+
+def test_jsontext_refuses_deep_nesting_before_json_recurses():
+    from comfyui_atelier.core import jsontext
+    assert jsontext.loads('{"a": [1, {"b": "[[[[["}]}') == {"a": [1, {"b": "[[[[["}]}  # brackets in strings
+    with pytest.raises(ValueError, match="nested more than 32 levels deep"):
+        jsontext.loads("[" * 100_000)
+    assert jsontext.loads("[" * 40 + "]" * 40, limit=64) is not None

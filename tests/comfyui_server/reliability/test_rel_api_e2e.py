@@ -1303,24 +1303,7 @@ def model_check_all_models(e):
 # Cases that show a defect in pack code keep asserting the documented outcome and are marked here, so the
 # suite stays green and the day the pack is fixed the mark must go (strict: an unexpected pass fails).
 
-DEFECTS = {
-    "text_boxes_line_format_with_a_word_for_a_number": "Text Boxes: 'Hello | 4,4,x,60' (a word for a coordinate in "
-                                                       "the line format) raises a bare ValueError 'could not convert "
-                                                       "string to float' (core/glyph line-format parser)",
-    "prompt_wrong_type_for_text": "AtelierSystemPrompt.run: a JSON object for 'prompt' (pinned runtime passes it "
-                                  "through) raises a bare AttributeError ('dict' object has no attribute 'strip')",
-    "style_adapter_corrupt_file": "Style Adapter Loader: a corrupt adapter file's error has 'Expected:' but no 'Fix:' "
-                                  "(core/style._read raises AtelierError without fix=)",
-    "style_load_corrupt_style_file": "Style Load: a corrupt style file's error has no 'Fix:' (core/style._read)",
-    "text_boxes_deeply_nested_spec": "Text Boxes: a spec nested 100000 deep raises a bare RecursionError "
-                                     "(core/glyph.parse_text_boxes: json.loads without a depth bound)",
-    "layout_custom_deeply_nested": "Layout Compose: layout_json nested 50000 deep raises a bare RecursionError "
-                                   "(core/layout.load_layout: json.loads without a depth bound)",
-    "grid_caption_over_a_million_characters": "Image Grid: a caption over 1,000,000 characters raises PIL's bare "
-                                              "ValueError 'too many characters in string' (core/grid._fit_text)",
-}
-PINNED_ONLY = {"prompt_wrong_type_for_text"}  # ComfyUI 0.3.64 turns a JSON object for a STRING into text
-PINNED = RUNTIME_VERSION is None
+DEFECTS: dict[str, str] = {}  # case name -> defect text: a case that shows an open defect, kept as a strict xfail
 
 
 def _params():
@@ -1328,8 +1311,7 @@ def _params():
     for n, (family, _outcome, _fn) in CASES.items():
         marks = []
         if n in DEFECTS:
-            marks.append(pytest.mark.xfail(n not in PINNED_ONLY or PINNED, reason="defect: " + DEFECTS[n],
-                                           strict=True))
+            marks.append(pytest.mark.xfail(reason="defect: " + DEFECTS[n], strict=True))
         out.append(pytest.param(n, id=f"{family}:{n}", marks=marks))
     return out
 

@@ -340,8 +340,6 @@ def test_batch_captions_not_utf8(srv, tmp_path, after):
         assert p.returncode == 2 and "captions" in p.stderr, p.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="defect: client/convert.load_json: a workflow nested 100000 deep raises a bare "
-                                      "RecursionError (traceback, exit 1) instead of exit 2 naming the file")
 def test_batch_workflow_is_not_json(srv, tmp_path, after):
     CD.make_dataset(tmp_path / "ds", ["j1"])
     wf = tmp_path / "wf.json"
