@@ -272,6 +272,22 @@ def _folder_paths(names) -> list[str]:
     return out
 
 
+def register_unet_folder() -> None:
+    """Old ComfyUI (the pinned runtime) knows only models/unet: add models/diffusion_models, where current
+    ComfyUI and models_manifest.json put the Kolors UNet, so the same files load on both. Idempotent."""
+    table = folder_paths.folder_names_and_paths
+    if "diffusion_models" in table:
+        return
+    folder_paths.add_model_folder_path("diffusion_models", os.path.join(folder_paths.models_dir, "diffusion_models"))
+    table["diffusion_models"] = (table["diffusion_models"][0], {".safetensors", ".sft"})
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop("diffusion_models", None)
+
+
+register_unet_folder()
+
+
 def unet_files() -> list[str]:
     seen = []
     for n in UNET_FOLDERS:

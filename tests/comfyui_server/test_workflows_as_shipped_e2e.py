@@ -10,7 +10,7 @@ changed nothing else. The prompt must pass the server's validation (/prompt acce
 Save Image: every Save Image node's files exist.
 
 story_set_kolors runs on the tiny Kolors UNet and ChatGLM3 folder (tests/fixtures/kolors_models.py) under the
-manifest's names (models/unet/kolors_unet_fp16.safetensors, the folder models/clip/kolors_chatglm3) and the tiny
+manifest's names (models/diffusion_models/kolors_unet_fp16.safetensors, the folder models/clip/kolors_chatglm3) and the tiny
 SD1.5 checkpoint's VAE (same KL-f8 architecture as SDXL's) as models/vae/sdxl_vae.safetensors; its wall time and
 the server's peak RSS so far are printed and recorded.
 

@@ -49,7 +49,8 @@ def workflow_problems(workflow: dict, name: str, manifest: mf.Manifest) -> list[
                 problems.append(f"{where}: manifest entry '{entry.id}' does not list workflow '{name}' in used_by.workflows")
         for w in widget_strings:
             entry = by_filename.get(w) or by_filename.get(w.replace("\\", "/").rsplit("/", 1)[-1])
-            if entry is not None and entry.filename not in listed:
+            # a folder entry (the Kolors text encoder) cannot be matched or fetched by the missing-models dialog
+            if entry is not None and entry.filename not in listed and entry.kind != "directory":
                 problems.append(f"{where}: selects manifest model '{w}' ('{entry.id}') without properties.models")
     return problems
 
