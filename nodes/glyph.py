@@ -66,12 +66,12 @@ def font_choices() -> list[str]:
         return ["auto"]
 
 
-def _validate_font(font: str) -> bool | str:
+def _validate_font(font: str, node: str) -> bool | str:
     if not font or font == "auto":
         return True
     try:
-        path, index = F.resolve_font(font, allowed_font_dirs())
-        F.load_font(path, index, 32)  # a damaged file or a face the collection lacks: said at queue time
+        path, index = F.resolve_font(font, allowed_font_dirs(), node=node)
+        F.load_font(path, index, 32, node=node)  # a damaged file or a face the collection lacks: said at queue time
     except AtelierError as exc:
         return str(exc)
     return True
@@ -319,7 +319,7 @@ class AtelierGlyphRender:
 
     @classmethod
     def VALIDATE_INPUTS(cls, font):
-        return _validate_font(font)
+        return _validate_font(font, cls.DISPLAY)
 
     def render(self, glyphs, width=0, height=0, font="auto", fit="contain", direction="from boxes", padding=0.08,
                polarity="white_on_black"):
@@ -374,7 +374,7 @@ class AtelierGlyphCompose:
 
     @classmethod
     def VALIDATE_INPUTS(cls, font):
-        return _validate_font(font)
+        return _validate_font(font, cls.DISPLAY)
 
     def compose(self, background, glyphs, font="auto", fit="contain", direction="from boxes", padding=0.08,
                 clear_under_text=True, polarity="white_on_black", pad_info=None):

@@ -53,7 +53,8 @@ def test_font_list_uses_the_fonts_model_folder_and_validates(N, fonts_folder):
     assert choices[0] == "auto" and "AtelierTestSans.ttf" in choices
     assert N.AtelierGlyphRender.VALIDATE_INPUTS(font="AtelierTestSans.ttf") is True
     msg = N.AtelierGlyphRender.VALIDATE_INPUTS(font="Missing.ttf")
-    assert isinstance(msg, str) and "unknown font 'Missing.ttf'" in msg
+    assert isinstance(msg, str) and msg.startswith("[Atelier Glyph Render] input 'font': unknown font 'Missing.ttf'")
+    assert N.AtelierGlyphCompose.VALIDATE_INPUTS(font="Missing.ttf").startswith("[Atelier Glyph Compose]")
     outside = fonts_folder.parent.parent / "stray.ttf"
     shutil.copy(fonts_folder / "AtelierTestSans.ttf", outside)
     try:
