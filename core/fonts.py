@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 from PIL import ImageFont
 
+from .confine import candidate, not_in_folder
 from .errors import AtelierError
 from .folders import walk
 
@@ -91,14 +92,6 @@ def font_names(dirs: Sequence[str | os.PathLike]) -> list[str]:
     return sorted({Path(p).name for p in list_fonts(dirs).values()}, key=str.lower)
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
 def resolve_font(name: str, dirs: Sequence[str | os.PathLike], *, node: str | None = None,
                  input: str | None = "font") -> tuple[str, int]:
     """Resolve a font name to (absolute path, face index).
@@ -121,16 +114,15 @@ def resolve_font(name: str, dirs: Sequence[str | os.PathLike], *, node: str | No
     folders = [Path(d).resolve() for d in dirs]
     p = Path(raw)
     if p.is_absolute() or "/" in raw or "\\" in raw:
-        cands = [p] if p.is_absolute() else [f / p for f in folders]
-        for c in cands:
-            real = c.resolve()
-            if real.is_file() and any(_is_inside(real, f) for f in folders):
-                if real.suffix.lower() not in FONT_EXTS:
-                    break
-                return str(real), index
-        raise AtelierError(f"font path '{raw}' is not a font file inside an allowed font folder", node=node,
-                           input=input, expected=f"a .ttf/.otf/.ttc file inside one of: {', '.join(map(str, folders)) or '(none)'}",
-                           fix="copy the font into ComfyUI/models/fonts/ and select it by file name.")
+        # a path: relative to a font folder, or absolute inside one; confined by the pack's one helper
+        # (no '..', symlinks may not lead out), with its uniform message whether or not the file exists
+        for f in folders:
+            rel = os.path.relpath(p, f) if p.is_absolute() else raw
+            path = candidate(rel, f)
+            if path is not None and os.path.isfile(path) and Path(path).suffix.lower() in FONT_EXTS:
+                return str(Path(path).resolve()), index
+        raise not_in_folder(raw, what="font file", node=node, input=input, folders=folders,
+                            fix="copy the font into ComfyUI/models/fonts/ and select it by file name.")
     table = list_fonts(dirs)
     if raw in table:
         return table[raw], index

@@ -58,7 +58,7 @@ def test_font_list_uses_the_fonts_model_folder_and_validates(N, fonts_folder):
     outside = fonts_folder.parent.parent / "stray.ttf"
     shutil.copy(fonts_folder / "AtelierTestSans.ttf", outside)
     try:
-        assert "not a font file inside an allowed font folder" in N.AtelierGlyphRender.VALIDATE_INPUTS(font=str(outside))
+        assert "was not found inside the folders this node lists" in N.AtelierGlyphRender.VALIDATE_INPUTS(font=str(outside))
     finally:
         outside.unlink()
     (glyphs,) = N.AtelierTextBoxes().build("Hello | 10,10,200,60 | AtelierTestSans.ttf", 256, 128)

@@ -75,7 +75,7 @@ def test_explicit_path_outside_font_folders_is_refused(tmp_path, latin_font):
     assert F.resolve_font(str(allowed / "Inside.ttf"), only)[0] == str((allowed / "Inside.ttf").resolve())
     assert F.resolve_font("Inside", only)[0].endswith("Inside.ttf")
     for bad in (str(outside / "Mine.ttf"), "../elsewhere/Mine.ttf", str(allowed / "sneaky.ttf"), "/etc/passwd"):
-        with pytest.raises(AtelierError, match="not a font file inside an allowed font folder"):
+        with pytest.raises(AtelierError, match="was not found inside the folders this node lists"):
             F.resolve_font(bad, only)
 
 
