@@ -32,6 +32,8 @@ from .presets import (MAX_PRESET_DEPTH, MAX_PRESET_FILE_BYTES, POSITIONS, SHIPPE
 
 #: CLIP text encoders see 77 tokens: a start token, 75 text tokens and an end token.
 CLIP_WINDOW = 75
+#: Kolors' ChatGLM3 text encoder reads 256 tokens (its [gMASK] sop prefix included) and cuts the rest.
+CHATGLM_WINDOW = 256
 
 _STYLE_RE = re.compile(r"(?<![\w])style(\d{1,4})(?![\w])", re.IGNORECASE)
 _WEIGHT_RE = re.compile(r"^\((.*?)(?::\s*[-+]?\d*\.?\d+)?\)$", re.DOTALL)
@@ -328,11 +330,26 @@ def strip_emphasis(text: str) -> str:
     return text.replace("\\(", "(").replace("\\)", ")")
 
 
+@dataclass(frozen=True)
+class TokenWindow:
+    """How a text encoder reads tokens: `size` per window, named `unit` in reports; `cuts` True when the text
+    past the window is dropped (Kolors' ChatGLM3) rather than encoded as a further chunk (ComfyUI's CLIP)."""
+    size: int = CLIP_WINDOW
+    unit: str = "CLIP"
+    cuts: bool = False
+
+
+CLIP_TOKENS = TokenWindow()
+KOLORS_TOKENS = TokenWindow(CHATGLM_WINDOW, "ChatGLM", cuts=True)
+
+
 @dataclass
 class TokenReport:
     count: int
     window: int
     overflow: str  # text past the window ('' when it fits)
+    unit: str = "CLIP"
+    cuts: bool = False
 
     @property
     def fits(self) -> bool:
@@ -343,13 +360,14 @@ class TokenReport:
         return max(1, -(-self.count // self.window))
 
 
-def token_report(text: str, count_tokens: Callable[[str], int], window: int = CLIP_WINDOW) -> TokenReport:
+def token_report(text: str, count_tokens: Callable[[str], int], window: int = CLIP_WINDOW,
+                 unit: str = "CLIP", cuts: bool = False) -> TokenReport:
     """Count tokens and, when over the window, find the text past it (word-level binary search:
     the longest word prefix that still fits; a CJK character counts as a word, Chinese has no spaces)."""
     text = text or ""
     total = int(count_tokens(text))
     if total <= window:
-        return TokenReport(total, window, "")
+        return TokenReport(total, window, "", unit, cuts)
     ends = [m.end() for m in re.finditer(f"[{_CJK}][^\\s{_CJK}]*|[^\\s{_CJK}]+", text)]
     lo, hi = 0, len(ends)  # invariant: first `lo` words fit, first `hi` words do not
     while hi - lo > 1:
@@ -360,14 +378,18 @@ def token_report(text: str, count_tokens: Callable[[str], int], window: int = CL
             hi = mid
     cut = ends[lo - 1] if lo else 0
     overflow = text[cut:].strip().lstrip(",，、；").strip()
-    return TokenReport(total, window, overflow)
+    return TokenReport(total, window, overflow, unit, cuts)
 
 
 def window_warning(side: str, rep: TokenReport, max_shown: int = 80) -> str | None:
     if rep.fits:
         return None
     shown = rep.overflow if len(rep.overflow) <= max_shown else rep.overflow[:max_shown].rstrip() + "..."
-    return (f"WARNING: {side} prompt is {rep.count} CLIP tokens, over the {rep.window}-token window. "
+    if rep.cuts:
+        return (f"WARNING: {side} prompt is {rep.count} {rep.unit} tokens, over the {rep.window}-token window. "
+                f"The text after token {rep.window} (\"{shown}\") is cut: the text encoder never reads it. "
+                f"Shorten the prompt or move the important phrases to the front.")
+    return (f"WARNING: {side} prompt is {rep.count} {rep.unit} tokens, over the {rep.window}-token window. "
             f"The text after token {rep.window} (\"{shown}\") is not read together with the rest: "
             f"ComfyUI encodes it as a separate chunk, and tools that truncate at 77 tokens ignore it. "
             f"Shorten the prompt or move the important phrases to the front.")
@@ -415,14 +437,18 @@ def check_text(text, *, node: str | None = None, input: str | None = None) -> st
 
 def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, extra_negative: str = "",
                   style_id: str = "", count_tokens: Callable[[str], int] | None = None,
-                  window: int = CLIP_WINDOW, node: str | None = None) -> PromptResult:
+                  window: int = CLIP_WINDOW, node: str | None = None,
+                  tokens: TokenWindow | None = None) -> PromptResult:
     """The whole injector: template -> inject positive -> negative -> token counts -> report.
 
     - `position` None or 'preset default' uses the preset's position.
     - Empty prompt: the preset text alone, with a warning (never an error).
     - Templates with {style}: `style_id` wins, else the first styleNN in the prompt (moved to where
       the template puts it), else the preset's default style; none at all is an AtelierError.
+    - `count_tokens` counts the text encoder's tokens; `tokens` says how it reads them (CLIP_TOKENS: chunks of
+      75, the default with `window`; KOLORS_TOKENS: 256 ChatGLM tokens, the rest cut).
     """
+    tw = tokens or TokenWindow(window)
     for key, value in (("prompt", prompt), ("extra_negative", extra_negative), ("style_id", style_id)):
         check_text(value, node=node, input=key)
     warnings: list[str] = []
@@ -463,8 +489,8 @@ def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, e
 
     pos_rep = neg_rep = None
     if count_tokens is not None:
-        pos_rep = token_report(inj.text, count_tokens, window)
-        neg_rep = token_report(neg.text, count_tokens, window)
+        pos_rep = token_report(inj.text, count_tokens, tw.size, tw.unit, tw.cuts)
+        neg_rep = token_report(neg.text, count_tokens, tw.size, tw.unit, tw.cuts)
         for side, rep in (("positive", pos_rep), ("negative", neg_rep)):
             w = window_warning(side, rep)
             if w:
@@ -482,8 +508,11 @@ def build_prompts(prompt: str, preset: Preset, *, position: str | None = None, e
         lines.append("left out of negative (the positive asks for it): " + join_phrases(neg.dropped_conflicts))
     if pos_rep is not None:
         def fmt(rep):
-            return f"{rep.count}/{window}" + (f" ({rep.chunks} chunks)" if rep.chunks > 1 else "")
-        lines.append(f"tokens: positive {fmt(pos_rep)}, negative {fmt(neg_rep)}")
+            if tw.cuts:
+                return f"{rep.count}/{tw.size}" + (" (cut)" if not rep.fits else "")
+            return f"{rep.count}/{tw.size}" + (f" ({rep.chunks} chunks)" if rep.chunks > 1 else "")
+        unit = "" if tw.unit == "CLIP" else f" ({tw.unit} tokens)"
+        lines.append(f"tokens: positive {fmt(pos_rep)}, negative {fmt(neg_rep)}{unit}")
     report = "\n".join(warnings + lines)
     return PromptResult(inj.text, neg.text, report, warnings, pos_rep, neg_rep, neg.categories, style)
 

@@ -108,6 +108,19 @@ def clip_token_counter(clip):
     return count
 
 
+def token_window(clip):
+    """(count_tokens, core.TokenWindow) for this CLIP: the pack's Kolors text encoder counts ChatGLM tokens (its
+    [gMASK] sop prefix included) against Kolors' 256-token window, any other CLIP its own tokens against 75."""
+    tok = getattr(clip, "tokenizer", None)
+    try:
+        from .kolors import KolorsTokenizer
+    except Exception:  # noqa: BLE001 - Kolors support unavailable: every CLIP is a CLIP
+        KolorsTokenizer = None
+    if KolorsTokenizer is not None and isinstance(tok, KolorsTokenizer):
+        return tok.tok.count, core.KOLORS_TOKENS
+    return clip_token_counter(clip), core.CLIP_TOKENS
+
+
 def encode(clip, text: str):
     """CONDITIONING for `text`, the way ComfyUI's CLIPTextEncode makes it."""
     tokens = clip.tokenize(text)
@@ -164,11 +177,11 @@ def _validate_preset(preset) -> bool | str:
     return True
 
 
-def _run(node: str, prompt, preset, position, extra_negative, style_id, count_tokens):
+def _run(node: str, prompt, preset, position, extra_negative, style_id, count_tokens, tokens=None):
     load = load_presets()
     p = presets.get_preset(load, preset, node=node)
     res = core.build_prompts(prompt, p, position=position, extra_negative=extra_negative or "",
-                             style_id=style_id or "", count_tokens=count_tokens, node=node)
+                             style_id=style_id or "", count_tokens=count_tokens, node=node, tokens=tokens)
     for w in res.warnings:
         log.warning("[Atelier] %s: %s", node, w)
     report = res.report
@@ -234,7 +247,8 @@ class AtelierSystemPromptEncode(_PresetNode):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"clip": ("CLIP", {"tooltip": "Text encoder, e.g. from Load Checkpoint. Token counts use its own "
-                                 "tokenizer."})}
+                                 "tokenizer: CLIP tokens against the 75-token window, or, with Atelier Kolors Text "
+                                 "Encoder Loader's CLIP, ChatGLM tokens against Kolors' 256 (the rest is cut)."})}
         req.update(_common_inputs())
         return {"required": req, "optional": _optional_inputs()}
 
@@ -245,7 +259,8 @@ class AtelierSystemPromptEncode(_PresetNode):
         "The negative prompt encoded by the CLIP (for KSampler's negative).",
         "The positive prompt text.",
         "The negative prompt text.",
-        "What was added or skipped, matched categories, CLIP token counts and warnings.",
+        "What was added or skipped, matched categories, token counts (CLIP of 75, or ChatGLM of 256 for Kolors) "
+        "and warnings.",
     )
     FUNCTION = "run"
     CATEGORY = "atelier/prompt"
@@ -258,7 +273,8 @@ class AtelierSystemPromptEncode(_PresetNode):
             raise AtelierError("the CLIP input is None: the loaded checkpoint has no text encoder.", node=node,
                                input="clip", expected="a CLIP from Load Checkpoint or Load CLIP",
                                fix="load a checkpoint that contains a text encoder, or add a Load CLIP node.")
-        res, report = _run(node, prompt, preset, position, extra_negative, style_id, clip_token_counter(clip))
+        count, window = token_window(clip)
+        res, report = _run(node, prompt, preset, position, extra_negative, style_id, count, window)
         return {"ui": {"text": [report]},
                 "result": (encode(clip, res.positive), encode(clip, res.negative), res.positive, res.negative, report)}
 

@@ -138,3 +138,16 @@ def test_a_non_kolors_lora_is_refused(env, comfy):
     with pytest.raises(AtelierError) as e:
         N.AtelierKolorsLoraLoader().apply(_load(N, "base.safetensors"), "atelier-kolors-not-unet.safetensors", 1.0, 4.0)
     assert "Atelier Kolors LoRA Loader" in str(e.value) and "lora_name" in str(e.value)
+
+
+def test_none_passes_the_model_through(env):
+    """'none' (the selector's first choice, story_set_kolors' shipped value) needs no file and patches nothing;
+    a LoRA file is still listed after it."""
+    N = env["N"]
+    choices = N.AtelierKolorsLoraLoader.INPUT_TYPES()["required"]["lora_name"]
+    assert choices[0][0] == "none" and choices[1]["default"] == "none" and env["names"]["kohya"] in choices[0]
+    base = _load(N, "base.safetensors")
+    (out,) = N.AtelierKolorsLoraLoader().apply(base, "none", STRENGTH, ALPHA)
+    assert out is base and not out.patches
+    (patched,) = N.AtelierKolorsLoraLoader().apply(base, env["names"]["kohya"], STRENGTH, ALPHA)
+    assert patched.patches and (_predict(patched) - _predict(out)).abs().max() > 1e-4

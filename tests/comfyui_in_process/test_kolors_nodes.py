@@ -119,6 +119,47 @@ def test_clip_text_encode_gives_kolors_conditioning(env):
     assert clip_token_counter(clip)(texts[1]) == len(tok.sp.encode(texts[1]))
 
 
+def test_system_prompt_encode_reports_chatglm_tokens_for_a_chinese_prompt(env):
+    """Atelier System Prompt (encode) on the Kolors CLIP: a Chinese prompt's phrases (split at ，、；。：) are
+    merged with the preset's, both sides are encoded to Kolors conditioning, and the report counts ChatGLM
+    tokens ([gMASK] sop included) against Kolors' 256-token window; a prompt past 256 is reported as cut."""
+    from comfyui_atelier.core import kolors as K
+    from comfyui_atelier.nodes import prompt as P
+    N = env["N"]
+    (clip,) = N.AtelierKolorsTextEncoderLoader().load(TE, "fp32", "default")
+    tok = K.ChatGLMTokenizer(str(Path(N.text_encoder_folders()[TE]) / "tokenizer.model"))
+    user = "红色运动鞋；pure white background、bright。柔和的光：高清"
+    out = P.AtelierSystemPromptEncode().run(clip, user, "e-commerce white background", "preset default", "")
+    pos_c, neg_c, positive, negative, report = out["result"]
+    # phrase splitting on the Chinese punctuation: the preset's phrases already in the prompt are not repeated
+    assert positive.lower().count("pure white background") == 1 and positive.count("bright") == 1
+    assert "红色运动鞋；pure white background、bright。柔和的光：高清" in positive
+    assert "already in prompt: pure white background, bright" in report
+    # token report in ChatGLM tokens against 256, the counts of the Kolors tokenizer itself
+    line = next(ln for ln in report.splitlines() if ln.startswith("tokens:"))
+    assert line == (f"tokens: positive {tok.count(positive)}/256, negative {tok.count(negative)}/256 "
+                    "(ChatGLM tokens)"), line
+    assert "WARNING" not in report
+    for cond, text in ((pos_c, positive), (neg_c, negative)):
+        c, extra = cond[0]
+        assert c.shape == (1, 256, KM.TEXT_HIDDEN) and extra["pooled_output"].shape == (1, KM.TEXT_HIDDEN)
+        ref_c, _ = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        assert (c - ref_c).abs().max() == 0
+    # past the window: the warning says the text is cut, naming the first words past token 256
+    long = "，".join(["一只猫坐在红色的椅子上"] * 40 + ["最后的水彩画"])
+    assert tok.count(long) > 256
+    out = P.AtelierSystemPromptEncode().run(clip, long, "e-commerce white background", "preset default", "")
+    positive, report = out["result"][2], out["result"][4]
+    assert f"positive prompt is {tok.count(positive)} ChatGLM tokens, over the 256-token window" in report
+    assert "is cut" in report and "/256 (cut)" in report
+    from comfyui_atelier.core import prompt as core
+    rep = core.token_report(positive, tok.count, 256, "ChatGLM", True)
+    kept = positive[:len(positive) - len(rep.overflow)]
+    assert rep.overflow and positive.endswith(rep.overflow) and "最后的水彩画" in rep.overflow
+    assert tok.count(kept.rstrip("，")) <= 256 < tok.count(positive)
+    assert rep.overflow[:40] in report
+
+
 def test_non_kolors_unet_is_refused_with_a_clear_error(env):
     from comfyui_atelier.core.errors import AtelierError
     with pytest.raises(AtelierError) as e:
