@@ -148,3 +148,24 @@ def test_incomplete_weights_are_refused(tmp_path, text_folder):
     with pytest.raises(AtelierError, match="lack") as e:
         K.load_text_encoder(str(broken))
     assert "text_encoder" in str(e.value) and "shard" in str(e.value)
+
+
+def test_prompt_report_in_chatglm_tokens_against_256():
+    """core.prompt with KOLORS_TOKENS: counts against 256, no chunks, text past the window reported as cut."""
+    from comfyui_atelier.core import presets as PR
+    from comfyui_atelier.core import prompt as P
+
+    preset = PR.get_preset(PR.load_presets([PR.SHIPPED_PRESET_DIR]), "e-commerce white background")
+    chars = lambda t: 2 + sum(1 for ch in t if not ch.isspace())   # a stand-in tokenizer: [gMASK] sop + one per char
+    short = P.build_prompts("红色运动鞋，白色背景", preset, count_tokens=chars, tokens=P.KOLORS_TOKENS)
+    line = next(ln for ln in short.report.splitlines() if ln.startswith("tokens:"))
+    assert line == (f"tokens: positive {chars(short.positive)}/256, negative {chars(short.negative)}/256 "
+                    "(ChatGLM tokens)")
+    assert short.positive_tokens.unit == "ChatGLM" and short.positive_tokens.cuts and not short.warnings
+    long = P.build_prompts("，".join(["一只猫坐在红色的椅子上"] * 30), preset, count_tokens=chars, tokens=P.KOLORS_TOKENS)
+    assert chars(long.positive) > 256 and "/256 (cut)" in long.report and "chunks" not in long.report
+    (w,) = [w for w in long.warnings if "positive prompt" in w]
+    assert "ChatGLM tokens, over the 256-token window" in w and "is cut" in w
+    # the CLIP default is unchanged: chunks of 75, no unit named
+    clip = P.build_prompts("，".join(["一只猫坐在红色的椅子上"] * 30), preset, count_tokens=chars)
+    assert "/75 (" in clip.report and "chunks" in clip.report and "ChatGLM" not in clip.report
