@@ -79,8 +79,9 @@ class SimServer:
     downloads and checks the output's name).
     """
 
-    def __init__(self, seconds: float = 0.02):
+    def __init__(self, seconds: float = 0.02, instant: bool = False):
         self.seconds = seconds
+        self.instant = instant  # --scale: a prompt is executed inside its POST /prompt (no queue, no sleep)
         self.files: dict[tuple[str, str], bytes] = {}  # (type, "subfolder/name") -> bytes
         self.history: dict[str, dict] = {}
         self.pending: list[tuple[str, dict]] = []
@@ -91,8 +92,9 @@ class SimServer:
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.stopped = False
-        self.threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
-                        threading.Thread(target=self._work, daemon=True)]
+        self.threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True)]
+        if not instant:
+            self.threads.append(threading.Thread(target=self._work, daemon=True))
         for t in self.threads:
             t.start()
 
@@ -113,17 +115,20 @@ class SimServer:
                 pid, prompt = self.pending.pop(0)
                 self.running = pid
             time.sleep(self.seconds)
-            load = next(n for n in prompt.values() if n["class_type"] == "LoadImage")
-            save_id, save = next((k, n) for k, n in prompt.items() if n["class_type"] == "SaveImage")
-            sub, _, stem = save["inputs"]["filename_prefix"].rpartition("/")
-            name = f"{stem}_00001_.png"
-            data = self.files[("input", load["inputs"]["image"])]
-            with self.cond:
-                self.files[("output", f"{sub}/{name}".lstrip("/"))] = data
-                self.history[pid] = {"outputs": {save_id: {"images": [
-                    {"filename": name, "subfolder": sub, "type": "output"}]}},
-                    "status": {"status_str": "success", "completed": True, "messages": []}}
-                self.running = None
+            self._execute(pid, prompt)
+
+    def _execute(self, pid: str, prompt: dict) -> None:
+        load = next(n for n in prompt.values() if n["class_type"] == "LoadImage")
+        save_id, save = next((k, n) for k, n in prompt.items() if n["class_type"] == "SaveImage")
+        sub, _, stem = save["inputs"]["filename_prefix"].rpartition("/")
+        name = f"{stem}_00001_.png"
+        data = self.files[("input", load["inputs"]["image"])]
+        with self.cond:
+            self.files[("output", f"{sub}/{name}".lstrip("/"))] = data
+            self.history[pid] = {"outputs": {save_id: {"images": [
+                {"filename": name, "subfolder": sub, "type": "output"}]}},
+                "status": {"status_str": "success", "completed": True, "messages": []}}
+            self.running = None
 
     def _handler(self):
         sim = self
@@ -186,6 +191,9 @@ class SimServer:
                 payload = json.loads(body or b"{}")
                 if self.path == "/prompt":
                     pid = uuid.uuid4().hex
+                    if sim.instant:
+                        sim._execute(pid, payload["prompt"])
+                        return self._json({"prompt_id": pid, "number": 0, "node_errors": {}})
                     with sim.cond:
                         sim.pending.append((pid, payload["prompt"]))
                         sim.cond.notify_all()
@@ -237,6 +245,118 @@ def ours(urls: list[str], ds: Path, out: Path, workflow: dict, inflight: int) ->
     return dt
 
 
+# ------------------------------------------------------------------ --scale: the client at 10^2..10^4 jobs
+SCALE_TARGETS = {"ratio": ("<=", 1.1), "linear": ("<=", 1.2), "rss": ("<=", 1.2), "append": ("<=", 1.5)}
+
+
+def _vm(field: str) -> float:
+    """VmRSS / VmHWM of this process in MiB (Linux /proc; resource's ru_maxrss elsewhere)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scale_child(mode: str, url: str, ds: Path, out: Path) -> dict:
+    """One size, in its own process (so sizes do not share a heap): seconds, peak RSS, manifest appends."""
+    images = sorted(ds.glob("*.png"))
+    base = _vm("VmRSS")
+    if mode == "minimal":
+        dt = minimal_loop(url, images, out)
+        return {"seconds": dt, "jobs": len(images), "rss_base": base, "rss_peak": _vm("VmHWM")}
+    from array import array
+    from comfyui_atelier.client import results_log
+    appends, orig = array("d"), results_log.ResultsLog.write
+
+    def timed(self, rec):
+        t = time.perf_counter()
+        orig(self, rec)
+        appends.append(time.perf_counter() - t)
+
+    results_log.ResultsLog.write = timed
+    dt = ours([url], ds, out, INVERT, 1)
+    k = max(10, len(appends) // 10)
+    return {"seconds": dt, "jobs": len(images), "rss_base": base, "rss_peak": _vm("VmHWM"),
+            "append_start": statistics.median(appends[:k]), "append_end": statistics.median(appends[-k:])}
+
+
+def _subset(full: Path, dest: Path, n: int) -> Path:
+    """The first n images of the full dataset (hard links, or copies) and their captions."""
+    dest.mkdir(parents=True)
+    names = sorted(p.name for p in full.glob("*.png"))[:n]
+    for name in names:
+        try:
+            os.link(full / name, dest / name)
+        except OSError:
+            shutil.copyfile(full / name, dest / name)
+    ids = [Path(n_).stem for n_ in names]
+    (dest / "captions.csv").write_text("id,prompt\n" + "".join(f"{i},product photo of item {i}\n" for i in ids))
+    return dest
+
+
+def scale(sizes: list[int], work: Path, minimal_max: int, repeats: int = 2) -> None:
+    """The scale table: minimal loop vs run_batch (inflight 1) per size, each run in a child process."""
+    sim = SimServer(seconds=0, instant=True)
+    try:
+        full = work / "scale_full"
+        make_dataset(full, [f"j{k:05d}" for k in range(max(sizes))])
+        rows = []
+        for n in sizes:
+            ds = _subset(full, work / f"scale_ds{n}", n)
+            got = {}
+            for rep in range(repeats):  # alternating; best of the repeats (the machine is shared)
+                for mode in ("minimal", "ours"):
+                    if mode == "minimal" and n > minimal_max:
+                        continue
+                    r = subprocess_run(mode, sim.url, ds, work / f"scale_{mode}{n}_{rep}")
+                    if mode not in got or r["seconds"] < got[mode]["seconds"]:
+                        got[mode] = r
+            rows.append((n, got, os.getloadavg()))
+            shutil.rmtree(ds, ignore_errors=True)
+    finally:
+        sim.stop()
+    print(f"\nScale: LoadImage->ImageInvert->SaveImage against an instant simulated server (no sleep, "
+          f"127.0.0.1, separate process); ours = run_batch, inflight 1, poll 10 ms; each size in its own "
+          f"child process; best of {repeats} alternating runs")
+    print(f"{'jobs':>6} {'minimal s/job':>14} {'ours s/job':>11} {'ratio':>6} {'ratio target':>15} "
+          f"{'vs first size':>13} {'linear target':>15} {'peak RSS MiB':>12} {'vs 10^3':>8} {'RSS target':>13} "
+          f"{'append us start/end':>20} {'append target':>15} {'load1':>6}")
+    first = rows[0][1]["ours"]["seconds"] / rows[0][0]
+    rss_ref = next((g["ours"]["rss_peak"] for n, g, _ in rows if n == 1000), None)
+    last_min = None
+    for n, g, load in rows:
+        o = g["ours"]
+        per = o["seconds"] / n
+        if "minimal" in g:
+            last_min = (n, g["minimal"]["seconds"] / n)
+        mtxt = f"{g['minimal']['seconds'] / n:.5f}" if "minimal" in g else f"({last_min[0]}) {last_min[1]:.5f}"
+        ratio = per / last_min[1] if last_min else float("nan")
+        lin = per / first
+        rss = o["rss_peak"] / rss_ref if rss_ref and n > 1000 else None
+        app = o["append_end"] / o["append_start"]
+        print(f"{n:>6} {mtxt:>14} {per:>11.5f} {ratio:>5.2f}x {cells(ratio, SCALE_TARGETS['ratio']):>15} "
+              f"{lin:>12.2f}x {cells(lin, SCALE_TARGETS['linear']) if n == max(sizes) and n > sizes[0] else '—':>15} "
+              f"{o['rss_peak']:>12.1f} {(f'{rss:.2f}x' if rss else '—'):>8} "
+              f"{cells(rss, SCALE_TARGETS['rss']) if rss else '—':>13} "
+              f"{o['append_start'] * 1e6:>9.1f}/{o['append_end'] * 1e6:<10.1f} "
+              f"{cells(app, SCALE_TARGETS['append']):>15} {load[0]:>6.2f}")
+    if any("minimal" not in g for _, g, _ in rows):
+        print(f"(minimal loop timed up to {minimal_max} jobs; larger rows compare with that size's s/job)")
+
+
+def subprocess_run(mode: str, url: str, ds: Path, out: Path) -> dict:
+    import subprocess
+    r = subprocess.run([sys.executable, __file__, "--scale-child", mode, url, str(ds), str(out)],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if r.returncode != 0:
+        raise RuntimeError(f"scale child {mode} {ds.name} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=200)
@@ -245,8 +365,27 @@ def main():
     ap.add_argument("--gpu-seconds", type=float, default=0.25, help="server time per job of the simulated-GPU workload")
     ap.add_argument("--server", action="append", default=[])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 simulated in-process servers, 6 jobs, 1 repeat")
+    ap.add_argument("--scale", action="store_true",
+                    help="only the scale table: 10^2, 10^3, 10^4 jobs against an instant simulated server")
+    ap.add_argument("--scale-sizes", default="100,1000,10000", help="sizes of --scale (comma separated)")
+    ap.add_argument("--scale-minimal-max", type=int, default=10000,
+                    help="largest size the minimal loop is timed at (larger rows compare with it)")
+    ap.add_argument("--scale-child", nargs=4, metavar=("MODE", "URL", "DS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     global POLL
+    if args.scale_child:
+        mode, url, ds, out = args.scale_child
+        POLL = 0.01
+        print(json.dumps(scale_child(mode, url, Path(ds), Path(out))))
+        return
+    if args.scale:
+        work = Path(tempfile.mkdtemp(prefix="atelier-bench-client-"))
+        try:
+            scale([int(x) for x in args.scale_sizes.split(",")], work, args.scale_minimal_max)
+            print(f"\nmachine: {os.cpu_count()} CPU(s), load average {os.getloadavg()}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     if args.quick:
         args.jobs, args.slow_jobs, args.repeats, args.server, POLL = 6, 6, 1, [], 0.01
 
@@ -310,6 +449,7 @@ def main():
 
         if args.quick:  # simulated servers: each holds every job a fixed time (any workflow runs the same)
             scaling(INVERT, "q", f"Scaling, simulated servers: {args.slow_jobs} jobs of {started[0].seconds}s each")
+            scale([10, 100], work, 100, repeats=1)
             return
         scaling(SLOW, "s", f"Scaling: {args.slow_jobs} jobs of ImageScale(384)+ImageBlur(15)+Invert"
                 + (" (bench-started servers: 1 CPU thread each)" if started else ""))

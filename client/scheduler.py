@@ -104,18 +104,32 @@ class Runner:
                 if self.stop.is_set() or self._finished():
                     return None
                 now = time.monotonic()
-                ready = [j for j in self.queue if j.not_before <= now]
-                up_urls = {s.server.url for s in self.servers if s.up} | {st.server.url}
-                # prefer a job that has not failed here; take one that failed everywhere that is up
-                pick = next((j for j in ready if st.server.url not in j.avoid), None) or \
-                    next((j for j in ready if up_urls <= j.avoid), None)
+                url = st.server.url
+                # prefer a job that has not failed here; take one that failed everywhere that is up.
+                # Lazy scans from the head of the queue: the first ready job is usually the pick, so a
+                # pick costs O(1) however long the queue is (a full scan per job made a run quadratic).
+                pick = next((j for j in self.queue if j.not_before <= now and url not in j.avoid), None)
+                if pick is None:
+                    up_urls = {s.server.url for s in self.servers if s.up} | {url}
+                    pick = next((j for j in self.queue if j.not_before <= now and up_urls <= j.avoid), None)
                 if pick is not None:
-                    self.queue.remove(pick)
+                    self._take(pick)
                     self.active += 1
                     pick.settled = False
                     return pick
                 waits = [j.not_before - now for j in self.queue if j.not_before > now]
                 self.cond.wait(min(waits + [0.5]))
+
+    def _take(self, job: Job) -> None:
+        """Remove ``job`` (by identity, not by field equality) from the queue; the head without a scan."""
+        q = self.queue
+        if q and q[0] is job:
+            del q[0]
+            return
+        for k, j in enumerate(q):
+            if j is job:
+                del q[k]
+                return
 
     def _settle(self, job: Job) -> None:
         """The job leaves the worker: `active` drops once, whatever happened (caller holds cond)."""

@@ -1,0 +1,89 @@
+"""The batch client at scale: per-job costs that do not grow with the number of jobs.
+
+Counted, never timed: how many queued jobs the scheduler looks at per pick, and how many bytes of the
+manifest an append reads or writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from comfyui_atelier.client import results_log
+from comfyui_atelier.client.batch import BatchConfig, Bindings, ResultsLog, Runner, ServerState
+from comfyui_atelier.client.dataset import Row
+from comfyui_atelier.client.progress import ProgressBar
+from comfyui_atelier.client.server_api import ComfyServer
+
+
+class CountingList(list):
+    """A list that counts the items Python-level iteration hands out."""
+    seen = 0
+
+    def __iter__(self):
+        for item in list.__iter__(self):
+            self.seen += 1
+            yield item
+
+
+def _runner(n: int, servers: int = 1) -> tuple[Runner, list[ServerState]]:
+    states = [ServerState(ComfyServer(f"http://127.0.0.1:{k + 1}")) for k in range(servers)]
+    for st in states:
+        st.up = True
+    cfg = BatchConfig(workflow={}, servers=[], out_dir=".")
+    r = Runner(cfg, [Row(f"j{k:05d}", None, None) for k in range(n)], {}, Bindings(), states, None,
+               ProgressBar(n, enabled=False), {}, {}, print)
+    return r, states
+
+
+def test_next_job_does_not_scan_the_whole_queue():
+    """Picking the next job looks at the head of the queue, not at all 10,000 jobs (a run stays linear)."""
+    r, (st,) = _runner(10_000)
+    r.queue = CountingList(r.queue)
+    got = [r.next_job(st).row.id for _ in range(200)]
+    assert got == [f"j{k:05d}" for k in range(200)]  # in order, each once
+    assert len(r.queue) == 10_000 - 200 and r.active == 200
+    assert r.queue.seen <= 2 * 200, f"{r.queue.seen} queue items examined for 200 picks"
+
+
+def test_next_job_keeps_its_preferences_on_a_long_queue():
+    """Same choices as before: a job not ready yet or one that failed here is passed over for a later one;
+    a job that failed on every server that is up is still handed out; removal is by identity."""
+    r2, (a2, b2) = _runner(1_000, servers=2)
+    r2.queue[0].not_before = 1e18
+    r2.queue[1].avoid = {a2.server.url}
+    assert r2.next_job(a2).row.id == "j00002"
+    assert r2.next_job(b2).row.id == "j00001"
+    assert r2.queue[0].row.id == "j00000" and r2.queue[1].row.id == "j00003"
+    # only jobs a has failed are left ready: the one failed everywhere up is handed out, the other is not
+    r3, (a3, b3) = _runner(3, servers=2)
+    r3.queue[0].avoid = {a3.server.url}
+    r3.queue[1].avoid = {a3.server.url, b3.server.url}
+    r3.queue[2].not_before = 1e18
+    assert r3.next_job(a3).row.id == "j00001"
+    assert [j.row.id for j in r3.queue] == ["j00000", "j00002"]
+
+
+def test_manifest_append_neither_reads_nor_rewrites_the_log(tmp_path, monkeypatch):
+    """Appending line N+1 to a manifest of N lines writes one line and reads nothing back."""
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps({"id": f"old{k}", "status": "done", "outputs": []}) + "\n"
+                            for k in range(20_000)))
+    log = ResultsLog(str(path))
+    assert len(log.records) == 20_000
+    writes, reads = [], []
+    monkeypatch.setattr(results_log.ResultsLog, "_raw_write", staticmethod(lambda fd, d: writes.append(d)
+                                                                             or os.write(fd, d)))
+    real_read, real_open = os.read, open
+    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+    monkeypatch.setattr("builtins.open", lambda *a, **k: reads.append(a) or real_open(*a, **k))
+    size0 = path.stat().st_size
+    for k in range(50):
+        log.write({"id": f"new{k}", "status": "done", "outputs": []})
+    log.close()
+    monkeypatch.undo()
+    assert reads == []
+    assert len(writes) == 50 and all(w.count(b"\n") == 1 for w in writes)
+    assert path.stat().st_size == size0 + sum(len(w) for w in writes)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 20_050 and json.loads(lines[-1])["id"] == "new49"
+    assert json.loads(lines[0])["id"] == "old0"
