@@ -113,7 +113,7 @@ def token_window(clip):
     [gMASK] sop prefix included) against Kolors' 256-token window, any other CLIP its own tokens against 75."""
     tok = getattr(clip, "tokenizer", None)
     try:
-        from .kolors import KolorsTokenizer
+        from ._kolors_text import KolorsTokenizer
     except Exception:  # noqa: BLE001 - Kolors support unavailable: every CLIP is a CLIP
         KolorsTokenizer = None
     if KolorsTokenizer is not None and isinstance(tok, KolorsTokenizer):
