@@ -449,20 +449,27 @@ def load_text_encoder(folder: str, *, ops=None, device=None, dtype=torch.float32
         config = ChatGLMConfig.from_dict(json.load(f))
     tokenizer = ChatGLMTokenizer(files["tokenizer"])
     model = ChatGLMEncoder(config, ops=ops, device=device, dtype=dtype)
+    load_shards(model, files["weights"], config, reader)
+    return model, tokenizer, config
+
+
+def load_shards(model: nn.Module, weights: list[str], config: ChatGLMConfig, reader: Callable, *,
+                prefix: str = "", node: str = NODE_TE) -> None:
+    """Load the encoder's weight files into ``model`` (its keys: ``prefix`` + the encoder's) shard by
+    shard, so peak RAM is the model + one shard; a tensor no shard holds is an AtelierError."""
     wanted, loaded = set(model.state_dict()), set()
-    for w in files["weights"]:          # shard by shard: peak RAM = the model + one shard
+    for w in weights:
         part, _ = reader(w)
-        part = encoder_state_dict(part)
+        part = {prefix + k: v for k, v in encoder_state_dict(part).items()}
         model.load_state_dict(part, strict=False)
         loaded |= set(part) & wanted
         del part
     missing = sorted(wanted - loaded)
     if missing:
         raise AtelierError(f"the weights lack {len(missing)} tensors the config needs (first: {missing[0]})",
-                           node=NODE_TE, input="text_encoder",
+                           node=node, input="text_encoder",
                            expected=f"ChatGLM weights for {config.num_layers} layers of width {config.hidden_size}",
                            fix="check that every shard is downloaded and that config.json belongs to these weights")
-    return model, tokenizer, config
 
 
 def encode(model: ChatGLMEncoder, tokenizer: ChatGLMTokenizer, texts: list[str], device=None,

@@ -12,7 +12,6 @@ import comfy.ops
 import comfy.sd
 
 from ..core import kolors as K
-from ..core.errors import AtelierError
 from ._managed import read_weights
 
 
@@ -97,18 +96,5 @@ def load_kolors_text_encoder(folder: str, dtype: torch.dtype | None = None, devi
     if device == "cpu":
         clip.patcher.load_device = torch.device("cpu")
     clip.cond_stage_model.load_device = clip.patcher.load_device
-    wanted = set(clip.cond_stage_model.state_dict())
-    loaded = set()
-    for w in files["weights"]:          # shard by shard: peak RAM = the model + one shard, not model + all shards
-        part, _ = read_weights(w)
-        part = {"transformer." + k: v for k, v in K.encoder_state_dict(part).items()}
-        clip.cond_stage_model.load_state_dict(part, strict=False)
-        loaded |= set(part) & wanted
-        del part
-    missing = sorted(wanted - loaded)
-    if missing:
-        raise AtelierError(f"the weights lack {len(missing)} tensors the config needs (first: {missing[0]})",
-                           node=node, input="text_encoder",
-                           expected=f"ChatGLM weights for {config.num_layers} layers of width {config.hidden_size}",
-                           fix="check that every shard is downloaded and that config.json belongs to these weights")
+    K.load_shards(clip.cond_stage_model, files["weights"], config, read_weights, prefix="transformer.", node=node)
     return clip
