@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 
+from ..core.files import atomic_path
 from .dataset import image_problem
 
 TMP_SUFFIX = ".atelier-tmp"
@@ -139,20 +139,11 @@ def write_atomic(path: str, data: bytes, fsync: bool = False) -> None:
     Without fsync a power cut can still leave a short file; resume re-validates every output
     (size from the manifest + image header/trailer), so such a file is redone, not trusted.
     """
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path, suffix=TMP_SUFFIX) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
 
 
 def clean_tmp(out_dir: str) -> None:

@@ -8,11 +8,12 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside `dest`; when the block succeeds it is renamed onto `dest`,
-    when it raises (or is interrupted) the temporary file is removed and `dest` is untouched."""
+def atomic_path(dest: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """Yield a temporary path beside `dest` (``<dest>.<8 hex><suffix>``); when the block succeeds it is
+    renamed onto `dest`, when it raises (or is interrupted) the temporary file is removed and `dest`
+    is untouched."""
     dest = os.fspath(dest)
-    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = f"{dest}.{uuid.uuid4().hex[:8]}{suffix}"
     try:
         yield tmp
         os.replace(tmp, dest)
