@@ -87,7 +87,7 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def rgb_uint8(image: torch.Tensor, background: float | tuple[float, float, float] = WHITE) -> np.ndarray:
     """IMAGE (any accepted channel count) -> uint8 RGB ``[B,H,W,3]``: :func:`to_rgb` then :func:`to_uint8`."""
-    return to_uint8(to_rgb(image_batch(image) if image.ndim != 4 else image, background))
+    return to_uint8(to_rgb(image, background))  # to_rgb normalises odd shapes itself
 
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
