@@ -44,6 +44,7 @@ FONT_TOOLTIP = ("Font for boxes that do not name their own. 'auto' picks an inst
 FIT_TOOLTIP = ("contain: keep the font's proportions and centre the text in its box (long text is shrunk, "
                "never clipped). stretch: fill the box along the line, as OCR boxes do.")
 POLARITY = ["white_on_black", "black_on_white"]
+SMALL_IMAGE = ["as is", "pad to 736"]
 
 
 def font_folder_paths() -> list[str]:
@@ -170,6 +171,11 @@ class AtelierOCRBoxes:
                                  "(empty = PaddleOCR's default, which it must already have cached offline)."}),
             "paddle_rec_model": ("STRING", {"default": "", "tooltip":
                                  "PaddleOCR only: recognition model folder inside ComfyUI/models/paddleocr/."}),
+            "small_image": (SMALL_IMAGE, {"default": SMALL_IMAGE[0], "tooltip":
+                            "rapidocr only. 'as is' (default): the image goes to rapidocr unchanged, so the boxes "
+                            "are exactly what rapidocr reads on it. 'pad to 736': pad an image with a side under "
+                            "736 px to 736 first (the pack's old behaviour; can keep short rendered lines whole, "
+                            "but on photos it sometimes reads less)."}),
         }}
 
     RETURN_TYPES = (GLYPHS, "IMAGE", "STRING")
@@ -199,10 +205,14 @@ class AtelierOCRBoxes:
                            fix="put the exported PaddleOCR model folder there and type its name.")
 
     def detect(self, image, backend="rapidocr", min_confidence=O.DEFAULT_MIN_CONFIDENCE, paddle_det_model="",
-               paddle_rec_model=""):
+               paddle_rec_model="", small_image=None):
         node = self.DISPLAY
         min_confidence = check_finite_float(min_confidence, node=node, input="min_confidence")
         x = image_batch(image, node)
+        small_image = small_image or SMALL_IMAGE[0]  # saved before the option existed: as is
+        if small_image not in SMALL_IMAGE:
+            raise AtelierError(f"small_image is '{small_image}'", node=node, input="small_image",
+                               expected=" or ".join(repr(v) for v in SMALL_IMAGE), fix="pick one of those.")
         det = self._paddle_dir(paddle_det_model, "paddle_det_model") if backend == "paddleocr" else None
         rec = self._paddle_dir(paddle_rec_model, "paddle_rec_model") if backend == "paddleocr" else None
         b, h, w = x.shape[:3]
@@ -211,7 +221,7 @@ class AtelierOCRBoxes:
         for i in range(b):
             rgb = _rgb_u8(x[i], background=1.0)
             res = O.run_ocr(rgb, backend=backend, min_confidence=min_confidence, det_model_dir=det,
-                            rec_model_dir=rec, node=node)
+                            rec_model_dir=rec, pad_small=small_image == SMALL_IMAGE[1], node=node)
             boxes = res.to_boxes()
             items.append(boxes)
             previews.append(from_uint8(G.draw_boxes_preview(rgb, boxes)))
