@@ -43,6 +43,7 @@ PACK_FOLDERS: dict[str, frozenset] = {
     "aesthetic": MODEL_EXTENSIONS,
     "style_adapters": MODEL_EXTENSIONS,
     "fonts": FONT_EXTENSIONS,
+    "captioners": MODEL_EXTENSIONS,  # BLIP captioning folders (nodes/dataset.py)
 }
 
 #: ComfyUI's own model folders an entry may target.
