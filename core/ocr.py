@@ -74,7 +74,7 @@ def _order_quad(pts) -> np.ndarray:
     return np.roll(p, -start, axis=0)
 
 
-def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
     """Any accepted image -> contiguous uint8 RGB ``[H, W, 3]``, alpha flattened on white, floats converted as
     ComfyUI's Save Image does (core.images), so OCR of an IMAGE and of its saved PNG read the same pixels."""
     a = np.asarray(image)
@@ -237,12 +237,33 @@ def run_ocr(image: np.ndarray, *, backend: str = "rapidocr", min_confidence: flo
     if not 0.0 <= float(min_confidence) <= 1.0:
         raise AtelierError(f"min_confidence {min_confidence} is outside 0..1", node=node, input="min_confidence",
                            expected="a value in 0..1 (the seed used 0.98)", fix="set e.g. 0.98.")
-    img = _to_uint8_rgb(image)
+    img = to_uint8_rgb(image)
     if backend == "rapidocr":
         res = _run_rapid(img, node, bool(pad_small))
     else:
         res = _run_paddle(img, node, det_model_dir, rec_model_dir, lang)
     return res.filter(float(min_confidence))
+
+
+def recognize(image: np.ndarray, *, backend: str = "rapidocr", node: str | None = None) -> tuple[str, float] | None:
+    """Recognition only (no detection): the whole image read as one text line, (text, score); ("", 0.0) when
+    nothing is read. rapidocr only; None for a backend without a recognition-only call (paddleocr)."""
+    if backend != "rapidocr":
+        return None
+    img = to_uint8_rgb(image)
+    kind, eng = _rapid_engine(node)
+    bgr = np.ascontiguousarray(img[..., ::-1])
+    if kind == "v1":
+        res, _ = eng(bgr, use_det=False, use_cls=False, text_score=0.0)
+        pairs = [(str(r[0]), float(r[1])) for r in (res or [])]
+    else:
+        out = eng(bgr, use_det=False, use_cls=False)
+        pairs = list(zip([str(t) for t in (getattr(out, "txts", None) or [])],
+                         [float(v) for v in (getattr(out, "scores", None) or [])]))
+    pairs = [(t.strip(), v) for t, v in pairs if t.strip()]
+    if not pairs:
+        return "", 0.0
+    return " ".join(t for t, _ in pairs), float(np.mean([v for _, v in pairs]))
 
 
 def polygon_iou(a: Sequence, b: Sequence) -> float:
