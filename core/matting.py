@@ -351,7 +351,7 @@ def decontaminate(image: torch.Tensor, alpha: torch.Tensor, *, node: str | None 
         bg = push_pull(x, (1 - 20 * a).clamp(0, 1))
         f0 = push_pull(x, (20 * a - 19).clamp(0, 1))
         f = ((a * (x - (1 - a) * bg) + DECONTAM_PRIOR * f0) / (a * a + DECONTAM_PRIOR)).clamp(0, 1)
-        f = torch.where(a >= DECONTAM_KEEP, x, f)
+        f = torch.where(a >= DECONTAM_KEEP, x, torch.where(a <= 0, f0, f))
         out.append(f.permute(0, 2, 3, 1).to(image.dtype))
     return torch.cat(out, 0) if out else image[..., :3].clone()
 
