@@ -17,6 +17,7 @@ FAMILIES = {
     "style": "VAE style features, adapter and latent match",
     "lora": "optional LoRA",
     "kolors": "Kolors UNet and ChatGLM3 text encoder loaders",
+    "dataset": "dataset preparation: filter, BLIP captions, training-layout export",
 }
 
 
