@@ -201,3 +201,70 @@ def _entry(mid, filename, size, sha, url="https://example.invalid/x"):
             "folder": "saliency", "filename": filename, "url": url, "sha256": sha, "size": size,
             "license": "MIT", "used_by": {"nodes": [], "workflows": ["wf"]}, "description": "d",
             "reference": "https://example.invalid"}
+
+
+# ----------------------------------------------------------------------------- the editor's Download button
+# comfyui-frontend-package 1.27.10 (pinned by ComfyUI 0.3.64), MissingModelsWarning: a Download button only for a
+# url starting with one of these and a file name ending in one of these (plus three hard-coded urls, none ours).
+EDITOR_HOSTS = ("https://civitai.com/", "https://huggingface.co/", "http://localhost:")
+EDITOR_SUFFIXES = (".safetensors", ".sft")
+
+
+def _editor_offers(entry: dict) -> bool:
+    return entry.get("kind", "file") == "file" and entry["url"].startswith(EDITOR_HOSTS) and \
+        entry["filename"].endswith(EDITOR_SUFFIXES)
+
+
+def _workflow_model_items():
+    for p in sorted((mf.DEFAULT_MANIFEST.parent / "workflows").glob("*.json")):
+        for node in json.loads(p.read_text(encoding="utf-8")).get("nodes", []):
+            for item in (node.get("properties") or {}).get("models") or []:
+                yield p.stem, item
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if "editor_download" in e],
+                         ids=[e["id"] for e in ENTRIES if "editor_download" in e])
+def test_editor_download_flag_follows_the_frontend_rule(entry):
+    assert entry["editor_download"] is _editor_offers(entry), (
+        f"{entry['id']}: editor_download {entry['editor_download']} but the dialog "
+        f"{'offers' if _editor_offers(entry) else 'does not offer'} {entry['url']} as {entry['filename']}")
+    if not entry["editor_download"]:
+        note = entry.get("editor_download_note") or ""
+        assert entry["filename"] in note or "atelier models download " + entry["id"] in note, note
+
+
+def test_every_workflow_model_says_whether_the_editor_offers_it():
+    by_name = {(e["save_path"], e["filename"]): e for e in ENTRIES}
+    seen = set()
+    for wf, item in _workflow_model_items():
+        e = by_name[(item["directory"], item["name"])]
+        assert "editor_download" in e, f"{wf}: manifest entry '{e['id']}' lacks editor_download"
+        seen.add(e["id"])
+    # the story sets' CLIP ViT-L/14 gets a button, the LAION head (.pth on GitHub) is fetched by hand
+    assert {"clip-vit-l14", "aesthetic-laion-v2-linear"} <= seen
+    flags = {e["id"]: e["editor_download"] for e in ENTRIES if "editor_download" in e}
+    assert flags["clip-vit-l14"] is True and flags["aesthetic-laion-v2-linear"] is False
+    assert flags["poolnet-resnet50"] is False
+
+
+def test_editor_rule_is_the_installed_frontends():
+    """The hosts and suffixes above are the ones in the installed frontend's missing-models dialog (when the
+    frontend package is installed; it is, wherever the 0.3.64 runtime runs)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("comfyui-frontend-package is not installed")
+    assets = Path(list(spec.submodule_search_locations)[0]) / "static" / "assets"
+    for js in sorted(assets.glob("*.js")):
+        text = js.read_text(encoding="utf-8", errors="replace")
+        i = text.find("const allowedSources = [")
+        if i < 0:
+            continue
+        block = text[i:i + 1200]
+        sources = re.findall(r'"([^"]+)"', block[:block.index("];")])
+        j = block.index("const allowedSuffixes = [")
+        suffixes = re.findall(r'"([^"]+)"', block[j:block.index("];", j)])
+        assert tuple(sources) == EDITOR_HOSTS and tuple(suffixes) == EDITOR_SUFFIXES
+        return
+    pytest.skip("this frontend has no allowedSources list (its dialog changed: re-check the rule)")
