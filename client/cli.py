@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     ("client.batch", "batch / convert"),
     ("client.demo", "demo"),
     ("client.train_cli", "train-style"),
+    ("client.controlnet_cli", "train-controlnet"),
     ("client.dataset_cli", "dataset"),
 )
 
