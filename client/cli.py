@@ -1,4 +1,4 @@
-"""`atelier` command line: models, batch, convert, demo, train-style.
+"""`atelier` command line: models, batch, convert, demo, train-style, train-lora.
 
 Each sub-command is a client module that registers itself through an `add_parser(subparsers)`
 function (models_cli, batch, demo, train_cli); this module only gathers them. Importing it, and
@@ -19,7 +19,7 @@ SUBCOMMANDS = (
     ("client.models_cli", "models"),
     ("client.batch", "batch / convert"),
     ("client.demo", "demo"),
-    ("client.train_cli", "train-style"),
+    ("client.train_cli", "train-style / train-lora"),
     ("client.controlnet_cli", "train-controlnet"),
     ("client.dataset_cli", "dataset"),
 )

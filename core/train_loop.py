@@ -222,6 +222,7 @@ class Denoiser:
     precision: str
     cond: Callable
     scaler: object = None   # torch.amp.GradScaler (enabled for fp16 on CUDA only)
+    fixed_batch: bool = False  # every step draws step 0's batch, noise and timesteps (overfitting check)
 
     def step(self, step: int) -> float:
         """One optimiser step on a batch drawn from a generator seeded by (seed, step): resumable."""
@@ -229,7 +230,7 @@ class Denoiser:
         import torch.nn.functional as F
 
         device, sched = self.device, self.sched
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # depends on the step only
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + (0 if self.fixed_batch else step))  # the step only
         idx = torch.randint(0, len(self.means), (self.batch_size,), generator=g)
         mu, lv = self.means[idx.to(device)], self.logvars[idx.to(device)]
         eps_lat = torch.randn(mu.shape, generator=g).to(device)
