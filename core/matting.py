@@ -362,7 +362,8 @@ def contact_shadow(alpha: torch.Tensor, softness: float = 3.0, offset: float = 0
 
     Per image: the product is where alpha >= 0.5; its base is the lowest such row and its height runs
     from the highest one. The bottom SHADOW_FOOTPRINT of the silhouette is squashed vertically to
-    SHADOW_SQUASH of its height (a flat band as wide as the product's base), moved down by ``offset``
+    SHADOW_SQUASH of its height (a flat band as wide as the product's base), centred on the base line, moved
+    down by ``offset``
     percent of the product's height, and blurred (Gaussian, sigma = ``softness`` percent of the product's
     height). An image without a product gets no shadow. The blur runs at a reduced resolution (sigma
     about 3 px there), so its cost does not grow with the softness."""
@@ -383,7 +384,7 @@ def contact_shadow(alpha: torch.Tensor, softness: float = 3.0, offset: float = 0
         flat = F.interpolate(band[None, None], size=(squashed_h, w), mode="area")[0, 0]
         shift = round(offset / 100.0 * height)
         canvas = torch.zeros(h, w, dtype=torch.float32, device=alpha.device)
-        y1 = base + 1 + shift  # the squashed band ends on the (shifted) base line
+        y1 = base + 1 + shift + squashed_h // 2  # the squashed band is centred on the (shifted) base line
         y0 = y1 - squashed_h
         s0, s1 = max(0, y0), min(h, y1)
         if s1 > s0:

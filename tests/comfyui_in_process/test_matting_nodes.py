@@ -281,3 +281,64 @@ def test_thin_image_is_refused_before_the_model_is_loaded_or_run(env, monkeypatc
     msg = str(e.value)
     assert msg.startswith("[Atelier Remove Background] input 'small_input':")
     assert "2,220,000 x 111 px" in msg and "'pad'" in msg and calls == []
+
+
+CUTOUT_INPUTS = ["decontaminate", "shadow_strength", "shadow_softness", "shadow_offset"]
+
+
+def green_screen_product(h=120, w=160):
+    """(image on pure green, true alpha, true colour): an orange rectangle with 8-px linear soft edges."""
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    dist = torch.minimum(torch.minimum(yy - 30, 90 - yy), torch.minimum(xx - 40, 120 - xx))
+    a = ((dist + 4) / 8).clamp(0, 1)[None]
+    f = torch.tensor([1.0, 0.5, 0.0])
+    return a[..., None] * f + (1 - a[..., None]) * torch.tensor([0.0, 1.0, 0.0]), a, f
+
+
+def test_clean_cutout_inputs_come_after_the_original_widgets(env):
+    """Saved workflows store widget values by position: the new inputs are the last ones, off by default."""
+    N = env
+    spec = N.AtelierRemoveBackground.INPUT_TYPES()
+    order = list(spec["required"]) + list(spec["optional"])
+    assert order[-len(CUTOUT_INPUTS):] == CUTOUT_INPUTS
+    assert order[:-len(CUTOUT_INPUTS)][-1] == "mask" and order.index("small_input") == len(spec["required"]) - 1
+    opts = {k: spec["optional"][k][1] for k in CUTOUT_INPUTS}
+    assert opts["decontaminate"]["default"] is False and opts["shadow_strength"]["default"] == 0.0
+
+
+def test_left_out_clean_cutout_inputs_give_todays_output(env):
+    """An API prompt / workflow saved before has none of the new inputs: the composite is today's formula."""
+    N = env
+    model = load(N, CENTRE_NAME)
+    img, a, _ = green_screen_product()
+    for mask in (None, a):
+        out, alpha, rgba, _ = run(N, model, img, refine_edges="guided_filter", mask=mask)
+        today = torch.where(alpha[..., None] >= 1, img, 1 + alpha[..., None] * (img - 1)).clamp(0, 1)
+        assert torch.equal(out, today) and torch.equal(rgba[..., :3], img)
+        off = run(N, model, img, refine_edges="guided_filter", mask=mask, decontaminate=False, shadow_strength=0.0)
+        assert all(torch.equal(x, y) for x, y in zip(off, (out, alpha, rgba)))
+
+
+def test_decontaminate_and_shadow_through_the_node(env):
+    N = env
+    model = load(N, CENTRE_NAME)
+    img, a, f = green_screen_product()
+    white = torch.ones(3)
+    ideal = a[..., None] * f + (1 - a[..., None]) * white
+    d = (torch.tensor([0.0, 1.0, 0.0]) - white) / 2 ** 0.5
+    edge = (a > 0.05) & (a < 0.95)
+    plain = run(N, model, img, mask=a)
+    clean = run(N, model, img, mask=a, decontaminate=True)
+    lean = lambda out: ((out - ideal) * d).sum(-1)[edge]  # noqa: E731
+    assert lean(plain[0]).max() > 0.15 and lean(clean[0]).max() <= 0.02
+    assert torch.equal(clean[1], plain[1]) and torch.equal(clean[2][..., 3], plain[1])
+    assert (clean[2][..., :3][edge[..., None].expand(-1, -1, -1, 3)].view(-1, 3)[:, 1] < 0.6).all()  # no green
+    shaded = run(N, model, img, mask=a, decontaminate=True, shadow_strength=0.5)
+    solid = a >= 1
+    assert torch.equal(shaded[0][solid], clean[0][solid]) and (shaded[0] <= clean[0] + 1e-7).all()
+    below = (clean[0] - shaded[0])[0, 91:96, 40:120]  # just under the base (row 90)
+    assert below.max() > 0.1 and (clean[0] - shaded[0])[0, :30].abs().max() == 0
+    assert torch.equal(shaded[2], clean[2])  # the cut-out never carries the shadow
+    with pytest.raises(ValueError) as e:
+        run(N, model, img, mask=a, shadow_strength=float("nan"))
+    assert "[Atelier Remove Background]" in str(e.value) and "'shadow_strength'" in str(e.value)
