@@ -70,17 +70,18 @@ def to_rgb(image: torch.Tensor, background: float | tuple[float, float, float] =
     return x
 
 
-def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+def to_uint8(image: torch.Tensor | np.ndarray, *, finite: bool = False) -> np.ndarray:
     """float 0..1 (any shape) -> uint8 ndarray, exactly as ComfyUI's Save Image writes it
     (``clip(255 * x, 0, 255)`` then truncation), so analysing an IMAGE and its saved PNG agree.
-    NaN becomes 0 (what Save Image's cast gives on x86)."""
+    NaN becomes 0 (what Save Image's cast gives on x86); ``finite=True``: the caller has already refused
+    NaN/inf (core.finite), which skips the NaN pass."""
     if isinstance(image, torch.Tensor):
         image = image.detach().to("cpu", torch.float32).numpy()
     if image.dtype == np.uint8:
         return image
     a = np.asarray(image, dtype=np.float32) * np.float32(255.0)
     np.clip(a, 0, 255, out=a)
-    if np.isnan(a).any():  # checked first: nan_to_num costs ten times a clip, and NaN is rare
+    if not finite and np.isnan(a).any():  # checked first: nan_to_num costs ten times a clip, and NaN is rare
         np.nan_to_num(a, copy=False, nan=0.0)
     return a.astype(np.uint8)
 

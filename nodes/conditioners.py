@@ -7,6 +7,8 @@ preallocated output tensor (no per-image float copies, no stack).
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -32,11 +34,16 @@ MASK_TOOLTIP = "The same lines as a MASK [B,H,W] (1 = line)."
 
 
 def _finite_batch(image, node: str) -> torch.Tensor:
-    """The IMAGE as a CPU float32 batch (core.images.image_batch), refused by name if it holds NaN/inf. The check
-    runs on the numpy view: one single-threaded sum, where torch's threaded one stalls for milliseconds on a busy
-    machine (8 ms for a 512^2 image measured here, 10x the whole Canny)."""
+    """The IMAGE as a CPU float32 batch (core.images.image_batch), refused by name if it holds NaN/inf.
+
+    The fast path is OpenCV's SIMD sum (accumulated in double, so a finite float32 batch never overflows it and
+    any NaN/inf makes it non-finite): ~3x cheaper than numpy's sum, and single-threaded, where torch's threaded
+    one stalls for milliseconds on a busy machine. Only a non-finite sum goes through core.finite.check_finite,
+    which names the bad images."""
     x = image_batch(image, node)
-    check_finite(x.numpy(), node=node, input="image")
+    a = x.numpy()
+    if not (a.size and a.flags.c_contiguous and math.isfinite(sum(cv2.sumElems(a.reshape(a.shape[0], -1))))):
+        check_finite(a, node=node, input="image")
     return x
 
 
@@ -141,7 +148,7 @@ class AtelierCanny:
         def one(img):
             edges, info, _ = E.canny_image(img, low=low_threshold, high=high_threshold, auto=auto, sigma=auto_sigma,
                                            blur_sigma=blur_sigma, l2_gradient=l2_gradient, resolution=resolution,
-                                           node=node)
+                                           node=node, finite=True)  # _finite_batch refused NaN/inf
             return edges, info
 
         return run_batch(x, one, node, size)
@@ -203,7 +210,7 @@ class AtelierLineart:
         def one(img):
             lines, info, _ = E.lineart_image(img, polarity=polarity, binarize_lines=bool(binarize), threshold=thr,
                                              min_speck_area=int(min_speck_area), thickness=int(thickness),
-                                             resolution=resolution, node=node)
+                                             resolution=resolution, node=node, finite=True)
             return lines, info
 
         return run_batch(x, one, node, size)

@@ -9,6 +9,7 @@ import pytest
 
 from comfyui_atelier.core import edges as E
 from comfyui_atelier.core.errors import AtelierError
+from comfyui_atelier.core.images import to_uint8
 
 
 def drawing(h: int = 120, w: int = 180, dark_on_light: bool = True, speck: bool = False) -> np.ndarray:
@@ -65,6 +66,19 @@ def test_analysis_of_image_equals_analysis_of_its_saved_png(channels):
         for run in (lambda x: E.canny_image(x, low=10, high=30, resolution=0)[0],
                     lambda x: E.lineart_image(x, min_speck_area=4, resolution=0)[0]):
             assert np.array_equal(run(src), run(img))
+
+
+def test_gray_of_a_tall_rgb_image_strip_by_strip_equals_converting_it_whole():
+    """RGB floats are converted and turned to gray a strip of rows at a time (with or without the NaN pass):
+    the same bytes as Save Image's conversion of the whole image followed by one cvtColor."""
+    rng = np.random.default_rng(2)
+    img = rng.random((613, 97, 3), dtype=np.float32) * 1.2 - 0.1  # out-of-range values too
+    want = cv2.cvtColor(to_uint8(img), cv2.COLOR_RGB2GRAY)
+    for finite in (False, True):
+        np.testing.assert_array_equal(E.to_gray_u8(img, finite=finite), want)
+    nan = img.copy()
+    nan[300, 5] = np.nan
+    assert E.to_gray_u8(nan)[300, 5] == cv2.cvtColor(to_uint8(nan), cv2.COLOR_RGB2GRAY)[300, 5]
 
 
 def test_gray_uses_luma_weights():
@@ -322,6 +336,104 @@ def test_remove_specks_same_output_on_bench_like_images():
             for area in (4, 12):
                 got, _ = E.lineart(g, binarize_lines=binarize, min_speck_area=area)
                 np.testing.assert_array_equal(got, _remove_specks_by_full_labelling(ref, area, support=support))
+
+
+def _remove_specks_before(lines, min_area, support=None, *, binary_support=False):
+    """The reference: core.edges.remove_specks as it was before it labelled only the candidates' bounding box
+    (whole-image 32-bit labelling of every candidate, one dilation of the core map), kept here verbatim."""
+    if min_area <= 1:
+        return lines
+    sup = lines if support is None else support
+    fg = sup if binary_support else cv2.threshold(sup, 0, 255, cv2.THRESH_BINARY)[1]
+    mean = cv2.boxFilter(fg, -1, (3, 3), normalize=True, borderType=cv2.BORDER_CONSTANT)
+    few = cv2.threshold(mean, int(255 * (min(int(min_area), 10) - 0.5) / 9), 255, cv2.THRESH_BINARY_INV)[1]
+    cand = cv2.bitwise_and(few, fg)
+    if not cv2.countNonZero(cand):
+        return lines
+    core = cv2.subtract(fg, few)
+    near_core = cv2.dilate(core, np.ones((3, 3), np.uint8))
+    n, labels = cv2.connectedComponents(cand, connectivity=8, ltype=cv2.CV_32S)
+    pts = cv2.findNonZero(cand).reshape(-1, 2)
+    idx = pts[:, 1].astype(np.intp) * cand.shape[1] + pts[:, 0]
+    lab = labels.ravel()[idx]
+    small = np.bincount(lab, minlength=n) < min_area
+    small[lab[near_core.ravel()[idx] != 0]] = False
+    small[0] = False
+    if not small.any():
+        return lines
+    out = lines.copy()
+    out.ravel()[idx[small[lab]]] = 0
+    return out
+
+
+def _more_speck_cases():
+    """Beyond _speck_cases: noise of every density, specks in the corners and along the edges only (a small
+    bounding box away from the origin), and maps big enough for both near-core paths and for 32-bit labels."""
+    rng = np.random.default_rng(11)
+    for density in (0.002, 0.05, 0.15, 0.3, 0.5, 0.8):
+        yield f"noise {density}", (rng.random((71, 89)) < density).astype(np.uint8) * 255
+    corner = np.zeros((50, 60), np.uint8)
+    corner[0, 0] = corner[49, 59] = corner[0, 59] = corner[49, 0] = 255
+    corner[48:50, 30] = 255  # 2 px on the bottom edge
+    yield "corner and edge specks", corner
+    island = np.zeros((80, 90), np.uint8)
+    island[50:53, 60:63] = 255  # a 9 px blob (core pixels) ...
+    island[53, 63] = 255  # ... with a candidate hanging off its corner: part of the blob
+    island[60, 70] = island[61, 71] = 255  # a 2 px speck inside the candidates' box, far from the origin
+    yield "box away from the origin", island
+    yield "large dust", (rng.random((400, 500)) < 0.004).astype(np.uint8) * 255  # few small blobs: gather path
+    yield "large noise", (rng.random((300, 300)) < 0.12).astype(np.uint8) * 255  # many: dilation path
+    yield ">65535 candidates", (rng.random((700, 700)) < 0.2).astype(np.uint8) * 255  # 32-bit labels
+
+
+@pytest.mark.parametrize("min_area", [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 25, 100000])
+def test_remove_specks_same_output_as_before(min_area):
+    """Bounding-box, 16-bit, erase-only-what-is-small speck removal gives today's maps bit for bit: binary and
+    soft lines, implicit and binary support, on every case (and the input itself when nothing is erased)."""
+    rng = np.random.default_rng(100 + min_area)
+    for name, mask in list(_speck_cases()) + list(_more_speck_cases()):
+        want = _remove_specks_before(mask, min_area)
+        got = E.remove_specks(mask, min_area)
+        np.testing.assert_array_equal(got, want, err_msg=f"{name}, min_area {min_area}")
+        if min_area <= 9 or mask.size < 100_000:
+            np.testing.assert_array_equal(want, _remove_specks_by_full_labelling(mask, min_area), err_msg=name)
+        assert (got is mask) == (want is mask), name
+        np.testing.assert_array_equal(E.remove_specks(mask, min_area, support=mask, binary_support=True), want,
+                                      err_msg=f"{name} (binary support), min_area {min_area}")
+        soft = np.where(mask > 0, rng.integers(1, 256, mask.shape), rng.integers(0, 40, mask.shape)).astype(np.uint8)
+        np.testing.assert_array_equal(E.remove_specks(soft, min_area, support=mask),
+                                      _remove_specks_before(soft, min_area, support=mask),
+                                      err_msg=f"{name} (soft), min_area {min_area}")
+
+
+@pytest.mark.parametrize("kind", ["photo", "drawing"])
+def test_lineart_same_output_as_before_for_every_setting(kind, monkeypatch):
+    """lineart() end to end (polarity, binarize, threshold, min_speck_area, thickness as the node exposes them)
+    on a bench-like photo and a dusty drawing: the same maps as with today's speck removal."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:256, 0:320].astype(np.float32) / 256
+    if kind == "photo":
+        img = 0.8 - 0.2 * yy + 0.04 * np.sin(xx * 60 + yy * 25) + rng.normal(0, 0.05, yy.shape)
+        cv2.rectangle(img, (40, 30), (200, 120), 0.35, -1)
+        cv2.circle(img, (250, 180), 50, 0.6, -1)
+    else:
+        img = 0.93 + 0.03 * (xx - yy) + rng.normal(0, 0.01, yy.shape)
+        for _ in range(25):
+            p = rng.integers(0, 256, 4)
+            cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), 0.1, int(rng.integers(1, 4)), cv2.LINE_AA)
+        ys, xs = rng.integers(0, 256, (2, 300))
+        img[ys, xs] = 0.2
+        img[0, :: 7] = 0.1  # dust along the top edge
+    g = E.to_gray_u8(np.clip(img, 0, 1).astype(np.float32))
+    settings = [dict(min_speck_area=a, threshold=t, binarize_lines=b, polarity=p, thickness=k)
+                for a in (0, 2, 4, 9, 10, 50) for t in (None, 40, 128) for b in (True, False)
+                for p, k in (("auto", 0), ("dark_on_light", 1), ("light_on_dark", -1))]
+    got = [E.lineart(g, **s) for s in settings]
+    monkeypatch.setattr(E, "remove_specks", _remove_specks_before)
+    for s, (lines, pol) in zip(settings, got):
+        want, want_pol = E.lineart(g, **s)
+        assert pol == want_pol
+        np.testing.assert_array_equal(lines, want, err_msg=str(s))
 
 
 def test_thickness_grows_and_thins_lines():
