@@ -10,7 +10,8 @@
 import { app } from "../../scripts/app.js";
 
 const PROMPT_NODES = new Set(["AtelierSystemPrompt", "AtelierSystemPromptEncode"]);
-const SCORE_NODES = new Set(["AtelierAestheticScorer", "AtelierAestheticFilter", "AtelierAestheticSetGate"]);
+const SCORE_NODES = new Set(["AtelierAestheticScorer", "AtelierAestheticFilter", "AtelierAestheticSetGate",
+  "AtelierSetCoherence"]);
 const WARN = "#e8a33d";
 const PASS = "#5cb85c";
 const FAIL = "#e05d5d";
@@ -91,7 +92,11 @@ export function scoreText(message) {
   }
   const gate = Array.isArray(message.atelier_gate) ? message.atelier_gate[0] : null;
   if (gate && typeof gate === "object") {
-    out.push(`set gate: ${gate.passed ? "PASS" : "FAIL"} (mean ${fmt(gate.mean)} ${gate.passed ? ">=" : "<"} ${gate.threshold})`);
+    out.push(`set gate: ${gate.passed ? "PASS" : "FAIL"} (mean ${fmt(gate.mean)} ${Number(gate.mean) >= Number(gate.threshold) ? ">=" : "<"} ${gate.threshold})`);
+    if ("coherence" in gate) {
+      const on = Number(gate.min_coherence) > 0;
+      out.push(`set coherence ${fmt(gate.coherence)}` + (on ? ` (min ${gate.min_coherence})` : " (check off)"));
+    }
     color = gate.passed ? PASS : FAIL;
   }
   const reports = Array.isArray(message.atelier_report) ? message.atelier_report : [];

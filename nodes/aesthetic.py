@@ -16,6 +16,7 @@ import comfy.model_management
 import folder_paths
 
 from ..core import aesthetic as core
+from ..core import coherence as coh
 from ..core.cache import FileCache, file_stamp
 from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float, check_finite_floats
@@ -178,25 +179,9 @@ class AtelierAestheticScorer:
         clip_vision = _one(clip_vision)
         images = _cat_images(images, node)
         check_finite(images, node=node, input="images")  # NaN pixels would be scored as black, silently
-        if not isinstance(aesthetic_model, core.AestheticModel):
-            raise AtelierError("this is not an aesthetic model.", node=node, input="aesthetic_model",
-                               fix="connect Atelier Aesthetic Loader.")
         n = int(images.shape[0])
-        progress = Progress(n).callback()
-        if aesthetic_model.has_clip:
-            # CLIP tower + head as one model under ComfyUI's model management (offloaded like a CLIP vision)
-            load_to_device(managed(aesthetic_model, aesthetic_model.clip, aesthetic_model.head,
-                                   offload_device=comfy.model_management.text_encoder_offload_device()))
-            scores = aesthetic_model.score(images, progress=progress, node=node, input="images")
-        else:  # ComfyUI's CLIP_VISION loads itself through its own patcher (encode_image)
-            if clip_vision is None:
-                raise AtelierError(f"'{aesthetic_model.name}' is a head file without a CLIP vision model.", node=node,
-                                   input="clip_vision", expected="a CLIP_VISION (CLIP ViT-L/14) input",
-                                   fix="add Load CLIP Vision with clip-vit-large-patch14 and connect it to "
-                                       "clip_vision, or load a simple-aesthetics-predictor model folder.")
-            aesthetic_model = _with_image_size(aesthetic_model, getattr(clip_vision, "image_size", 224))
-            scores = aesthetic_model.score(images, progress=progress, embed_fn=comfy_clip_vision_embedder(clip_vision),
-                                           node=node, input="clip_vision")
+        model, embed_fn, where = _clip_for(aesthetic_model, clip_vision, node)
+        scores = model.score(images, progress=Progress(n).callback(), embed_fn=embed_fn, node=node, input=where)
         vals = check_finite_floats(
             scores, node=node, input="aesthetic_model", what="scores",
             fix=f"the aesthetic model '{aesthetic_model.name}' (or its CLIP vision) has NaN/inf weights: download it "
@@ -205,6 +190,27 @@ class AtelierAestheticScorer:
         sorted_images = images[torch.tensor(order, dtype=torch.long)]
         report = core.format_report(vals)
         return {"ui": {"atelier_scores": vals}, "result": (vals, report, sorted_images)}
+
+
+def _clip_for(aesthetic_model, clip_vision, node: str):
+    """(model, embed_fn, input name) for AestheticModel.image_embeddings / score: the bundled CLIP tower
+    (loaded under ComfyUI's model management, embed_fn None) or ComfyUI's CLIP_VISION (path b)."""
+    if not isinstance(aesthetic_model, core.AestheticModel):
+        raise AtelierError("this is not an aesthetic model.", node=node, input="aesthetic_model",
+                           fix="connect Atelier Aesthetic Loader.")
+    if aesthetic_model.has_clip:
+        # CLIP tower + head as one model under ComfyUI's model management (offloaded like a CLIP vision)
+        load_to_device(managed(aesthetic_model, aesthetic_model.clip, aesthetic_model.head,
+                               offload_device=comfy.model_management.text_encoder_offload_device()))
+        return aesthetic_model, None, "images"
+    # ComfyUI's CLIP_VISION loads itself through its own patcher (encode_image)
+    if clip_vision is None:
+        raise AtelierError(f"'{aesthetic_model.name}' is a head file without a CLIP vision model.", node=node,
+                           input="clip_vision", expected="a CLIP_VISION (CLIP ViT-L/14) input",
+                           fix="add Load CLIP Vision with clip-vit-large-patch14 and connect it to "
+                               "clip_vision, or load a simple-aesthetics-predictor model folder.")
+    model = _with_image_size(aesthetic_model, getattr(clip_vision, "image_size", 224))
+    return model, comfy_clip_vision_embedder(clip_vision), "clip_vision"
 
 
 def _with_image_size(m: core.AestheticModel, size) -> core.AestheticModel:
@@ -294,6 +300,16 @@ class AtelierAestheticSetGate:
             "on_fail": (["continue", "stop workflow"], {
                 "tooltip": "continue: report FAIL and pass the images on. stop workflow: raise an error so "
                            "nothing downstream (e.g. Save Image) runs for a rejected set."}),
+        }, "optional": {
+            "coherence": ("FLOAT", {"forceInput": True,
+                                    "tooltip": "Optional: the 'coherence' output of Atelier Set Coherence (mean "
+                                               "pairwise CLIP cosine similarity of the set). Shown in the report; "
+                                               "checked against min_coherence when that is above 0."}),
+            "min_coherence": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "The set also needs coherence >= this to pass. 0 = off (the "
+                                                   "coherence is only reported): no threshold is calibrated for "
+                                                   "CLIP ViT-L/14 yet; set one from the coherence of sets you "
+                                                   "accept (see the node docs)."}),
         }}
 
     INPUT_IS_LIST = True
@@ -303,13 +319,22 @@ class AtelierAestheticSetGate:
                        "The mean aesthetic score of the set.", "Per-image scores and the verdict.")
     FUNCTION = "gate"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Accepts or rejects a whole set by its mean aesthetic score (default: mean >= 6.0)."
+    DESCRIPTION = ("Accepts or rejects a whole set by its mean aesthetic score (default: mean >= 6.0) and, "
+                   "optionally, its coherence (Atelier Set Coherence) against min_coherence.")
 
-    def gate(self, images, scores, threshold, on_fail):
+    def gate(self, images, scores, threshold, on_fail, coherence=None, min_coherence=None):
         node = self.DISPLAY
         batch = _cat_images(images, node)
         vals = _flat_scores(scores, node)
         threshold, on_fail = check_finite_float(_one(threshold), node=node, input="threshold"), _one(on_fail)
+        min_coh = check_finite_float(_one(min_coherence, coh.OFF), node=node, input="min_coherence")
+        coh_value = _one(coherence)
+        if coh_value is not None:
+            coh_value = float(coh_value)
+        elif min_coh > coh.OFF:
+            raise AtelierError(f"min_coherence is {min_coh:g} but no coherence is connected.", node=node,
+                               input="coherence", expected="the 'coherence' output of Atelier Set Coherence",
+                               fix="connect Atelier Set Coherence's 'coherence' output, or set min_coherence to 0.")
         if len(vals) != batch.shape[0]:
             raise AtelierError(f"{len(vals)} scores for {batch.shape[0]} images.", node=node, input="scores",
                                expected="one score per image", fix="score exactly the images you gate.")
@@ -322,13 +347,26 @@ class AtelierAestheticSetGate:
             except AtelierError as exc:
                 broken = broken or exc
         passed, mean = core.gate(vals, threshold)
-        passed = bool(passed) and broken is None
+        coh_ok = coh_value is None or coh.passes(coh_value, min_coh)
+        mean_ok = bool(passed)
+        passed = mean_ok and coh_ok and broken is None
         report = core.format_report(vals, threshold, title="set gate")
+        if coh_value is not None:
+            report += "\n" + _coherence_line(coh_value, min_coh)
+            if mean_ok and broken is None:
+                report += f"\nset gate (mean and coherence): {'PASS' if passed else 'FAIL'}"
         if broken is not None:
             report += f"\nset gate: FAIL, {broken.problem}"
             if on_fail == "stop workflow":
                 raise AtelierError(f"set rejected: {broken.problem}", node=node, input=broken.input,
                                    expected=broken.expected, fix=broken.fix)
+        elif not coh_ok and mean_ok and on_fail == "stop workflow":
+            raise AtelierError("set rejected: set coherence "
+                               f"{core.compare_text(coh_value, min_coh, names=('', 'min_coherence '))}.", node=node,
+                               input="min_coherence", expected=f"coherence >= {min_coh:g}",
+                               fix="re-render the outlier image (see Atelier Set Coherence's report) or the set with "
+                                   "a shared style (LoRA, style prompt, seed), or lower min_coherence (0 = off), or "
+                                   "set on_fail to 'continue'.")
         elif not passed and on_fail == "stop workflow":
             raise AtelierError("set rejected: mean aesthetic score "
                                f"{core.compare_text(mean, threshold, names=('', 'threshold '))}.", node=node, input="threshold", expected=f"mean >= {threshold:g}",
@@ -338,7 +376,66 @@ class AtelierAestheticSetGate:
         ui = {"atelier_scores": [v if math.isfinite(v) else None for v in vals],
               "atelier_gate": [{"passed": passed, "mean": mean if math.isfinite(mean) else None,
                                 "threshold": threshold}]}
+        if coh_value is not None:
+            ui["atelier_gate"][0].update(coherence=coh_value if math.isfinite(coh_value) else None,
+                                         min_coherence=min_coh)
         return {"ui": ui, "result": (batch, passed, mean, report)}
+
+
+def _coherence_line(value: float, min_coherence: float) -> str:
+    if min_coherence <= coh.OFF:
+        return f"set coherence {value:.4f} (check off: min_coherence 0)"
+    verdict = "PASS" if coh.passes(value, min_coherence) else "FAIL"
+    return (f"set coherence: {core.compare_text(value, min_coherence, names=('', 'min_coherence '))} "
+            f"-> {verdict}")
+
+
+class AtelierSetCoherence:
+    DISPLAY = "Atelier Set Coherence"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "aesthetic_model": (AESTHETIC_TYPE, {"tooltip": "From Atelier Aesthetic Loader: its CLIP vision tower "
+                                                            "(model folder) or, for a head file, clip_vision "
+                                                            "embeds the images, exactly as the scorer does."}),
+            "images": ("IMAGE", {"tooltip": "The set (a batch, or a list of batches such as one per prompt line); "
+                                            "at least 2 images for a meaningful coherence."}),
+        }, "optional": {
+            "clip_vision": ("CLIP_VISION", {"tooltip": "ComfyUI CLIP vision model (ViT-L/14, from Load CLIP Vision): "
+                                                       "needed when the loader loaded a head file; ignored for a "
+                                                       "model folder, which has its own CLIP."}),
+        }}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("FLOAT", "FLOAT", "INT", "STRING")
+    RETURN_NAMES = ("coherence", "per_image", "outlier", "report")
+    OUTPUT_IS_LIST = (False, True, False, False)
+    OUTPUT_TOOLTIPS = ("Mean pairwise cosine similarity of the images' CLIP embeddings (1 = identical; "
+                       "connect to Atelier Aesthetic Set Gate's coherence).",
+                       "Each image's mean similarity to the others, in batch order (a FLOAT list).",
+                       "Batch index of the outlier: the image least like the others (-1 for a single image).",
+                       "Readable report: the coherence, each image's similarity and the outlier.")
+    FUNCTION = "measure"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Scores how consistent a set is in style: mean pairwise cosine similarity of CLIP image "
+                   "embeddings from the aesthetic scorer's CLIP vision model, plus the outlier image.")
+
+    def measure(self, aesthetic_model, images, clip_vision=None):
+        node = self.DISPLAY
+        aesthetic_model = _one(aesthetic_model)
+        images = _cat_images(images, node)
+        check_finite(images, node=node, input="images")
+        n = int(images.shape[0])
+        model, embed_fn, where = _clip_for(aesthetic_model, _one(clip_vision), node)
+        emb = model.image_embeddings(images, progress=Progress(n).callback(), embed_fn=embed_fn, node=node,
+                                     input=where)
+        c = coh.coherence(emb, node=node, input=where)
+        report = coh.format_report(c)
+        short = (f"set coherence {c.coherence:.4f} ({n} images); outlier #{c.outlier} "
+                 f"{c.per_image[c.outlier]:.4f} ({c.gap:.4f} below)" if c.outlier >= 0
+                 else f"set coherence {c.coherence:.4f} (a single image)")
+        return {"ui": {"atelier_report": [short]}, "result": (c.coherence, c.per_image, c.outlier, report)}
 
 
 def _caption_font_dirs() -> list[str]:
@@ -412,6 +509,7 @@ NODE_CLASS_MAPPINGS = {
     "AtelierAestheticScorer": AtelierAestheticScorer,
     "AtelierAestheticFilter": AtelierAestheticFilter,
     "AtelierAestheticSetGate": AtelierAestheticSetGate,
+    "AtelierSetCoherence": AtelierSetCoherence,
     "AtelierImageGrid": AtelierImageGrid,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

@@ -358,3 +358,76 @@ def test_a_predictor_folder_is_reloaded_when_a_file_inside_changes(env):
     assert N.AtelierAestheticLoader.IS_CHANGED(HF_NAME) != stamp
     again = N.AtelierAestheticLoader().load(HF_NAME)[0]
     assert again is not m and again.head.layout == m.head.layout
+
+
+# --------------------------------------------------------------------------- set coherence and the gate's coherence check
+def test_set_coherence_node_folder_model_finds_the_planted_outlier(env):
+    N = env["N"]
+    from comfyui_atelier.core import aesthetic as A
+    from comfyui_atelier.core import coherence as C
+    from tests.fixtures import coherence_sets as S
+    (m,) = N.AtelierAestheticLoader().load(HF_NAME)
+    imgs = S.planted(at=3)
+    # as ComfyUI calls it: INPUT_IS_LIST, here the set arrives as two batches
+    out = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=[imgs[:5], imgs[5:]])
+    value, per_image, outlier, report = out["result"]
+    want = C.coherence(A.load_hf_predictor(env["hf"]).image_embeddings(imgs))
+    assert outlier == 3 == want.outlier and value == pytest.approx(want.coherence, abs=1e-6)
+    assert len(per_image) == 8 and per_image == pytest.approx(want.per_image, abs=1e-6)
+    assert "<- outlier" in report and "#3" in out["ui"]["atelier_report"][0]  # shown on the node
+    assert N.AtelierSetCoherence.OUTPUT_IS_LIST == (False, True, False, False)
+    coherent = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=S.coherent_set())["result"][0]
+    mixed = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=S.mixed_set())["result"][0]
+    assert coherent > mixed
+
+
+def test_set_coherence_node_with_comfy_clip_vision(env, tiny_comfy_clip_vision):
+    """Path (b): head file + ComfyUI CLIP_VISION embeds the set; same outlier, coherence close to path (a)."""
+    N = env["N"]
+    from tests.fixtures import coherence_sets as S
+    (h,) = N.AtelierAestheticLoader().load(HEAD_NAME)
+    (m,) = N.AtelierAestheticLoader().load(HF_NAME)
+    imgs = S.planted(at=6)
+    b = _call_listed(N.AtelierSetCoherence, aesthetic_model=h, images=imgs, clip_vision=tiny_comfy_clip_vision)
+    a = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=imgs)
+    assert b["result"][2] == a["result"][2] == 6
+    assert b["result"][0] == pytest.approx(a["result"][0], abs=1e-3)  # ComfyUI keeps CLIP vision in fp16 on CPU
+    from comfyui_atelier.core.errors import AtelierError
+    with pytest.raises(AtelierError) as e:
+        _call_listed(N.AtelierSetCoherence, aesthetic_model=h, images=imgs)
+    assert "input 'clip_vision'" in str(e.value) and "[Atelier Set Coherence]" in str(e.value)
+
+
+def test_set_gate_with_coherence(env):
+    N = env["N"]
+    from comfyui_atelier.core.errors import AtelierError
+    imgs = _images(seed=6)
+    scores = _score(env, imgs)
+    mean = sum(scores) / len(scores)
+    low = mean - 0.01
+    # old call (no coherence inputs, as a workflow saved before them) and min_coherence 0: unchanged verdicts
+    old = _call_listed(N.AtelierAestheticSetGate, images=imgs, scores=scores, threshold=low, on_fail="continue")
+    off = _call_listed(N.AtelierAestheticSetGate, images=imgs, scores=scores, threshold=low, on_fail="continue",
+                       coherence=0.42, min_coherence=0.0)
+    assert old["result"][1] is True and off["result"][1] is True and "coherence" not in old["result"][3]
+    assert "set coherence 0.4200 (check off" in off["result"][3]
+    assert off["ui"]["atelier_gate"][0]["coherence"] == pytest.approx(0.42)
+    ok = _call_listed(N.AtelierAestheticSetGate, images=imgs, scores=scores, threshold=low, on_fail="stop workflow",
+                      coherence=0.9, min_coherence=0.8)
+    assert ok["result"][1] is True and "-> PASS" in ok["result"][3]
+    bad = _call_listed(N.AtelierAestheticSetGate, images=imgs, scores=scores, threshold=low, on_fail="continue",
+                       coherence=0.7, min_coherence=0.8)
+    assert bad["result"][1] is False and bad["result"][2] == pytest.approx(mean) and "-> FAIL" in bad["result"][3]
+    with pytest.raises(AtelierError, match="set rejected: set coherence 0.7 < min_coherence 0.8"):
+        _call_listed(N.AtelierAestheticSetGate, images=imgs, scores=scores, threshold=low, on_fail="stop workflow",
+                     coherence=0.7, min_coherence=0.8)
+    with pytest.raises(AtelierError, match="set rejected: mean aesthetic score"):  # the mean still rules first
+        _call_listed(N.AtelierAestheticSetGate, images=imgs, scores=scores, threshold=mean + 0.01,
+                     on_fail="stop workflow", coherence=0.9, min_coherence=0.8)
+    with pytest.raises(AtelierError) as e:
+        _call_listed(N.AtelierAestheticSetGate, images=imgs, scores=scores, threshold=low, on_fail="continue",
+                     min_coherence=0.5)
+    assert "input 'coherence'" in str(e.value) and "Atelier Set Coherence" in str(e.value)
+    spec = N.AtelierAestheticSetGate.INPUT_TYPES()
+    assert list(spec["optional"]) == ["coherence", "min_coherence"]  # at the end: saved widget values keep their order
+    assert spec["optional"]["min_coherence"][1]["default"] == 0.0

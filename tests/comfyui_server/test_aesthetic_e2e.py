@@ -43,7 +43,7 @@ def story(comfy_server, tmp_path_factory):
     name = "atelier_story_frames.tiff"
     pil[0].save(Path(comfy_server.input_dir) / name, save_all=True, append_images=pil[1:])
     expected = A.load_hf_predictor(hf).score(torch.from_numpy(frames.astype(np.float32) / 255.0)).tolist()
-    return {"frames": frames, "image": name, "expected": expected}
+    return {"frames": frames, "image": name, "expected": expected, "hf": hf}
 
 
 def _scoring_half(image: str, threshold: float, on_fail: str = "stop workflow", prefix: str = "story_e2e") -> dict:
@@ -51,13 +51,16 @@ def _scoring_half(image: str, threshold: float, on_fail: str = "stop workflow", 
     api = json.loads((REPO / "workflows" / "api" / "story_set.json").read_text(encoding="utf-8"))
     by_type = {n["class_type"]: k for k, n in api.items() if n["class_type"] != "SaveImage"}
     keep = {by_type[t] for t in ("AtelierAestheticLoader", "AtelierAestheticScorer", "AtelierAestheticSetGate",
-                                 "AtelierImageGrid")}
+                                 "AtelierImageGrid", "AtelierSetCoherence")}
     saves = {k for k, n in api.items() if n["class_type"] == "SaveImage"}
     prompt = {k: copy.deepcopy(api[k]) for k in keep | saves}
     prompt["100"] = {"class_type": "LoadImage", "inputs": {"image": image}}
     scorer = prompt[by_type["AtelierAestheticScorer"]]["inputs"]
     scorer["images"] = ["100", 0]
     scorer.pop("clip_vision", None)  # the tiny folder model has its own CLIP vision tower
+    coherence = prompt[by_type["AtelierSetCoherence"]]["inputs"]
+    coherence["images"] = ["100", 0]
+    coherence.pop("clip_vision", None)
     prompt[by_type["AtelierAestheticLoader"]]["inputs"]["model_name"] = TINY
     gate = prompt[by_type["AtelierAestheticSetGate"]]["inputs"]
     gate["threshold"], gate["on_fail"] = threshold, on_fail
@@ -107,7 +110,7 @@ def test_story_gate_rejects_a_weak_set_and_saves_nothing(comfy_server, story):
 def test_shipped_story_workflow_matches_server_and_api_twin(comfy_server):
     info = comfy_server.object_info()
     for cid in ("AtelierAestheticLoader", "AtelierAestheticScorer", "AtelierAestheticFilter",
-                "AtelierAestheticSetGate", "AtelierImageGrid"):
+                "AtelierAestheticSetGate", "AtelierImageGrid", "AtelierSetCoherence"):
         assert cid in info, f"{cid} is not registered on the server"
     assert info["AtelierAestheticSetGate"]["output"][1] == "BOOLEAN"
     assert info["AtelierAestheticScorer"]["output_is_list"][0] is True
@@ -122,6 +125,43 @@ def test_shipped_story_workflow_matches_server_and_api_twin(comfy_server):
         assert nodes[b]["inputs"][bslot]["type"] == typ
     types = [n["type"] for n in ui["nodes"]]
     assert {"CheckpointLoaderSimple", "AtelierOptionalLora", "KSampler", "AtelierAestheticScorer",
-            "AtelierAestheticSetGate", "AtelierImageGrid", "SaveImage"} <= set(types)
+            "AtelierAestheticSetGate", "AtelierImageGrid", "SaveImage", "AtelierSetCoherence"} <= set(types)
     lines = next(n for n in ui["nodes"] if n["type"] == "AtelierPromptLines")["widgets_values"][0]
     assert len([ln for ln in lines.splitlines() if ln.strip()]) == 8
+
+
+def test_story_gate_reports_coherence_and_old_prompts_keep_their_behaviour(comfy_server, story):
+    """The shipped gate shows the set's coherence (min_coherence 0: reported, not checked); an API prompt
+    written before the coherence inputs existed (no coherence node, no coherence / min_coherence on the gate)
+    still validates and passes the same set with the same mean."""
+    exp = story["expected"]
+    mean = sum(exp) / len(exp)
+    prompt, ids = _scoring_half(story["image"], threshold=round(mean - 0.25, 3), prefix="story_coh")
+    assert prompt[ids["AtelierAestheticSetGate"]]["inputs"]["min_coherence"] == 0.0
+    outs = comfy_server.run(prompt, timeout=240)["outputs"]
+    gate = outs[ids["AtelierAestheticSetGate"]]["atelier_gate"][0]
+    frames = torch.from_numpy(story["frames"].astype(np.float32) / 255.0)
+    from comfyui_atelier.core import coherence as C
+    want = C.coherence(A.load_hf_predictor(story["hf"]).image_embeddings(frames))
+    assert gate["passed"] is True and gate["coherence"] == pytest.approx(want.coherence, abs=1e-5)
+    assert f"#{want.outlier}" in outs[ids["AtelierSetCoherence"]]["atelier_report"][0]
+    old, _ = _scoring_half(story["image"], threshold=round(mean - 0.25, 3), prefix="story_old")
+    del old[ids["AtelierSetCoherence"]]
+    for k in ("coherence", "min_coherence"):
+        del old[ids["AtelierAestheticSetGate"]]["inputs"][k]
+    entry = comfy_server.run(old, timeout=240)
+    gate_old = entry["outputs"][ids["AtelierAestheticSetGate"]]["atelier_gate"][0]
+    assert gate_old["passed"] is True and "coherence" not in gate_old
+    assert gate_old["mean"] == pytest.approx(gate["mean"], abs=1e-6)
+    assert len([p for p in comfy_server.output_files(entry) if Path(p).name.startswith("frame")]) == 8
+
+
+def test_story_gate_rejects_an_incoherent_set_when_min_coherence_is_set(comfy_server, story):
+    exp = story["expected"]
+    mean = sum(exp) / len(exp)
+    prompt, ids = _scoring_half(story["image"], threshold=round(mean - 0.25, 3), prefix="story_incoherent")
+    prompt[ids["AtelierAestheticSetGate"]]["inputs"]["min_coherence"] = 1.0  # 8 distinct frames are never 1.0
+    with pytest.raises(runtime.PromptFailed) as e:
+        comfy_server.run(prompt, timeout=240)
+    assert "set rejected: set coherence" in str(e.value) and "[Atelier Aesthetic Set Gate]" in str(e.value)
+    assert not list(Path(comfy_server.output_dir).glob("story_incoherent*"))
