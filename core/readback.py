@@ -38,6 +38,8 @@ import cv2
 import numpy as np
 
 from . import ocr as O
+# ranking / selection / comparison text shared with the aesthetic family (same filter rules)
+from .aesthetic import compare_text, order_by_score, select  # noqa: F401
 from .budget import check_size
 from .glyph import polygon_size
 

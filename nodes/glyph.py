@@ -23,6 +23,7 @@ from ..core import fonts as F
 from ..core import glyph as G
 from ..core import layout as L
 from ..core import ocr as O
+from ..core import readback as RB
 from ..core.budget import check_size
 from ..core.errors import AtelierError
 from ..core.finite import check_finite_float, check_finite_floats, is_finite_number
@@ -480,11 +481,291 @@ class AtelierLayoutCompose:
         return with_preview(out, out[0], "atelier_layout")
 
 
+# --------------------------------------------------------------------------------------------- read-back
+
+READBACK_TYPE_NOTE = ("Character accuracy per image: the mean over its boxes of 1 - edit distance(expected, read) "
+                      "/ length of the expected text (0..1; 1 = every label read exactly).")
+
+
+def _one(v, default=None):
+    """INPUT_IS_LIST widgets arrive as one-element lists."""
+    if isinstance(v, (list, tuple)):
+        return v[0] if v else default
+    return default if v is None else v
+
+
+def _image_list(images, node: str, input: str = "images") -> list[torch.Tensor]:
+    """A list of IMAGE batches (INPUT_IS_LIST) -> one [H, W, C] tensor per image, sizes may differ."""
+    items = [t for t in (images if isinstance(images, (list, tuple)) else [images]) if t is not None]
+    if not items:
+        raise AtelierError("no images arrived", node=node, input=input, expected="an IMAGE batch",
+                           fix="connect an IMAGE output (e.g. VAE Decode) to this input.")
+    out = []
+    for t in items:
+        x = image_batch(t, node, input)
+        out.extend(x[i] for i in range(x.shape[0]))
+    return out
+
+
+def _float_list(values, node: str, input: str = "accuracy") -> list[float]:
+    out = []
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        if isinstance(v, (list, tuple)):
+            out.extend(float(a) for a in v)
+        elif isinstance(v, torch.Tensor):
+            out.extend(float(a) for a in v.flatten())
+        elif v is not None:
+            out.append(float(v))
+    if not out:
+        raise AtelierError("no accuracies arrived", node=node, input=input,
+                           expected="the accuracy output of Atelier Text Read-back",
+                           fix="connect Atelier Text Read-back's 'accuracy' output.")
+    return check_finite_floats(out, node=node, input=input, what="accuracies")
+
+
+def _readback_boxes(glyphs, images: list[torch.Tensor], pad_info, node: str) -> list[list[dict]]:
+    """For each image, its expected boxes in its own pixels (pad_info: the boxes follow the conditioner's
+    scaling and padding, as in Glyph Compose, then that canvas is scaled to the image)."""
+    sets = []
+    for g in (glyphs if isinstance(glyphs, (list, tuple)) else [glyphs]):
+        g = check_glyphs(g, node)
+        sets.extend((g, k) for k in range(max(1, len(g["items"]))))
+    n = _batch_size(node, images=len(images), glyphs=len(sets))
+    pad = None
+    pad_info = _one(pad_info)
+    if pad_info is not None:
+        from ..core.edges import check_pad_info
+        pad = check_pad_info(pad_info, node=node)
+    out = []
+    for i in range(n):
+        g, k = sets[i if len(sets) > 1 else 0]
+        h, w = images[i if len(images) > 1 else 0].shape[:2]
+        one = dict(g, items=[g["items"][k]] if g["items"] else [])
+        if pad:
+            cw, ch = pad["left"] + pad["scaled_w"] + pad["right"], pad["top"] + pad["scaled_h"] + pad["bottom"]
+            boxes = G.scale_boxes(_boxes_for_canvas(one, 0, cw, ch, pad), w / cw, h / ch)
+        else:
+            boxes = _boxes_for_canvas(one, 0, w, h)
+        out.append(boxes)
+    return out
+
+
+def _readback_preview(rgb: np.ndarray, result: RB.Readback) -> np.ndarray:
+    """The image with each box outlined (green: read exactly, orange: partly, red: not at all) and its accuracy."""
+    import cv2
+    out = rgb.copy()
+    th = max(1, round(min(out.shape[:2]) / 400))
+    for b in result.boxes:
+        color = (64, 200, 64) if b.accuracy >= 1 else (240, 160, 32) if b.accuracy > 0 else (230, 40, 40)
+        p = np.round(np.asarray(b.polygon, np.float32)).astype(np.int32)
+        cv2.polylines(out, [p], True, color, th, cv2.LINE_AA)
+        cv2.putText(out, f"{b.accuracy:.2f}", (int(p[0][0]), max(10, int(p[0][1]) - 3)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4 * th, color, th, cv2.LINE_AA)
+    return out
+
+
+class AtelierTextReadback:
+    DISPLAY = "Atelier Text Read-back"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The generated image(s) whose text to check (RGB, RGBA or gray; a list "
+                                            "of batches, e.g. one per seed, is read as one set)."}),
+            "glyphs": (GLYPHS, {"tooltip": GLYPHS_TOOLTIP + " The text each image should show where: connect the "
+                                "glyphs that Glyph Compose / Render drew (e.g. Atelier OCR Boxes of the reference, "
+                                "or Layout Compose's labels). One set is used for every image, or one per image."}),
+            "backend": (list(O.BACKENDS), {"default": "rapidocr", "tooltip":
+                        "OCR backend. rapidocr (default, offline): its bundled PP-OCRv4 models read Chinese and "
+                        "Latin letters/digits, not kana or hangul. paddleocr: the optional PaddleOCR 3.x extra."}),
+            "margin": ("FLOAT", {"default": RB.DEFAULT_MARGIN, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
+                       "Each box is cropped with this margin (x its shorter side) on every side, so a label "
+                       "drawn a little off its box is still found."}),
+            "normalization": (list(RB.NORMALIZATIONS), {"default": RB.NORMALIZATIONS[0], "tooltip":
+                              "How texts are compared. 'ignore case and spaces': Unicode NFKC, all spaces removed, "
+                              "case-folded (Shift = shift). 'ignore spaces': NFKC, spaces removed, case kept. "
+                              "'exact': as they are."}),
+        }, "optional": {
+            "pad_info": (PAD_TYPE, {"tooltip": "The pad_info Glyph Compose used (from the conditioner): the boxes then "
+                                               "follow the same scaling and padding onto the generated image."}),
+        }}
+
+    INPUT_IS_LIST = True
+    OUTPUT_NODE = True  # shows its scores on the node even when nothing downstream is connected
+    RETURN_TYPES = ("FLOAT", "STRING", "IMAGE", "STRING")
+    RETURN_NAMES = ("accuracy", "report", "sorted_images", "details_json")
+    OUTPUT_IS_LIST = (True, False, True, False)
+    OUTPUT_TOOLTIPS = (READBACK_TYPE_NOTE + " A FLOAT list in input order (feed Text Read-back Filter / Gate).",
+                       "Readable report: per image its accuracy, min accuracy, exact fraction and confidence, and "
+                       "each box's expected -> read text.",
+                       "The images sorted by accuracy, best first (a list of single images).",
+                       "JSON: per image the summary and every box (expected, read, accuracy, confidence, polygon).")
+    FUNCTION = "read"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("OCRs each generated image inside the text boxes the glyph nodes rendered and scores how well "
+                   "the labels came out: recognised text, character accuracy (1 - normalised edit distance) and "
+                   "confidence per box and per image; the scores and an annotated preview appear on the node.")
+
+    def read(self, images, glyphs, backend="rapidocr", margin=RB.DEFAULT_MARGIN,
+             normalization=RB.NORMALIZATIONS[0], pad_info=None):
+        node = self.DISPLAY
+        imgs = _image_list(images, node)
+        backend, normalization = _one(backend, "rapidocr"), _one(normalization, RB.NORMALIZATIONS[0])
+        margin = check_finite_float(_one(margin, RB.DEFAULT_MARGIN), node=node, input="margin")
+        if backend not in O.BACKENDS:
+            raise AtelierError(f"unknown OCR backend '{backend}'", node=node, input="backend",
+                               expected=" or ".join(O.BACKENDS), fix="pick rapidocr (default) or paddleocr.")
+        if not 0 <= margin <= 2:
+            raise AtelierError(f"margin {margin} is outside 0..2", node=node, input="margin",
+                               expected="a fraction of the box's shorter side in 0..2", fix="use e.g. 0.25.")
+        boxes = _readback_boxes(glyphs, imgs, pad_info, node)
+        progress = Progress(len(boxes))
+        results, previews = [], []
+        for i, bx in enumerate(boxes):
+            rgb = _rgb_u8(imgs[i if len(imgs) > 1 else 0], background=1.0)
+            r = RB.read_back(rgb, bx, margin=margin, normalization=normalization, backend=backend, node=node)
+            results.append(r)
+            previews.append(from_uint8(_readback_preview(rgb, r))[None])
+            progress.step()
+        acc = [r.accuracy for r in results]
+        order = RB.order_by_score(acc)
+        report = RB.format_report(results)
+        details = json.dumps([r.to_dict() for r in results], ensure_ascii=False)
+        full = [imgs[i if len(imgs) > 1 else 0][None] for i in range(len(results))]
+        ui = {"atelier_scores": acc, "atelier_report": [report]}
+        try:
+            from ._preview import preview_images
+            ui["images"] = [p for k in range(len(previews)) for p in preview_images(previews[k], "atelier_readback")]
+        except Exception:  # a preview is a help, never a failure
+            pass
+        return {"ui": ui, "result": (acc, report, [full[i] for i in order], details)}
+
+
+class AtelierTextReadbackFilter:
+    DISPLAY = "Atelier Text Read-back Filter"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The read-back images (same order as the accuracies), e.g. N seeds."}),
+            "accuracy": ("FLOAT", {"forceInput": True, "tooltip": "The 'accuracy' output of Atelier Text Read-back."}),
+            "mode": (["threshold", "top_k"], {"tooltip": "threshold: keep images with accuracy >= threshold. top_k: "
+                                                         "keep the k most legible (in their original order); k = 1 "
+                                                         "keeps the best of N seeds."}),
+            "threshold": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Minimum character accuracy to keep an image (mode threshold)."}),
+            "top_k": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip": "How many to keep (mode top_k)."}),
+            "if_none_pass": (["keep best", "stop with error"], {
+                "tooltip": "When no image reaches the threshold: pass on the single most legible image (the report "
+                           "says nothing passed), or stop the run with an error."}),
+        }}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("IMAGE", "INT", "INT", "STRING")
+    RETURN_NAMES = ("images", "indices", "kept", "report")
+    OUTPUT_IS_LIST = (True, True, False, False)
+    OUTPUT_TOOLTIPS = ("The kept images, in their original order (never empty; a list, sizes may differ).",
+                       "Index of each kept image (an INT list).",
+                       "How many images passed (0 when none did, even if 'keep best' passed one on).",
+                       "What was kept and why.")
+    FUNCTION = "filter"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Keeps the images whose labels read back best: accuracy >= threshold, or the top k (best of N "
+                   "seeds).")
+
+    def filter(self, images, accuracy, mode, threshold, top_k, if_none_pass):
+        node = self.DISPLAY
+        imgs = _image_list(images, node)
+        vals = _float_list(accuracy, node)
+        mode, top_k, if_none = _one(mode), int(_one(top_k)), _one(if_none_pass)
+        threshold = check_finite_float(_one(threshold), node=node, input="threshold")
+        if len(vals) != len(imgs):
+            raise AtelierError(f"{len(vals)} accuracies for {len(imgs)} images", node=node, input="accuracy",
+                               expected="one accuracy per image",
+                               fix="connect the images and the accuracy of the same Atelier Text Read-back run (its "
+                                   "input images, not sorted_images).")
+        keep = RB.select(vals, mode=mode, threshold=threshold, top_k=top_k)
+        passed = len(keep)
+        rule = f"accuracy >= {threshold:g}" if mode == "threshold" else f"top {top_k}"
+        if keep:
+            report = f"kept {passed} of {len(vals)} ({rule}): " + ", ".join(f"#{i} {vals[i]:.3f}" for i in keep)
+        else:
+            best = RB.order_by_score(vals)[0]
+            msg = (f"no image passed ({rule}); the most legible was #{best} with accuracy "
+                   f"{RB.compare_text(vals[best], threshold, names=('', 'threshold '))}.")
+            if if_none == "stop with error":
+                raise AtelierError(msg, node=node, input="threshold", expected=f"at least one accuracy >= {threshold:g}",
+                                   fix="lower the threshold, use mode top_k, or set if_none_pass to 'keep best'.")
+            keep = [best]
+            report = "NOTHING PASSED: " + msg + " Passing on the best image only."
+        return {"ui": {"atelier_scores": [vals[i] for i in keep], "atelier_report": [report]},
+                "result": ([imgs[i][None] for i in keep], keep, passed, report)}
+
+
+class AtelierTextReadbackGate:
+    DISPLAY = "Atelier Text Read-back Gate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The batch (passed through unchanged, so what you save waits for the gate)."}),
+            "accuracy": ("FLOAT", {"forceInput": True, "tooltip": "The 'accuracy' output of Atelier Text Read-back."}),
+            "threshold": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "The batch passes when its accuracy (see rule) is >= this."}),
+            "rule": (["every image", "mean"], {"tooltip": "every image: the lowest image accuracy must reach the "
+                                                          "threshold. mean: the mean over the images must."}),
+            "on_fail": (["continue", "stop workflow"], {
+                "tooltip": "continue: report FAIL and pass the images on (passed = False). stop workflow: raise an "
+                           "error so nothing downstream (e.g. Save Image) runs for an illegible batch."}),
+        }}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("IMAGE", "BOOLEAN", "FLOAT", "STRING")
+    RETURN_NAMES = ("images", "passed", "accuracy", "report")
+    OUTPUT_IS_LIST = (True, False, False, False)
+    OUTPUT_TOOLTIPS = ("The input images, unchanged (a list, sizes may differ).",
+                       "True when the accuracy reaches the threshold.",
+                       "The gated figure: the lowest image accuracy (rule every image) or the mean.",
+                       "Per-image accuracies and the verdict.")
+    FUNCTION = "gate"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Accepts or stops a batch by how legibly its labels read back (default: every image >= 0.9)."
+
+    def gate(self, images, accuracy, threshold, rule, on_fail):
+        node = self.DISPLAY
+        imgs = _image_list(images, node)
+        vals = _float_list(accuracy, node)
+        threshold = check_finite_float(_one(threshold), node=node, input="threshold")
+        rule, on_fail = _one(rule, "every image"), _one(on_fail, "continue")
+        if len(vals) != len(imgs):
+            raise AtelierError(f"{len(vals)} accuracies for {len(imgs)} images", node=node, input="accuracy",
+                               expected="one accuracy per image", fix="read back exactly the images you gate.")
+        value = min(vals) if rule == "every image" else float(np.mean(vals))
+        passed = bool(value >= threshold)
+        what = "lowest image accuracy" if rule == "every image" else "mean accuracy"
+        lines = [f"read-back gate ({len(vals)} image{'s' if len(vals) != 1 else ''}):"]
+        lines += [f"  #{i}: {v:.3f}  {'pass' if v >= threshold else 'below'}" for i, v in enumerate(vals)]
+        verdict = f"{what} {RB.compare_text(value, threshold, names=('', 'threshold '))}"
+        lines.append(f"gate: {'PASS' if passed else 'FAIL'}, {verdict}")
+        report = "\n".join(lines)
+        if not passed and on_fail == "stop workflow":
+            raise AtelierError(f"batch rejected: {verdict}", node=node, input="threshold",
+                               expected=f"{what} >= {threshold:g}",
+                               fix="re-generate (other seed, stronger ControlNet), lower the threshold, or set "
+                                   "on_fail to 'continue'.")
+        ui = {"atelier_scores": vals, "atelier_gate": [{"passed": passed, "mean": value, "threshold": threshold}],
+              "atelier_report": [report]}
+        return {"ui": ui, "result": ([x[None] for x in imgs], passed, value, report)}
+
+
 NODE_CLASS_MAPPINGS = {
     "AtelierOCRBoxes": AtelierOCRBoxes,
     "AtelierTextBoxes": AtelierTextBoxes,
     "AtelierGlyphRender": AtelierGlyphRender,
     "AtelierGlyphCompose": AtelierGlyphCompose,
     "AtelierLayoutCompose": AtelierLayoutCompose,
+    "AtelierTextReadback": AtelierTextReadback,
+    "AtelierTextReadbackFilter": AtelierTextReadbackFilter,
+    "AtelierTextReadbackGate": AtelierTextReadbackGate,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}

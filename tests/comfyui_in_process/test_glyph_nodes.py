@@ -37,7 +37,8 @@ SPEC = json.dumps([{"text": "Atelier 2024", "box": [40, 40, 520, 120]},
 
 def test_mappings_follow_conventions(N):
     assert set(N.NODE_CLASS_MAPPINGS) == {"AtelierOCRBoxes", "AtelierTextBoxes", "AtelierGlyphRender",
-                                          "AtelierGlyphCompose", "AtelierLayoutCompose"}
+                                          "AtelierGlyphCompose", "AtelierLayoutCompose", "AtelierTextReadback",
+                                          "AtelierTextReadbackFilter", "AtelierTextReadbackGate"}
     for cid, cls in N.NODE_CLASS_MAPPINGS.items():
         assert N.NODE_DISPLAY_NAME_MAPPINGS[cid].startswith("Atelier ")
         assert cls.CATEGORY == "atelier/glyph" and cls.DESCRIPTION
