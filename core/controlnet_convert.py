@@ -54,13 +54,6 @@ def _res_inner(rest: str, table: dict, key: str, layout: str) -> str:
     raise _bad_key(key, layout)
 
 
-def _split_fixed(key: str, table: dict) -> tuple[str, str] | None:
-    for a, b in table.items():
-        if key.startswith(a + "."):
-            return b, key[len(a):]
-    return None
-
-
 def strip_prefix(sd: dict) -> dict:
     """The state dict without the `control_model.` prefix (bare keys stay as they are)."""
     if any(k.startswith(LDM_PREFIX) for k in sd):
@@ -91,8 +84,23 @@ def _input_block_plan(keys) -> dict[int, tuple[int, str, int]]:
     return plan
 
 
-def _hint_count(keys, pattern: str) -> int:
-    return len({m.group(1) for k in keys if (m := re.match(pattern, k))})
+def _renamed(sd: dict, rules, layout: str, prefix: str = "") -> dict:
+    """Every key through the first (pattern, new name) rule that matches it; an unmatched key is refused."""
+    out = {}
+    for key, v in sd.items():
+        for pattern, name in rules:
+            m = re.match(pattern, key)
+            if m:
+                out[prefix + name(m)] = v
+                break
+        else:
+            raise _bad_key(key, layout)
+    return out
+
+
+def _fixed_rule(table: dict):
+    alt = "|".join(re.escape(k) for k in table)
+    return rf"({alt})\.(.+)$", lambda m: f"{table[m.group(1)]}.{m.group(2)}"
 
 
 def ldm_to_diffusers(sd: dict) -> dict:
@@ -100,107 +108,77 @@ def ldm_to_diffusers(sd: dict) -> dict:
     sd = strip_prefix(sd)
     plan = _input_block_plan(sd)
     hint_ids = sorted({int(m.group(1)) for k in sd if (m := re.match(r"input_hint_block\.(\d+)\.", k))})
-    has_mid_attn = any(k.startswith("middle_block.2.") for k in sd)  # res, transformer, res (else two res)
-    out = {}
-    for key, v in sd.items():
-        fixed = _split_fixed(key, _FIXED_LDM_TO_DIFF)
-        if fixed:
-            out[fixed[0] + fixed[1]] = v
-            continue
-        m = re.match(r"input_blocks\.(\d+)\.(\d+)\.(.+)$", key)
-        if m and int(m.group(1)) in plan:
-            level, kind, j = plan[int(m.group(1))]
-            sub, rest = m.group(2), m.group(3)
-            if kind == "down":
-                if not rest.startswith("op."):
-                    raise _bad_key(key, "ldm")
-                out[f"down_blocks.{level}.downsamplers.0.conv.{rest[3:]}"] = v
-            elif sub == "0":
-                out[f"down_blocks.{level}.resnets.{j}.{_res_inner(rest, _RES_LDM_TO_DIFF, key, 'ldm')}"] = v
-            elif sub == "1":
-                out[f"down_blocks.{level}.attentions.{j}.{rest}"] = v
-            else:
-                raise _bad_key(key, "ldm")
-            continue
-        m = re.match(r"middle_block\.(\d+)\.(.+)$", key)
-        if m:
-            i, rest = int(m.group(1)), m.group(2)
-            if has_mid_attn and i == 1:
-                out[f"mid_block.attentions.0.{rest}"] = v
-            else:
-                r = (i // 2) if has_mid_attn else i
-                out[f"mid_block.resnets.{r}.{_res_inner(rest, _RES_LDM_TO_DIFF, key, 'ldm')}"] = v
-            continue
-        m = re.match(r"zero_convs\.(\d+)\.0\.(.+)$", key)
-        if m:
-            out[f"controlnet_down_blocks.{m.group(1)}.{m.group(2)}"] = v
-            continue
-        m = re.match(r"input_hint_block\.(\d+)\.(.+)$", key)
-        if m and int(m.group(1)) in hint_ids:
-            pos = hint_ids.index(int(m.group(1)))
-            name = ("conv_in" if pos == 0 else "conv_out" if pos == len(hint_ids) - 1 else f"blocks.{pos - 1}")
-            out[f"controlnet_cond_embedding.{name}.{m.group(2)}"] = v
-            continue
-        raise _bad_key(key, "ldm")
-    return out
+    mid_attn = any(k.startswith("middle_block.2.") for k in sd)  # res, transformer, res (else two res)
+
+    def input_block(m):
+        n, sub, rest = int(m.group(1)), m.group(2), m.group(3)
+        level, kind, j = plan[n]
+        if kind == "down" and sub == "0" and rest.startswith("op."):
+            return f"down_blocks.{level}.downsamplers.0.conv.{rest[3:]}"
+        if kind == "block" and sub == "0":
+            return f"down_blocks.{level}.resnets.{j}.{_res_inner(rest, _RES_LDM_TO_DIFF, m.group(0), 'ldm')}"
+        if kind == "block" and sub == "1":
+            return f"down_blocks.{level}.attentions.{j}.{rest}"
+        raise _bad_key(m.group(0), "ldm")
+
+    def middle(m):
+        i, rest = int(m.group(1)), m.group(2)
+        if mid_attn and i == 1:
+            return f"mid_block.attentions.0.{rest}"
+        return f"mid_block.resnets.{i // 2 if mid_attn else i}.{_res_inner(rest, _RES_LDM_TO_DIFF, m.group(0), 'ldm')}"
+
+    def hint(m):
+        pos = hint_ids.index(int(m.group(1)))
+        name = "conv_in" if pos == 0 else "conv_out" if pos == len(hint_ids) - 1 else f"blocks.{pos - 1}"
+        return f"controlnet_cond_embedding.{name}.{m.group(2)}"
+
+    return _renamed(sd, [_fixed_rule(_FIXED_LDM_TO_DIFF),
+                         (r"input_blocks\.([1-9]\d*)\.(\d+)\.(.+)$", input_block),
+                         (r"middle_block\.(\d+)\.(.+)$", middle),
+                         (r"zero_convs\.(\d+)\.0\.(.+)$", lambda m: f"controlnet_down_blocks.{m.group(1)}.{m.group(2)}"),
+                         (r"input_hint_block\.(\d+)\.(.+)$", hint)], "ldm")
 
 
 def diffusers_to_ldm(sd: dict, prefix: str = LDM_PREFIX) -> dict:
     """diffusers ControlNetModel state dict -> the ldm single-file layout (keys under `prefix`)."""
     keys = list(sd)
     levels = sorted({int(m.group(1)) for k in keys if (m := re.match(r"down_blocks\.(\d+)\.", k))})
-    n_blocks = {b: 1 + max([int(m.group(1)) for k in keys
-                            if (m := re.match(rf"down_blocks\.{b}\.(?:resnets|attentions)\.(\d+)\.", k))], default=-1)
-                for b in levels}
-    has_down = {b: any(k.startswith(f"down_blocks.{b}.downsamplers.") for k in keys) for b in levels}
     numbering, n = {}, 1
     for b in levels:
-        for j in range(n_blocks[b]):
+        blocks = {int(m.group(1)) for k in keys if (m := re.match(rf"down_blocks\.{b}\.(?:resnets|attentions)\.(\d+)\.", k))}
+        for j in range(1 + max(blocks, default=-1)):
             numbering[(b, j)] = n
             n += 1
-        if has_down[b]:
+        if any(k.startswith(f"down_blocks.{b}.downsamplers.") for k in keys):
             numbering[(b, "down")] = n
             n += 1
-    n_hint = _hint_count(keys, r"controlnet_cond_embedding\.blocks\.(\d+)\.")
-    has_mid_attn = any(k.startswith("mid_block.attentions.") for k in keys)
-    out = {}
-    for key, v in sd.items():
-        fixed = _split_fixed(key, _FIXED_DIFF_TO_LDM)
-        if fixed:
-            out[prefix + fixed[0] + fixed[1]] = v
-            continue
-        m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$", key)
-        if m:
-            nn = numbering[(int(m.group(1)), int(m.group(3)))]
-            if m.group(2) == "resnets":
-                out[f"{prefix}input_blocks.{nn}.0.{_res_inner(m.group(4), _RES_DIFF_TO_LDM, key, 'diffusers')}"] = v
-            else:
-                out[f"{prefix}input_blocks.{nn}.1.{m.group(4)}"] = v
-            continue
-        m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$", key)
-        if m:
-            out[f"{prefix}input_blocks.{numbering[(int(m.group(1)), 'down')]}.0.op.{m.group(2)}"] = v
-            continue
-        m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)$", key)
-        if m:
-            i = int(m.group(2))
-            if m.group(1) == "attentions":
-                out[f"{prefix}middle_block.1.{m.group(3)}"] = v
-            else:
-                slot = 2 * i if has_mid_attn else i
-                out[f"{prefix}middle_block.{slot}.{_res_inner(m.group(3), _RES_DIFF_TO_LDM, key, 'diffusers')}"] = v
-            continue
-        m = re.match(r"controlnet_down_blocks\.(\d+)\.(.+)$", key)
-        if m:
-            out[f"{prefix}zero_convs.{m.group(1)}.0.{m.group(2)}"] = v
-            continue
-        m = re.match(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(.+)$", key)
-        if m:
-            pos = 0 if m.group(1) == "conv_in" else n_hint + 1 if m.group(1) == "conv_out" else int(m.group(2)) + 1
-            out[f"{prefix}input_hint_block.{2 * pos}.{m.group(3)}"] = v
-            continue
-        raise _bad_key(key, "diffusers")
-    return out
+    n_hint = len({m.group(1) for k in keys if (m := re.match(r"controlnet_cond_embedding\.blocks\.(\d+)\.", k))})
+    mid_attn = any(k.startswith("mid_block.attentions.") for k in keys)
+
+    def down_block(m):
+        nn = numbering[(int(m.group(1)), int(m.group(3)))]
+        if m.group(2) == "attentions":
+            return f"input_blocks.{nn}.1.{m.group(4)}"
+        return f"input_blocks.{nn}.0.{_res_inner(m.group(4), _RES_DIFF_TO_LDM, m.group(0), 'diffusers')}"
+
+    def middle(m):
+        if m.group(1) == "attentions":
+            return f"middle_block.1.{m.group(3)}"
+        slot = 2 * int(m.group(2)) if mid_attn else int(m.group(2))
+        return f"middle_block.{slot}.{_res_inner(m.group(3), _RES_DIFF_TO_LDM, m.group(0), 'diffusers')}"
+
+    def hint(m):
+        pos = 0 if m.group(1) == "conv_in" else n_hint + 1 if m.group(1) == "conv_out" else int(m.group(2)) + 1
+        return f"input_hint_block.{2 * pos}.{m.group(3)}"
+
+    return _renamed(sd, [_fixed_rule(_FIXED_DIFF_TO_LDM),
+                         (r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$", down_block),
+                         (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$",
+                          lambda m: f"input_blocks.{numbering[(int(m.group(1)), 'down')]}.0.op.{m.group(2)}"),
+                         (r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)$", middle),
+                         (r"controlnet_down_blocks\.(\d+)\.(.+)$", lambda m: f"zero_convs.{m.group(1)}.0.{m.group(2)}"),
+                         (r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(.+)$", hint)],
+                    "diffusers", prefix)
 
 
 def to_diffusers(sd: dict) -> dict:
