@@ -8,7 +8,11 @@ with transformers' classic (PIL) CLIP image processor and runs AestheticsPredict
 torch.no_grad(). Models are random but real-shaped
 (tiny CLIP, and CLIP ViT-L/14 = 304M vision parameters), written once to --cache in the
 simple-aesthetics-predictor layout and loaded from disk by both. Prints median seconds per call,
-images/s, ratio peer/ours (>= 1.0 means we are at least as fast), the max score difference and peak RSS.
+images/s, ratio peer/ours (>= 1.0 means we are at least as fast), the max score difference and peak RSS, and
+the load average at the start and end (a shared machine's load shows in every figure).
+Ours converts and resizes the images of a batch in one thread per CPU (core.aesthetic.crop_threads: PIL and
+numpy release the GIL; torch's thread count is not touched); "ours 1-thr" is the same with every resize in
+the calling thread (ATELIER_CLIP_THREADS=1), for comparison.
 The peer is timed twice: with transformers' default CLIP processor (transformers 5: torchvision resizing,
 the speed target) and with the classic PIL processor (whose pixel values ours are identical to: the
 parity reference). Each row prints its targets (peer/ours >= 1.0, max |d score| <= 1e-4) with met/missed. CPU only (set
@@ -95,6 +99,7 @@ def main(argv=None) -> int:
     except ImportError:
         print("peer missing: pip install --no-deps simple-aesthetics-predictor", file=sys.stderr)
         return 2
+    load_start = os.getloadavg()
     FX = _fixtures()
     procs = _peer_processors()
     batches = [int(b) for b in args.batches.split(",")]
@@ -112,6 +117,17 @@ def main(argv=None) -> int:
             def run_ours():
                 return ours.score(x, batch_size=b)
 
+            def run_ours_1():  # every conversion and resize in the calling thread
+                prev = os.environ.get("ATELIER_CLIP_THREADS")
+                os.environ["ATELIER_CLIP_THREADS"] = "1"
+                try:
+                    return ours.score(x, batch_size=b)
+                finally:
+                    if prev is None:
+                        del os.environ["ATELIER_CLIP_THREADS"]
+                    else:
+                        os.environ["ATELIER_CLIP_THREADS"] = prev
+
             def peer_with(proc):
                 def run_peer():
                     # a ComfyUI node built on the peer must first turn the IMAGE tensor into PIL images
@@ -121,22 +137,26 @@ def main(argv=None) -> int:
                         return peer(pixel_values=pv).logits[:, 0]
                 return run_peer
 
-            (t_ours, t_peer, t_pil), (s_ours, _, s_pil) = _time_all(
-                [run_ours, peer_with(procs[0]), peer_with(procs[1])], reps)
+            (t_ours, t_one, t_peer, t_pil), (s_ours, s_one, _, s_pil) = _time_all(
+                [run_ours, run_ours_1, peer_with(procs[0]), peer_with(procs[1])], reps)
+            assert torch.equal(s_ours, s_one)  # threads change the speed, never the scores
             diff = (s_ours - s_pil).abs().max().item()
-            rows.append((size, b, t_ours, t_peer, t_pil, b / t_ours, b / t_peer, t_peer / t_ours, diff,
+            rows.append((size, b, t_ours, t_one, t_peer, t_pil, b / t_ours, b / t_peer, t_peer / t_ours, diff,
                          _peak_rss_mb()))
         del ours, peer
 
-    print(f"\naesthetic scoring, CPU ({torch.get_num_threads()} threads), {args.image}x{args.image} RGB inputs, "
-          f"torch {torch.__version__}")
-    head = (f"{'model':<6} {'batch':>5} {'ours s':>9} {'peer s':>9} {'peer PIL s':>10} {'ours img/s':>11} "
-            f"{'peer img/s':>11} {'peer/ours':>9} {'max |d score|':>14} {'peak RSS MB':>12}  target (speed; parity)")
+    load_end = os.getloadavg()
+    print(f"\naesthetic scoring, CPU ({torch.get_num_threads()} torch threads; our crops on "
+          f"{A.crop_threads(max(batches))} threads), {args.image}x{args.image} RGB inputs, torch {torch.__version__}; "
+          f"load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end ({os.cpu_count()} CPUs)")
+    head = (f"{'model':<6} {'batch':>5} {'ours s':>9} {'ours 1-thr s':>12} {'peer s':>9} {'peer PIL s':>10} "
+            f"{'ours img/s':>11} {'peer img/s':>11} {'peer/ours':>9} {'max |d score|':>14} {'peak RSS MB':>12}  "
+            f"target (speed; parity)")
     print(head)
     print("-" * len(head))
-    for size, b, to, tp, tpil, io, ip, ratio, diff, rss in rows:
-        print(f"{size:<6} {b:>5} {to:>9.4f} {tp:>9.4f} {tpil:>10.4f} {io:>11.2f} {ip:>11.2f} {ratio:>8.2f}x "
-              f"{diff:>14.2e} {rss:>12.0f}  {cells(ratio, SPEED_TARGET)}; {cells(diff, PARITY_TARGET)}")
+    for size, b, to, t1, tp, tpil, io, ip, ratio, diff, rss in rows:
+        print(f"{size:<6} {b:>5} {to:>9.4f} {t1:>12.4f} {tp:>9.4f} {tpil:>10.4f} {io:>11.2f} {ip:>11.2f} "
+              f"{ratio:>8.2f}x {diff:>14.2e} {rss:>12.0f}  {cells(ratio, SPEED_TARGET)}; {cells(diff, PARITY_TARGET)}")
     print("(medians; peer = simple-aesthetics-predictor with transformers' default CLIP processor, the speed "
           "target: peer/ours >= 1.0 means at least as fast; peer PIL = the same with the classic PIL processor, "
           "the parity reference: max |d score| <= 1e-4 against it)")

@@ -323,11 +323,13 @@ def clip_crops(images, size: int = 224, node: str | None = None, first: int = 0)
 
 
 def normalize_crops(crops_u8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """uint8 [B,S,S,3] -> normalised pixel_values [B,3,S,S] (CLIP mean/std)."""
-    a = crops_u8.numpy() if isinstance(crops_u8, torch.Tensor) else np.asarray(crops_u8)
-    x = a.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dtype)
+    """uint8 [B,S,S,3] -> normalised pixel_values [B,3,S,S] (CLIP mean/std): x * (1/255), minus the mean,
+    divided by the std, in float32 and in that order (CLIPProcessor's rescale then normalize), in place."""
+    t = crops_u8 if isinstance(crops_u8, torch.Tensor) else torch.from_numpy(np.asarray(crops_u8))
+    x = t.permute(0, 3, 1, 2).to(torch.float32).mul_(np.float32(1.0 / 255.0).item())
+    x.sub_(torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None])
+    x.div_(torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None])
+    return x.contiguous().to(dtype)
 
 
 def clip_pixel_values(images, size: int = 224) -> torch.Tensor:

@@ -8,7 +8,6 @@ Model files live in ComfyUI/models/aesthetic/:
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -175,21 +174,26 @@ class AtelierAestheticScorer:
 
     def score(self, aesthetic_model, images, clip_vision=None):
         node = self.DISPLAY
-        aesthetic_model = _one(aesthetic_model)
-        clip_vision = _one(clip_vision)
-        images = _cat_images(images, node)
-        check_finite(images, node=node, input="images")  # NaN pixels would be scored as black, silently
-        n = int(images.shape[0])
-        model, embed_fn, where = _clip_for(aesthetic_model, clip_vision, node)
-        scores = model.score(images, progress=Progress(n).callback(), embed_fn=embed_fn, node=node, input=where)
+        images, model, kw = _embedding_setup(aesthetic_model, images, clip_vision, node)
+        scores = model.score(images, **kw)
         vals = check_finite_floats(
             scores, node=node, input="aesthetic_model", what="scores",
-            fix=f"the aesthetic model '{aesthetic_model.name}' (or its CLIP vision) has NaN/inf weights: download it "
+            fix=f"the aesthetic model '{model.name}' (or its CLIP vision) has NaN/inf weights: download it "
                 "again; a CLIP vision model loaded in fp16 can overflow, try --fp32-text-enc or another file.")
         order = core.order_by_score(vals)
         sorted_images = images[torch.tensor(order, dtype=torch.long)]
         report = core.format_report(vals)
         return {"ui": {"atelier_scores": vals}, "result": (vals, report, sorted_images)}
+
+
+def _embedding_setup(aesthetic_model, images, clip_vision, node: str):
+    """The INPUT_IS_LIST inputs of the scorer and Set Coherence -> (one IMAGE batch, the model, the keyword
+    arguments of AestheticModel.score / image_embeddings: progress, embed_fn, node, input)."""
+    images = _cat_images(images, node)
+    check_finite(images, node=node, input="images")  # NaN pixels would be embedded as black, silently
+    model, embed_fn, where = _clip_for(_one(aesthetic_model), _one(clip_vision), node)
+    return images, model, {"progress": Progress(int(images.shape[0])).callback(), "embed_fn": embed_fn,
+                           "node": node, "input": where}
 
 
 def _clip_for(aesthetic_model, clip_vision, node: str):
@@ -423,14 +427,9 @@ class AtelierSetCoherence:
 
     def measure(self, aesthetic_model, images, clip_vision=None):
         node = self.DISPLAY
-        aesthetic_model = _one(aesthetic_model)
-        images = _cat_images(images, node)
-        check_finite(images, node=node, input="images")
+        images, model, kw = _embedding_setup(aesthetic_model, images, clip_vision, node)
         n = int(images.shape[0])
-        model, embed_fn, where = _clip_for(aesthetic_model, _one(clip_vision), node)
-        emb = model.image_embeddings(images, progress=Progress(n).callback(), embed_fn=embed_fn, node=node,
-                                     input=where)
-        c = coh.coherence(emb, node=node, input=where)
+        c = coh.coherence(model.image_embeddings(images, **kw), node=node, input=kw["input"])
         report = coh.format_report(c)
         short = (f"set coherence {c.coherence:.4f} ({n} images); outlier #{c.outlier} "
                  f"{c.per_image[c.outlier]:.4f} ({c.gap:.4f} below)" if c.outlier >= 0
