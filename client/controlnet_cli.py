@@ -42,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--save-dtype", choices=SAVE_DTYPES, default="fp16", help="dtype of the exported file")
     p.add_argument("--save-diffusers", action="store_true", help="also write OUTPUT/<name>_diffusers/")
-    p.add_argument("--overfit-one-batch", action="store_true",
+    p.add_argument("--fixed-batch", action="store_true",
                    help="sanity check: train on the first batch (same noise and timesteps) every step")
     p.set_defaults(func=run)
     return p
@@ -54,7 +54,7 @@ def config(args) -> ControlNetTrainConfig:
         name=args.name, steps=args.steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution,
         precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device, save_dtype=args.save_dtype,
-        save_diffusers=args.save_diffusers, overfit_batch=args.overfit_one_batch)
+        save_diffusers=args.save_diffusers, fixed_batch=args.fixed_batch)
 
 
 def run(args) -> int:

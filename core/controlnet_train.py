@@ -64,7 +64,7 @@ class ControlNetTrainConfig:
     device: str = "auto"
     save_dtype: str = "fp16"
     save_diffusers: bool = False
-    overfit_batch: bool = False        # sanity check: the same batch, noise and timesteps every step
+    fixed_batch: bool = False        # sanity check: the same batch, noise and timesteps every step
     progress: bool = True
 
 
@@ -310,7 +310,7 @@ def _resume(run: "_Run") -> int:
         return 0
     saved = json.loads((ck / "trainer.json").read_text()).get("config", {})
     for k, what in (("data_fingerprint", "other data (ids, texts or files changed)"), ("seed", "another seed"),
-                    ("batch_size", "another batch size"), ("overfit_batch", "another --overfit-one-batch")):
+                    ("batch_size", "another batch size"), ("fixed_batch", "another --fixed-batch")):
         now = run.fingerprint if k == "data_fingerprint" else getattr(run.cfg, k)
         if saved.get(k) != now:
             raise AtelierError(f"checkpoint {ck} was trained with {what}: resuming would not continue that run",
@@ -344,7 +344,7 @@ def _batch_indices(cfg: ControlNetTrainConfig, n: int, step: int) -> list[int]:
     """Indices of step `step`'s batch: consecutive slices of one seeded permutation per epoch."""
     import torch
 
-    if cfg.overfit_batch:
+    if cfg.fixed_batch:
         step = 0
     out = []
     for pos in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
@@ -384,7 +384,7 @@ def _train_step(run: _Run, step: int) -> float:
     pairs = [_load_pair(r, cfg.resolution) for r in recs]
     images = torch.stack([a for a, _, _ in pairs]).to(dev, next(p["vae"].parameters()).dtype)
     cond = torch.stack([b for _, b, _ in pairs]).to(dev, torch.float32)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (0 if cfg.overfit_batch else step) + 7)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (0 if cfg.fixed_batch else step) + 7)
     with torch.no_grad():
         dist = p["vae"].encode(images).latent_dist
         eps_lat = torch.randn(dist.mean.shape, generator=g).to(dev, dist.mean.dtype)

@@ -45,7 +45,7 @@ def trained(tmp_path_factory, comfy_server, tiny_sd15):
     dest = comfy_server.models_dir / "controlnet"
     dest.mkdir(parents=True, exist_ok=True)
     cfg = dict(data=str(data), steps=3, resolution=32, lr=1e-3, checkpoint_every=0, device="cpu", progress=False,
-               overfit_batch=True)
+               fixed_batch=True)
     zero = T.export_single_file(T.load_controlnet(None, base["unet"]), dest / "atelier_cn_zero.safetensors")
     res = T.train_controlnet(T.ControlNetTrainConfig(output=str(tmp / "a"), from_unet=True, name="atelier_cn_trained",
                                                      **cfg), base=base)

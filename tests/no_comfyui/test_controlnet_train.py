@@ -168,7 +168,7 @@ def test_malformed_train_jsonl_names_line_and_id(tmp_path):
 def test_sdxl_steps_lower_the_loss_on_a_fixed_batch(tmp_path, data, capsys):
     """Tiny SDXL-shaped base (text_time added conditioning, two text encoders), ControlNet from the UNet."""
     base = DM.sdxl_folder(tmp_path / "xl")
-    res = T.train_controlnet(_cfg(data, tmp_path / "out", base, steps=5, overfit_batch=True, checkpoint_every=0))
+    res = T.train_controlnet(_cfg(data, tmp_path / "out", base, steps=5, fixed_batch=True, checkpoint_every=0))
     losses = res["losses"]
     with capsys.disabled():
         print("\nSDXL-shaped ControlNet, fixed batch:", {s: round(v, 4) for s, v in res["history"]},
