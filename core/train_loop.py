@@ -227,7 +227,6 @@ class Denoiser:
     def step(self, step: int) -> float:
         """One optimiser step on a batch drawn from a generator seeded by (seed, step): resumable."""
         import torch
-        import torch.nn.functional as F
 
         device, sched = self.device, self.sched
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + (0 if self.fixed_batch else step))  # the step only
@@ -244,21 +243,30 @@ class Denoiser:
             hidden, added = self.cond(idx.to(device))
             unet_dtype = next(self.unet.parameters()).dtype
             pred = self.unet(noisy.to(unet_dtype), t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
-        v_pred = getattr(sched.config, "prediction_type", "epsilon") == "v_prediction"
-        target = sched.get_velocity(latents, noise, t) if v_pred else noise
-        loss = F.mse_loss(pred.float(), target.float())
-        if not torch.isfinite(loss):
-            raise AtelierError(f"the loss became {loss.item()} at step {step + 1}",
-                               fix="lower the learning rate or use --precision fp32 (or bf16 instead of fp16)")
-        self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.opt.step()
-        return float(loss.item())
+        return loss_and_update(pred, latents, noise, t, sched, self.opt, self.scaler, step)
+
+
+def loss_and_update(pred, latents, noise, t, sched, opt, scaler, step: int) -> float:
+    """The noise-prediction loss (MSE against the noise, or v for v-prediction schedulers), refused
+    when not finite, then backward and one optimiser step (through `scaler` for fp16 when given)."""
+    import torch
+    import torch.nn.functional as F
+
+    v_pred = getattr(sched.config, "prediction_type", "epsilon") == "v_prediction"
+    target = sched.get_velocity(latents, noise, t) if v_pred else noise
+    loss = F.mse_loss(pred.float(), target.float())
+    if not torch.isfinite(loss):
+        raise AtelierError(f"the loss became {loss.item()} at step {step + 1}", input="lr",
+                           fix="lower the learning rate or use --precision fp32 (or bf16 instead of fp16)")
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return float(loss.item())
 
 
 def grad_scaler(precision: str, device):
