@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import AtelierError
+from .train_loop import PRECISIONS  # fp32 | bf16 | fp16, as the other trainers
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 SAVE_DTYPES = ("fp16", "fp32", "bf16")
 FIELDS = ("id", "text", "image", "conditioning_image")
 
@@ -377,7 +377,8 @@ def _train_step(run: _Run, step: int) -> float:
     """One step on step `step`'s batch; its latent sample, noise and timesteps come from a generator
     seeded by (seed, step), so the step's loss does not depend on what ran before it."""
     import torch
-    import torch.nn.functional as F
+
+    from . import train_loop as TL
 
     cfg, dev, p = run.cfg, run.device, run.parts
     recs = [run.records[i] for i in _batch_indices(cfg, len(run.records), step)]
@@ -408,21 +409,7 @@ def _train_step(run: _Run, step: int) -> float:
                          down_block_additional_residuals=[d.to(wd) for d in down],
                          mid_block_additional_residual=mid.to(wd),
                          added_cond_kwargs=None if added is None else {k: v.to(wd) for k, v in added.items()}).sample
-    v_pred = getattr(sched.config, "prediction_type", "epsilon") == "v_prediction"
-    target = sched.get_velocity(latents, noise, t) if v_pred else noise
-    loss = F.mse_loss(pred.float(), target.float())
-    if not torch.isfinite(loss):
-        raise AtelierError(f"the loss became {loss.item()} at step {step + 1}", input="lr",
-                           fix="lower --lr, or train with --precision fp32 / bf16")
-    run.opt.zero_grad(set_to_none=True)
-    if run.scaler is not None:
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.opt)
-        run.scaler.update()
-    else:
-        loss.backward()
-        run.opt.step()
-    return float(loss.item())
+    return TL.loss_and_update(pred, latents, noise, t, sched, run.opt, run.scaler, step)
 
 
 def _check_config(cfg: ControlNetTrainConfig, device) -> None:
