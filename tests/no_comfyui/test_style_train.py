@@ -139,3 +139,14 @@ def test_sdxl_type_model_refused(tmp_path):
     comps["unet"].register_to_config(addition_embed_type="text_time")
     with pytest.raises(AtelierError, match="looks like SDXL"):
         T.train_style(_cfg(tmp_path, steps=1), comps)
+
+
+def test_text_encoder_lr_is_its_own(tmp_path):
+    """train-style --text-encoder-lr: 0 leaves the text encoder's LoRA at PEFT's init (lora_up zero) while the UNet's moves."""
+    from safetensors.torch import load_file
+    res = T.train_style(_cfg(tmp_path, steps=2, checkpoint_every=0, text_encoder_lr=0.0), SM.tiny_diffusers_components(tmp_path))
+    lora = load_file(str(res["lora"]))
+    te_ups = [v for k, v in lora.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight")]
+    unet_ups = [v for k, v in lora.items() if k.startswith("lora_unet_") and k.endswith("lora_up.weight")]
+    assert te_ups and all(torch.count_nonzero(u) == 0 for u in te_ups)
+    assert unet_ups and all(torch.count_nonzero(u) > 0 for u in unet_ups)
