@@ -160,11 +160,24 @@ def _fit_element(elem: np.ndarray, w: int, h: int, mode: str) -> tuple[np.ndarra
     return rgb, alpha
 
 
+#: slots that are not keys (everything else is a key: key, function_key, space_key, ...)
+NON_KEY_SLOTS = ("background", "function_bar")
+
+
+def key_regions(layout: dict) -> list[dict]:
+    """The key regions (slots other than background / function_bar) in layout order: what per-key images map to."""
+    return [r for r in layout["regions"] if r["slot"] not in NON_KEY_SLOTS]
+
+
 def compose_layout(layout: dict, width: int, height: int, elements: dict | None = None, *,
-                   fit: str = "stretch", node: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                   fit: str = "stretch", node: str | None = None,
+                   per_key: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Draw a validated layout at (height, width).
 
-    elements: slot -> uint8 [h, w, 3|4] (RGBA alpha respected) or None (flat placeholder).
+    elements: slot -> uint8 [h, w, 3|4] (RGBA alpha respected) or None (flat placeholder); one image is
+    reused for every region of its slot.
+    per_key: optional images for the keys in layout order (key_regions): key k gets per_key[k] where given
+    (k < len(per_key)), the keys after those get their slot's image (or the placeholder) as without it.
     Returns (image uint8 [H, W, 3], mask uint8 [H, W] (1 where any non-background element lies),
     label boxes in output pixels, ready for core.glyph.render_glyphs).
     """
@@ -177,6 +190,12 @@ def compose_layout(layout: dict, width: int, height: int, elements: dict | None 
     img[:] = layout["colors"].get("background", (0, 0, 0))
     mask = np.zeros((height, width), np.uint8)
     labels = []
+    per_key = list(per_key or [])
+    if len(per_key) > len(key_regions(layout)):
+        raise AtelierError(f"{len(per_key)} per-key images for a layout with {len(key_regions(layout))} keys",
+                           node=node, input="per_key", expected=f"at most {len(key_regions(layout))} images (one per key, "
+                           "in layout order)", fix="pass one image per key, or fewer (the rest use the slot images).")
+    k = 0
     bg = elements.get("background")
     if bg is not None:
         rgb, a = _fit_element(bg, width, height, "stretch")
@@ -190,6 +209,10 @@ def compose_layout(layout: dict, width: int, height: int, elements: dict | None 
         if r["slot"] == "background":
             continue
         elem = elements.get(r["slot"])
+        if r["slot"] not in NON_KEY_SLOTS:
+            if k < len(per_key):
+                elem = per_key[k]
+            k += 1
         if elem is not None:
             rgb, a = _fit_element(elem, rw, rh, fit)
         else:

@@ -415,6 +415,15 @@ class AtelierGlyphCompose:
         return (imgs, masks)
 
 
+def _element_u8(images, node: str, input: str) -> np.ndarray:
+    """IMAGE batch -> uint8 [B, H, W, 3|4]; gray (+ alpha) becomes RGB (+ alpha), so a gray key keeps its
+    transparency."""
+    x = image_batch(images, node, input)
+    if x.shape[-1] < 3:
+        x = torch.cat([x[..., :1].expand(-1, -1, -1, 3), x[..., 1:]], -1)
+    return to_uint8(x)
+
+
 class AtelierLayoutCompose:
     DISPLAY = "Atelier Layout Compose"
     CUSTOM = "custom (layout_json)"
@@ -440,6 +449,11 @@ class AtelierLayoutCompose:
             "function_bar": ("IMAGE", {"tooltip": "Image for the function bar (top strip)."}),
             "key": ("IMAGE", {"tooltip": "Key image used for every letter key (RGBA alpha is respected)."}),
             "function_key": ("IMAGE", {"tooltip": "Key image for function keys (Shift, Del, 123, Enter...)."}),
+            "per_key": ("IMAGE", {"tooltip": "Optional: a different image per key. Image k of this batch goes to "
+                                             "key k in layout order (every region except background and "
+                                             "function_bar: in qwerty_26, Q W E ... P, A ... L, Shift, Z ... M, "
+                                             "Del, 123, ',', space, '.', Enter). Keys after the last image use "
+                                             "the single key / function_key image (or the flat placeholder)."}),
         }}
 
     RETURN_TYPES = ("IMAGE", "MASK", GLYPHS)
@@ -453,7 +467,7 @@ class AtelierLayoutCompose:
                    "without an image is drawn as a flat rounded key. Ships a 26-key and a 9-key layout.")
 
     def compose(self, layout, layout_json="", width=1216, height=832, fit="stretch", background=None,
-                function_bar=None, key=None, function_key=None):
+                function_bar=None, key=None, function_key=None, per_key=None):
         node = self.DISPLAY
         _check_canvas(height, width, 1, node, "width", f"the layout image ({width}x{height})")
         if layout == self.CUSTOM:
@@ -467,11 +481,9 @@ class AtelierLayoutCompose:
         for name, val in (("background", background), ("function_bar", function_bar), ("key", key),
                           ("function_key", function_key)):
             if val is not None:
-                x = image_batch(val, node, name)[0]
-                if x.shape[-1] < 3:  # gray (+ alpha): RGB (+ alpha), so a gray key keeps its transparency
-                    x = torch.cat([x[..., :1].expand(-1, -1, 3), x[..., 1:]], -1)
-                elems[name] = to_uint8(x)
-        img, mask, labels = L.compose_layout(lay, width, height, elems, fit=fit, node=node)
+                elems[name] = _element_u8(val, node, name)[0]
+        keys = None if per_key is None else list(_element_u8(per_key, node, "per_key"))
+        img, mask, labels = L.compose_layout(lay, width, height, elems, fit=fit, node=node, per_key=keys)
         return (from_uint8(img)[None], torch.from_numpy(mask).float()[None],
                 G.make_glyphs([labels], width, height))
 

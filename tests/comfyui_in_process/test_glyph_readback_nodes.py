@@ -120,3 +120,24 @@ def test_ocr_boxes_small_image_option(N, scene):
     assert a == b and [x["text"] for x in a["items"][0]] and c["items"][0]  # old call = as is; padding still runs
     with pytest.raises(AtelierError, match="small_image"):
         N.AtelierOCRBoxes().detect(clean, small_image="pad")
+
+
+def test_layout_compose_per_key_images(N):
+    from comfyui_atelier.core import layout as L
+    keys = L.key_regions(L.load_layout("qwerty_26"))
+    assert [r.get("label") for r in keys[:3]] == ["Q", "W", "E"] and len(keys) == 33
+    red, green = torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 8, 3)
+    red[..., 0], green[..., 1] = 1.0, 1.0
+    blue = torch.zeros(1, 8, 8, 3)
+    blue[..., 2] = 1.0
+    img, mask, labels = N.AtelierLayoutCompose().compose("qwerty_26", width=1080, height=720, key=blue,
+                                                          per_key=torch.cat([red, green]))
+    centre = lambda r: img[0, int(r["rect"][1] + r["rect"][3] / 2), int(r["rect"][0] + r["rect"][2] / 2)].tolist()
+    assert centre(keys[0]) == [1.0, 0.0, 0.0] and centre(keys[1]) == [0.0, 1.0, 0.0]  # Q, W: their own images
+    assert centre(keys[2]) == [0.0, 0.0, 1.0]  # E and after: the one key image
+    alone = N.AtelierLayoutCompose().compose("qwerty_26", width=1080, height=720, key=blue)[0]
+    assert centre(keys[5]) == alone[0, int(keys[5]["rect"][1] + keys[5]["rect"][3] / 2),
+                                    int(keys[5]["rect"][0] + keys[5]["rect"][2] / 2)].tolist()
+    with pytest.raises(AtelierError, match="34 per-key images for a layout with 33 keys") as e:
+        N.AtelierLayoutCompose().compose("qwerty_26", per_key=torch.zeros(34, 8, 8, 3))
+    assert "per_key" in str(e.value)
