@@ -1,0 +1,133 @@
+"""PoolNet's fast paths give the reference forward's output (no ComfyUI).
+
+The reference is tests.fixtures.poolnet_models.reference_forward: the authors' forward written
+functionally over the state dict (eval BatchNorm, NCHW, upsample-then-conv), independent of core/poolnet.py.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from comfyui_atelier.core import poolnet as P
+from comfyui_atelier.core.errors import AtelierError
+from tests.fixtures import poolnet_models as PM
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def weights():
+    sd = PM.random_state_dict(7)
+    g = torch.Generator().manual_seed(8)
+    for k, v in sd.items():  # BatchNorm statistics far from identity: folding must really fold them
+        if k.endswith("running_mean"):
+            sd[k] = torch.randn(v.numel(), generator=g) * 0.2
+        elif k.endswith("running_var"):
+            sd[k] = 0.6 + torch.rand(v.numel(), generator=g)
+    net = P.PoolNet()
+    P.load_state_dict_strict(net, sd)
+    return sd, P.prepare_inference(net)
+
+
+def _reference(sd, imgs):
+    with torch.no_grad():
+        return torch.sigmoid(PM.reference_forward(sd, P.preprocess(imgs)))[:, 0]
+
+
+@pytest.mark.parametrize("shape", [(1, 111, 130), (2, 160, 144), (1, 129, 257), (3, 117, 123)])
+def test_forward_matches_the_reference_forward(weights, shape):
+    sd, net = weights
+    imgs = torch.rand(*shape, 3, generator=torch.Generator().manual_seed(sum(shape)))
+    ref = _reference(sd, imgs)
+    ours = P.predict_saliency(net, imgs, batch_size=shape[0])
+    assert ref.std() > 1e-2  # a non-trivial map: the comparison can fail
+    assert (ours - ref).abs().max().item() <= TOL
+
+
+def test_large_input_paths_match_the_reference(weights, monkeypatch):
+    """The paths taken at large sizes (conv_sum without its upsampled map, many bands of rows),
+    forced at a small size, give the same output."""
+    sd, net = weights
+    imgs = torch.rand(2, 143, 161, 3, generator=torch.Generator().manual_seed(11))
+    ref = _reference(sd, imgs)
+    calls = []
+    real = P._conv3x3_of_upsampled
+    monkeypatch.setattr(P, "_conv3x3_of_upsampled", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    monkeypatch.setattr(P.FeatureAggregation, "UPSAMPLED_BYTES", 0)
+    monkeypatch.setattr(P, "BAND_BYTES", 1)  # 1-row bands (the minimum)
+    ours = P.predict_saliency(net, imgs, batch_size=2)
+    assert len(calls) == 2 * 3 + 2 * 3  # per image: 3 upsampled guidance maps + 3 conv_sums
+    assert (ours - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("cin,cout,h,w,H,W", [(5, 4, 7, 9, 13, 29), (8, 3, 16, 16, 128, 128),
+                                              (6, 6, 9, 5, 9, 11), (4, 2, 2, 3, 17, 8)])
+@pytest.mark.parametrize("band_bytes", [1, 1 << 30])
+def test_conv_of_upsampled_is_upsample_then_conv(cin, cout, h, w, H, W, band_bytes, monkeypatch):
+    g = torch.Generator().manual_seed(cin * h + W)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        conv.bias.copy_(torch.randn(cout, generator=g))
+    x = torch.randn(2, cin, h, w, generator=g)
+    with torch.no_grad():
+        ref = conv(F.interpolate(x, (H, W), mode="bilinear", align_corners=True))
+    monkeypatch.setattr(P, "BAND_BYTES", band_bytes)
+    monkeypatch.setattr(F, "interpolate", None)  # the upsampled map is never built
+    out = P._conv3x3_of_upsampled(conv, x, (H, W))
+    relu = P._conv3x3_of_upsampled(conv, x.contiguous(memory_format=torch.channels_last), (H, W), relu=True)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    scale = ref.abs().max().item()
+    assert (out - ref).abs().max().item() <= 1e-5 * scale
+    assert (relu - ref.clamp(min=0)).abs().max().item() <= 1e-5 * scale
+    assert (out - ref).abs().max().item() < 1e-3 * ref.std().item()
+    # zero padding at every border: a shifted tap would show at the edges
+    assert (out[..., 0, :] - ref[..., 0, :]).abs().max() <= 1e-5 * scale
+    assert (out[..., :, -1] - ref[..., :, -1]).abs().max() <= 1e-5 * scale
+
+
+def test_cpu_batch_runs_images_side_by_side_and_equals_singles(weights):
+    sd, net = weights
+    imgs = torch.rand(3, 120, 136, 3, generator=torch.Generator().manual_seed(3))
+    seen = []
+    hook = net.deep_pool[4].register_forward_hook(
+        lambda m, i, o: seen.append((threading.current_thread().name, torch.get_num_threads(),
+                                     torch.is_inference_mode_enabled(), o.shape[0])))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batch = P.predict_saliency(net, imgs, batch_size=3)
+        assert torch.get_num_threads() == 2  # restored
+        singles = torch.cat([P.predict_saliency(net, imgs[i:i + 1], batch_size=1) for i in range(3)])
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    streams = {name for name, *_ in seen[:3]}
+    assert len(streams) == 2 and all(n.startswith("atelier-poolnet") for n in streams)
+    assert all(t == 1 and inf and b == 1 for _, t, inf, b in seen[:3])  # one image, one thread each
+    assert all(inf for *_, inf, _ in seen[3:])
+    assert (batch - singles).abs().max().item() <= TOL  # 1 thread per image vs 2: float rounding only
+    assert (batch - _reference(sd, imgs)).abs().max().item() <= TOL
+    assert not torch.allclose(batch[0], batch[1], atol=1e-3)
+
+
+def test_error_in_a_stream_reaches_the_caller_and_restores_threads(weights):
+    _, net = weights
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(AtelierError, match="minimum side"):
+            P.predict_saliency(net, torch.rand(2, 100, 140, 3), batch_size=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_progress_counts_every_image_once(weights):
+    _, net = weights
+    done = []
+    P.predict_saliency(net, torch.rand(5, 112, 112, 3), batch_size=2, progress=done.append)
+    assert done == [2, 2, 1]
