@@ -243,8 +243,8 @@ def load_rgb(path: str) -> np.ndarray:
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
-            return np.asarray(im.convert("RGB"))
+                return np.array(Image.alpha_composite(bg, rgba).convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise AtelierError(f"cannot read image '{path}': {type(exc).__name__}: {exc}", input="image",
                            expected="a readable PNG/JPEG/WEBP image", fix="replace or remove the file.") from exc
