@@ -173,3 +173,68 @@ def test_image_grid_of_256_by_256_is_refused_before_allocating(comfy_server):
         comfy_server.run(prompt, timeout=300)
     text = str(err.value)
     assert "[Atelier Image Grid] input 'rows'" in text and "133,128 x 133,128 px" in text
+
+
+CUTOUT_INPUTS = ("decontaminate", "shadow_strength", "shadow_softness", "shadow_offset")
+
+
+def _green_screen_png(path: Path, h=200, w=240):
+    """An orange product with 10-px soft edges on pure green (the edges carry the green), and its alpha as a PNG."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dist = np.minimum(np.minimum(yy - 50, 150 - yy), np.minimum(xx - 60, 180 - xx))
+    a = np.clip((dist + 5) / 10, 0, 1)[..., None]
+    img = a * np.array([255, 128, 0]) + (1 - a) * np.array([0, 255, 0])
+    Image.fromarray(img.astype(np.uint8)).save(path)
+    Image.fromarray((a[..., 0] * 255).round().astype(np.uint8)).convert("RGB").save(path.with_name("mask_" + path.name))
+
+
+def _with_mask(prompt: dict, name: str) -> dict:
+    """The true alpha (a PNG) as Remove Background's external mask: the matte is known, only the colour differs."""
+    prompt["90"] = {"class_type": "LoadImage", "inputs": {"image": "mask_" + name}}
+    prompt["91"] = {"class_type": "ImageToMask", "inputs": {"image": ["90", 0], "channel": "red"}}
+    prompt[_node(prompt, "AtelierRemoveBackground")]["inputs"]["mask"] = ["91", 0]
+    return prompt
+
+
+def test_workflows_saved_before_the_clean_cutout_inputs_run_as_before(comfy_server, saliency_models):
+    """A UI workflow with the 9 widget values of earlier versions and an API prompt without the new inputs
+    both run and give exactly the composite of the inputs set off; the shipped (decontaminating) one differs."""
+    _green_screen_png(comfy_server.input_dir / "atelier_green_product.png")
+    ui = json.loads((ROOT / "workflows" / "remove_background.json").read_text())
+    for n in ui["nodes"]:
+        if n["type"] == "AtelierRemoveBackground":
+            n["widgets_values"] = n["widgets_values"][:9]
+        elif n["type"] == "AtelierSaliencyLoader":
+            n["widgets_values"] = [saliency_models["centre"]]
+        elif n["type"] == "LoadImage":
+            n["widgets_values"][0] = "atelier_green_product.png"
+    from_ui = convert.ui_to_api(ui, comfy_server.object_info())
+    shipped = _api("remove_background")
+    old_api = json.loads(json.dumps(shipped))
+    rb = _node(shipped, "AtelierRemoveBackground")
+    for p in (shipped, old_api):
+        p[_node(p, "LoadImage")]["inputs"]["image"] = "atelier_green_product.png"
+        p[_node(p, "AtelierSaliencyLoader")]["inputs"]["model_name"] = saliency_models["centre"]
+    assert shipped[rb]["inputs"]["decontaminate"] is True
+    for k in CUTOUT_INPUTS:
+        del old_api[rb]["inputs"][k]
+    off = json.loads(json.dumps(shipped))
+    off[rb]["inputs"].update(decontaminate=False, shadow_strength=0.0)
+    assert from_ui[rb]["inputs"]["decontaminate"] is False and from_ui[rb]["inputs"]["shadow_strength"] == 0.0
+
+    def white(prompt):
+        entry = comfy_server.run(_with_mask(prompt, "atelier_green_product.png"), timeout=600)
+        save = next(k for k, v in prompt.items() if v["inputs"].get("filename_prefix") == "remove_background")
+        return np.asarray(Image.open(comfy_server.output_files(entry, save)[0]).convert("RGB"))
+
+    ref = white(off)
+    assert np.array_equal(white(old_api), ref) and np.array_equal(white(from_ui), ref)
+    clean = white(shipped)
+    assert (clean[:3] == 255).all() and not np.array_equal(clean, ref)
+    # green excess G - (R + B) / 2 over the soft edge: the decontaminated composite has less of it
+    ring = np.zeros(ref.shape[:2], bool)
+    ring[40:160, 50:190] = True
+    ring[60:140, 70:170] = False
+    excess = lambda x: (x[..., 1].astype(float) - (x[..., 0].astype(float) + x[..., 2]) / 2)[ring]  # noqa: E731
+    # (the ideal on white has an excess of at most 0.5 of 255: orange is (255, 128, 0))
+    assert excess(ref).max() > 40 and excess(clean).max() <= 0.02 * 255 + 1
