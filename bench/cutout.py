@@ -10,8 +10,8 @@ Rows per size (one image, CPU, float32, fresh process per row so peak memory doe
   real network's either way) through remove_background at max_side 1024, the node's default: the cost a
   user already pays for the matte.
 
-Medians over --repeats runs after one untimed warm-up; peak MB is the peak RSS growth of that process over
-its state with the inputs loaded. Target: the clean options together (decontaminate + shadow) cost at most
+Medians over --repeats runs after one untimed warm-up; peak MB is that process's peak RSS over its state
+with the inputs loaded. Target: the clean options together (decontaminate + shadow) cost at most
 0.5x the PoolNet matte at the same size (they are then a minor part of the node's time), checked per size.
 
 --quick: a smoke run (128^2, one repeat, in this process, no PoolNet row timing claims): it checks that the
@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from _verdict import cells
 
@@ -35,20 +37,9 @@ CLEAN_TARGET = ("<=", 0.5)  # (decontaminate + shadow) time / PoolNet matte time
 sys.modules.setdefault("tests.fixtures", __import__("comfyui_atelier.tests.fixtures", fromlist=["link_file"]))
 
 
-def _peak_mb(key: str) -> float:
+def _rss_now_mb() -> float:
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (peak RSS) of this process
-    except OSError:
-        pass
+        return next(int(line.split()[1]) / 1024.0 for line in f if line.startswith("VmRSS:"))
 
 
 def scene(size: int):
@@ -61,14 +52,6 @@ def scene(size: int):
     fg = torch.tensor([0.9, 0.45, 0.1])
     bg = torch.tensor([0.1, 0.8, 0.2]) * (0.9 + 0.1 * yy[..., None])
     return (alpha[..., None] * fg + (1 - alpha[..., None]) * bg).clamp(0, 1), alpha
-
-
-def _job(kind, args, q):
-    try:
-        q.put(_run(kind, args))
-    except BaseException as exc:  # report instead of leaving the parent waiting
-        q.put({"error": f"{type(exc).__name__}: {exc}"})
-        raise
 
 
 def _run(kind, args):
@@ -96,30 +79,24 @@ def _run(kind, args):
             (lambda: M.clean_composite(img, alpha, **opts))
     import gc
     gc.collect()
-    base, peak, times = _peak_mb("VmRSS"), 0.0, []
+    base, times = _rss_now_mb(), []
     for i in range(args["repeats"] + args["warmup"]):
-        _reset_peak()
         t = time.perf_counter()
         with torch.no_grad():
             call()
         if i >= args["warmup"]:
             times.append(time.perf_counter() - t)
-        peak = max(peak, _peak_mb("VmHWM"))
+    # a fresh process per row: its lifetime peak RSS is this row's (inline, in --quick, it means nothing)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"median_s": statistics.median(times), "peak_mb": max(0.0, peak - base)}
 
 
 def measure(kind, **args):
+    """One row, in a fresh (spawned) interpreter unless --quick."""
     if args.get("inline"):
         return _run(kind, args)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_job, args=(kind, args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    if "error" in out:
-        raise RuntimeError(f"{kind} {args.get('size')}: {out['error']}")
-    return out
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_run, kind, args).result()
 
 
 def main(argv=None) -> int:
