@@ -72,19 +72,26 @@ def _image(server, graph, save="9") -> np.ndarray:
     return np.asarray(Image.open(files[0]).convert("RGB"), dtype=np.int16)
 
 
+def _sample(model, clip, vae, prefix: str, seed: int) -> dict:
+    """Nodes 3-9: the trigger prompt + empty negative -> KSampler 2 steps at 64x64 -> VAEDecode -> SaveImage ("9")."""
+    return {
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a pattern number 0, sks"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": model, "positive": ["3", 0], "negative": ["4", 0],
+                                                    "latent_image": ["5", 0], "seed": seed, "steps": 2, "cfg": 5.0,
+                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": vae}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+    }
+
+
 def _sd15_graph(ckpt, lora, strength):
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora,
                                                       "strength_model": strength, "strength_clip": strength}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a pattern number 0, sks"}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": ""}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
-                                                    "latent_image": ["5", 0], "seed": 3, "steps": 2, "cfg": 4.0,
-                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "atelier_lora_sd15"}},
+        **_sample(["2", 0], ["2", 1], ["1", 2], "atelier_lora_sd15", seed=3),
     }
 
 
@@ -108,15 +115,8 @@ def _kolors_graph(ckpt, lora, strength):
               "inputs": {"text_encoder": KOLORS_TE, "weight_dtype": "default", "device": "default"}},
         "10": {"class_type": "AtelierKolorsLoraLoader", "inputs": {"model": ["1", 0], "lora_name": lora,
                                                                     "strength_model": strength, "diffsynth_alpha": 4.0}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a pattern number 0, sks"}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": ""}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "positive": ["3", 0], "negative": ["4", 0],
-                                                    "latent_image": ["5", 0], "seed": 7, "steps": 2, "cfg": 5.0,
-                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "7": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["7", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "atelier_lora_kolors"}},
+        "7": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},  # its VAE: KL-f8 as SDXL's
+        **_sample(["10", 0], ["2", 0], ["7", 2], "atelier_lora_kolors", seed=7),
     }
 
 
