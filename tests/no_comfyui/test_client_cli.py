@@ -223,7 +223,7 @@ def test_atelier_parser_demo_and_downloader_import_with_torch_blocked(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "unavailable" not in r.stderr
     assert r.stdout.strip().splitlines()[-2:] == [
-        "['batch', 'convert', 'dataset', 'demo', 'models', 'train-controlnet', 'train-style'] ['classical'] True", "[]"]
+        "['batch', 'convert', 'dataset', 'demo', 'models', 'train-controlnet', 'train-lora', 'train-style'] ['classical'] True", "[]"]
     assert "uses the classical backend" in r.stdout
 
 
