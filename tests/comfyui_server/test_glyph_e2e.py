@@ -1,8 +1,9 @@
 """Keyboard-skin workflow through a real ComfyUI server.
 
-The shipped workflows/api/keyboard_skin.json is validated whole against the live /object_info, and its
-conditioning half (LoadImage -> AtelierCanny + AtelierOCRBoxes -> AtelierGlyphCompose -> SaveImage) is
-run for real on a generated reference skin. The SDXL half (checkpoint, SDXL canny ControlNet, KSampler)
+The shipped workflows/api/keyboard_skin.json is validated whole against the live /object_info; its
+reference chain (LoadImage -> AtelierLayoutCompose -> AtelierGlyphCompose lettering the keys) is run as
+shipped and read back, and its conditioning half (reference -> AtelierCanny + AtelierOCRBoxes ->
+AtelierGlyphCompose -> SaveImage) is run for real on a generated reference skin. The SDXL half (checkpoint, SDXL canny ControlNet, KSampler)
 is not run: a ComfyUI-loadable SDXL-shaped checkpoint needs the full-size OpenCLIP-bigG text encoder
 (~700 M parameters) and an SDXL ControlNet, far beyond CI time on these CPUs; the control image is the
 part this family is responsible for.
@@ -57,14 +58,36 @@ def test_keyboard_workflow_is_valid_for_the_server(comfy_server):
     assert {"CheckpointLoaderSimple", "ControlNetLoader", "ControlNetApplyAdvanced", "AtelierCanny", "AtelierOCRBoxes",
             "AtelierGlyphCompose", "AtelierSystemPrompt"} <= types
     assert api["12"]["inputs"]["image"] == ["6", 0]  # the ControlNet gets the glyph-composed control image
+    # the reference is a lettered layout; the generated image is read back inside the OCR'd boxes
+    assert api["18"]["class_type"] == "AtelierLayoutCompose" and api["19"]["inputs"]["glyphs"] == ["18", 2]
+    assert api["4"]["inputs"]["image"] == api["5"]["inputs"]["image"] == ["19", 0]
+    assert api["20"]["class_type"] == "AtelierTextReadback"
+    assert api["20"]["inputs"]["images"] == ["15", 0] and api["20"]["inputs"]["glyphs"] == ["5", 0]
+    assert api["20"]["inputs"]["pad_info"] == ["4", 2]  # the boxes follow Glyph Compose's scaling
+
+
+def test_keyboard_reference_chain_as_shipped_reads_back(comfy_server):
+    """Layout Compose over the shipped artwork, lettered by Glyph Compose, then OCR Boxes and Text Read-back on
+    that same reference: every label the OCR kept reads back exactly."""
+    api = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    prompt = {k: api[k] for k in ("3", "18", "19", "5")}
+    prompt["30"] = {"class_type": "AtelierTextReadback", "inputs": dict(api["20"]["inputs"], images=["19", 0])}
+    del prompt["30"]["inputs"]["pad_info"]  # no Canny here: the reference itself, in its own pixels
+    prompt["31"] = {"class_type": "SaveImage", "inputs": {"filename_prefix": "atelier_readback_ref", "images": ["19", 0]}}
+    hist = comfy_server.run(prompt, timeout=300)
+    ui = hist["outputs"]["30"]
+    assert ui["atelier_scores"] == [1.0], ui.get("atelier_report")
+    assert "exact 100%" in ui["atelier_report"][0] and "ABC" in ui["atelier_report"][0]
 
 
 def test_keyboard_control_image_contains_the_rendered_glyphs(comfy_server, reference):
     api = json.loads(WORKFLOW.read_text(encoding="utf-8"))
     keep = _ancestors(api, CONTROL_SAVE)
-    assert {api[k]["class_type"] for k in keep} == {"LoadImage", "AtelierCanny", "AtelierOCRBoxes",
-                                                     "AtelierGlyphCompose", "SaveImage"}
+    assert {api[k]["class_type"] for k in keep} == {"LoadImage", "AtelierLayoutCompose", "AtelierCanny",
+                                                     "AtelierOCRBoxes", "AtelierGlyphCompose", "SaveImage"}
+    keep -= {"18", "19"}  # a finished reference skin goes straight to Canny + OCR (what the Note tells users)
     prompt = {k: json.loads(json.dumps(api[k])) for k in keep}
+    prompt["4"]["inputs"]["image"] = prompt["5"]["inputs"]["image"] = ["3", 0]
     Image.fromarray(reference).save(comfy_server.input_dir / "atelier_glyph_e2e_reference.png")
     load = next(k for k in keep if api[k]["class_type"] == "LoadImage")
     prompt[load]["inputs"]["image"] = "atelier_glyph_e2e_reference.png"
