@@ -172,3 +172,16 @@ def test_cli_parser_import_is_torch_free_and_style_lr_option():
     a = p.parse_args(["train-lora", "data", "--model", "m", "-o", "o"])
     c = train_cli.lora_config(a)
     assert (c.rank, c.alpha, c.unet_lr, c.train_text_encoder, c.family) == (16, 4.0, 1e-4, False, "auto")
+
+
+def test_reads_the_dataset_exports_lora_layout(tmp_path):
+    """The dataset export's LoRA layout (core/dataset_prep.py) is what the trainer reads: ids, captions, pixels."""
+    import numpy as np
+
+    from comfyui_atelier.core import dataset_prep as DP
+    pix = {rid: (SM.style_image(i, 40, 56).numpy() * 255).round().astype(np.uint8) for i, rid in enumerate(["b7", "a3"])}
+    DP.export_dataset([DP.Item(rid, px, caption=f"caption of {rid}") for rid, px in pix.items()], str(tmp_path / "x"), "lora")
+    items = list(TL.captioned_images(tmp_path / "x", "sks"))
+    assert [(it.id, it.caption) for it in items] == [("a3", "caption of a3, sks"), ("b7", "caption of b7, sks")]
+    for it in items:
+        assert np.array_equal((it.image.numpy() * 255).round().astype(np.uint8), pix[it.id])
