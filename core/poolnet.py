@@ -176,52 +176,123 @@ def _resize_matrix(n_in: int, n_out: int, shifts, start: int, stop: int, lo: int
     return torch.cat(blocks, 1).to(dtype)
 
 
-#: output rows per band of :func:`_conv3x3_of_upsampled`: about this many bytes of output per band
+#: band-wise operations work on bands of output rows of about this many bytes
 BAND_BYTES = 16 << 20
-#: and at most this many source rows per band (the row resize is a matrix product over them)
+#: and the resizes read at most about this many source rows per band (a matrix product over them)
 BAND_SOURCE_ROWS = 24
 
 
-@torch.no_grad()  # inference only (writes bands into its output)
-def _conv3x3_of_upsampled(conv: nn.Conv2d, x: torch.Tensor, size, relu: bool = False) -> torch.Tensor:
-    """conv(upsample(x, size)) for a 3x3, stride 1, padding 1 conv, never building upsample(x).
+def _band_rows(row_bytes: int, h: int = 0, H: int = 0) -> int:
+    rows = max(1, BAND_BYTES // max(1, row_bytes))
+    if h and H:
+        rows = min(rows, max(1, int((BAND_SOURCE_ROWS - 2) * (H - 1) / max(1, h - 1))))
+    return rows
 
-    Resizing (bilinear, align_corners=True) acts on each channel alike and the conv's channel mixing on
-    each pixel alike, so they commute: conv(up(x)) = sum over the 9 taps (ki, kj) of up(W[:, :, ki, kj] . x)
-    shifted by (ki - 1, kj - 1) with zero fill. The 9 channel mixings run as one 1x1 product at x's (low)
-    resolution; the resize is separable, so per band of output rows the 3 row-shifted resizes are one
-    small matrix product along rows (at low width) and the 3 column-shifted ones one along columns,
-    straight into the band. Same function as the reference's upsample-then-conv, float rounding aside;
-    for the /16 guidance map resized to /2 it is about 40x fewer multiply-adds, and the resized map never
-    exists in memory. Returns [B, Cout, H, W] with channels-last memory (ReLU in place when ``relu``)."""
+
+@torch.no_grad()  # inference only (writes bands into its output)
+def _resize_conv(x: torch.Tensor, size, conv: nn.Conv2d | None = None, relu: bool = False,
+                 into: torch.Tensor | None = None) -> torch.Tensor:
+    """upsample(x, size) (bilinear, align_corners=True) or, with ``conv`` (3x3, stride 1, padding 1),
+    conv(upsample(x, size)), never building the upsampled map.
+
+    Resizing acts on each channel alike and a conv's channel mixing on each pixel alike, so they commute:
+    conv(up(x)) = sum over the 9 taps (ki, kj) of up(W[:, :, ki, kj] . x) shifted by (ki - 1, kj - 1) with
+    zero fill. The 9 channel mixings run as one matrix product at x's (low) resolution; the resize is
+    separable, so per band of output rows the 3 row-shifted resizes are one small matrix product along
+    rows (at low width) and the 3 column-shifted ones one along columns, straight into the band. The same
+    function as the reference's upsample-then-conv, float rounding aside; for the /16 guidance resized to
+    /2 it is about 40x fewer multiply-adds. Returns NHWC storage as an NCHW view [B, C, H, W]; with
+    ``into`` (an NCHW view of the same shape) the result is added into it band by band instead (after
+    the ReLU when ``relu``) and ``into`` is returned."""
     n, cin, h, w = x.shape
     H, W = int(size[0]), int(size[1])
-    cout = conv.weight.shape[0]
-    # taps as a [cin, (ki, kj, cout)] matrix; x as NHWC rows
-    w9 = conv.weight.permute(1, 2, 3, 0).reshape(cin, 9 * cout)
+    shifts = (-1, 0, 1) if conv is not None else (0,)
+    k = len(shifts)
+    cout = conv.weight.shape[0] if conv is not None else cin
+    mix = conv.weight.permute(1, 2, 3, 0).reshape(cin, k * k * cout) if conv is not None else None
     xn = x.permute(0, 2, 3, 1)
-    out = x.new_empty((n, H, W, cout))  # NHWC storage: bands of rows are contiguous
-    cols = _resize_matrix(w, W, (-1, 0, 1), 0, W, 0, w, x.dtype, x.device)  # [W, 3w]
-    step = max(1, min(BAND_BYTES // max(1, W * cout * x.element_size()),
-                      int((BAND_SOURCE_ROWS - 2) * (H - 1) / max(1, h - 1))))
+    out = x.new_empty((n, H, W, cout)).permute(0, 3, 1, 2) if into is None else into
+    cols = _resize_matrix(w, W, shifts, 0, W, 0, w, x.dtype, x.device)  # [W, k * w]
+    step = _band_rows(W * cout * x.element_size(), h, H)
+    staged = into is not None or relu or (conv is not None and conv.bias is not None)
+    tmp = x.new_empty((min(step, H), W, cout)) if staged else None
     for y0 in range(0, H, step):
         y1 = min(H, y0 + step)
-        lo = min(int(_resize_taps(h, H, i, y0, y1, x.device)[0].min()) for i in (-1, 0, 1))
-        hi = max(int(_resize_taps(h, H, i, y0, y1, x.device)[1].max()) for i in (-1, 0, 1)) + 1
-        rows = _resize_matrix(h, H, (-1, 0, 1), y0, y1, lo, hi, x.dtype, x.device)  # [R, 3S]
-        z = torch.matmul(xn[:, lo:hi], w9)  # [n, S, w, (ki, kj, cout)]
-        z = z.view(n, hi - lo, w, 3, 3, cout).permute(0, 3, 1, 4, 2, 5).reshape(n, 3 * (hi - lo), -1)
-        part = torch.matmul(rows, z).view(n * (y1 - y0), 3 * w, cout)  # [(n, R), (kj, w), cout]
+        taps = [_resize_taps(h, H, i, y0, y1, x.device) for i in shifts]
+        lo, hi = min(int(t[0].min()) for t in taps), max(int(t[1].max()) for t in taps) + 1
+        rows = _resize_matrix(h, H, shifts, y0, y1, lo, hi, x.dtype, x.device)  # [R, k * S]
+        z = torch.matmul(xn[:, lo:hi], mix) if mix is not None else xn[:, lo:hi]  # [n, S, w, (ki, kj, c)]
+        z = z.reshape(n, hi - lo, w, k, k, cout).permute(0, 3, 1, 4, 2, 5).reshape(n, k * (hi - lo), -1)
+        part = torch.matmul(rows, z).view(n, y1 - y0, k * w, cout)  # [n, R, (kj, w), c]
         del z
         for b in range(n):
-            band = out[b, y0:y1]
-            torch.matmul(cols, part[b * (y1 - y0):(b + 1) * (y1 - y0)], out=band)
-            if conv.bias is not None:
+            dst = out[b, :, y0:y1].permute(1, 2, 0)  # [R, W, c]
+            if tmp is None and dst.is_contiguous():
+                torch.matmul(cols, part[b], out=dst)
+                continue
+            band = torch.matmul(cols, part[b], out=tmp[:y1 - y0]) if tmp is not None else cols @ part[b]
+            if conv is not None and conv.bias is not None:
                 band.add_(conv.bias.to(band.dtype))
             if relu:
                 band.relu_()
+            dst.add_(band) if into is not None else dst.copy_(band)
         del part
-    return out.permute(0, 3, 1, 2)
+    return out
+
+
+def _conv3x3_of_upsampled(conv: nn.Conv2d, x: torch.Tensor, size, relu: bool = False) -> torch.Tensor:
+    """conv(upsample(x, size)) without building upsample(x) (see :func:`_resize_conv`)."""
+    return _resize_conv(x, size, conv, relu=relu)
+
+
+def _row_band(t: torch.Tensor, y0: int, y1: int, top: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [y0 - 1, y1 + 1) of NCHW ``t`` for a 3x3 conv with row padding 0: zero rows outside the map,
+    and ``top`` (when given) in place of row y0 - 1."""
+    H = t.shape[2]
+    parts = [torch.zeros_like(t[:, :, :1]) if y0 == 0 else (top if top is not None else t[:, :, y0 - 1:y0]),
+             t[:, :, y0:y1], torch.zeros_like(t[:, :, :1]) if y1 == H else t[:, :, y1:y1 + 1]]
+    return torch.cat(parts, 2)
+
+
+def _conv3x3_rows(conv: nn.Conv2d, band: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(band, conv.weight, conv.bias, 1, (0, 1))
+
+
+@torch.no_grad()
+def _conv3x3_in_place(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+    """t <- conv(t) (3x3, padding 1, as many output channels as input), band by band in t's own memory:
+    each band reads its rows, the row below (not yet overwritten) and a saved copy of the row above."""
+    H = t.shape[2]
+    step = _band_rows(t.shape[0] * t.shape[1] * t.shape[3] * t.element_size())
+    above = None
+    for y0 in range(0, H, step):
+        y1 = min(H, y0 + step)
+        out = _conv3x3_rows(conv, _row_band(t, y0, y1, above))
+        above = t[:, :, y1 - 1:y1].clone()
+        t[:, :, y0:y1].copy_(out)
+        del out
+    return t
+
+
+@torch.no_grad()
+def _conv3x3_then_1x1(conv: nn.Conv2d, head: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+    """head(conv(t)) band by band: conv's output (as large as t) never exists whole."""
+    H = t.shape[2]
+    out = t.new_empty((t.shape[0], head.weight.shape[0], H, t.shape[3]))
+    step = _band_rows(t.shape[0] * conv.weight.shape[0] * t.shape[3] * t.element_size())
+    for y0 in range(0, H, step):
+        y1 = min(H, y0 + step)
+        out[:, :, y0:y1] = head(_conv3x3_rows(conv, _row_band(t, y0, y1)))
+    return out
+
+
+@torch.no_grad()
+def _add_conv_relu(t: torch.Tensor, conv: nn.Conv2d, src: torch.Tensor) -> torch.Tensor:
+    """t += relu(conv(src)) for a 1x1 conv, band by band (conv(src) never exists whole)."""
+    step = _band_rows(t.shape[0] * t.shape[1] * t.shape[3] * t.element_size())
+    for y0 in range(0, t.shape[2], step):
+        t[:, :, y0:y0 + step].add_(F.relu_(conv(src[:, :, y0:y0 + step])))
+    return t
 
 
 class GlobalGuidance(nn.Module):
@@ -284,22 +355,34 @@ class FeatureAggregation(nn.Module):
         if fuse:
             self.conv_sum_c = nn.Conv2d(k_out, k_out, 3, padding=1, bias=False)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
-                guide: torch.Tensor | None = None) -> torch.Tensor:
+    def aggregate(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """relu(x + u2 + u4 + u8), u_s = up(conv(avgpool_s(x))), in that summation order. ``in_place``:
+        into x itself (the caller's to give up), each u_s resized band by band into it (never whole)."""
         size = x.shape[-2:]
+        if in_place:
+            lows = [conv(pool(x)) for pool, conv in zip(self.pools, self.convs)]  # before x changes
+            for low in lows:
+                _resize_conv(low, size, into=x)
+            return F.relu_(x)
         acc = None
         for pool, conv in zip(self.pools, self.convs):
             up = _up(conv(pool(x)), size)
-            # same summation order as x + u2 + u4 + u8; after the first add, acc is our own buffer
+            # after the first add, acc is our own buffer
             acc = x + up if acc is None else acc.add_(up)
             del up
-        acc = F.relu_(acc)
-        if self.upsample:  # conv_sum(upsample(acc)); without building the upsampled map when it is large
-            size = skip.shape[-2:]
-            if acc.shape[0] * acc.shape[1] * size[0] * size[1] * acc.element_size() <= self.UPSAMPLED_BYTES:
-                acc = self.conv_sum(_up(acc, size))  # small: the direct conv is faster (resize factor 2)
-            else:
-                acc = _conv3x3_of_upsampled(self.conv_sum, acc, size)
+        return F.relu_(acc)
+
+    def upsampled_conv_sum(self, acc: torch.Tensor, size) -> torch.Tensor:
+        """conv_sum(upsample(acc, size)); without building the upsampled map when it is large."""
+        if acc.shape[0] * acc.shape[1] * size[0] * size[1] * acc.element_size() <= self.UPSAMPLED_BYTES:
+            return self.conv_sum(_up(acc, size))  # small: the direct conv is faster (resize factor 2)
+        return _conv3x3_of_upsampled(self.conv_sum, acc, size)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
+                guide: torch.Tensor | None = None) -> torch.Tensor:
+        acc = self.aggregate(x)
+        if self.upsample:
+            acc = self.upsampled_conv_sum(acc, skip.shape[-2:])
         else:
             acc = self.conv_sum(acc)
         if self.fuse:
@@ -344,19 +427,40 @@ class PoolNet(nn.Module):
                                fix="pad or upscale the image first (the matting node does this for you)")
         feats = self.base.resnet(x)
         g = self.base.guidance(feats[-1])
-        # convert deepest first, dropping each backbone map as soon as it is converted
+        # convert deepest first, dropping each backbone map as soon as it is converted; the /2 map stays
+        # as it is (64 channels) until the /2 level adds its conversion (128 channels) band by band
         convs = self.convert.convert0
-        skips = [convs[i](feats.pop()) for i in reversed(range(len(convs)))]  # /16, /16, /8, /4, /2
+        skips = [convs[i](feats.pop()) for i in reversed(range(1, len(convs)))]  # /16, /16, /8, /4
+        c0 = feats.pop()
         # each guidance map is computed when its decoder level needs it (never all at once), and every
         # skip and guidance map is freed once used: the same values as self.base(x) -> decoder
         merge = self.deep_pool[0](skips.pop(0), skips[0], self.base.info(g, 0, skips[0].shape[-2:]))
         skips.pop(0)
-        for k in range(1, len(self.deep_pool) - 1):
+        for k in range(1, len(self.deep_pool) - 2):
             skip = skips.pop(0)
             merge = self.deep_pool[k](merge, skip, lambda k=k, size=skip.shape[-2:]: self.base.info(g, k, size))
             del skip
-        merge = self.deep_pool[-1](merge)
-        return self.score(merge, (h, w))
+        return _up(self._half_resolution_levels(merge, c0, g), (h, w))
+
+    def _half_resolution_levels(self, merge: torch.Tensor, c0: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The /2 decoder levels and the score head (their maps are the largest: 128 channels at half the
+        input size, 512 MB each at 2048^2), computed in one /2 buffer: FAM 3 aggregates into ``merge``
+        in place, its conv_sum(upsample) fills the buffer, the skip conversion relu(convert0(c0)) and the
+        guidance relu(infos[3](upsample(g))) are added into it band by band, conv_sum_c runs in place, FAM 4
+        aggregates into it in place, and conv_sum + score run band by band. Same operations in the same
+        order as deep_pool[3](merge, convert0(c0), info3) -> deep_pool[4] -> score (float rounding aside).
+        Returns the /2 logits [B, 1, H/2, W/2]."""
+        fam3, fam4 = self.deep_pool[-2], self.deep_pool[-1]
+        size = c0.shape[-2:]
+        acc = fam3.aggregate(merge, in_place=True)
+        del merge
+        t = fam3.upsampled_conv_sum(acc, size)
+        del acc
+        _add_conv_relu(t, self.convert.convert0[0][0], c0)
+        del c0
+        _resize_conv(g, size, self.base.infos[-1][0], relu=True, into=t)
+        t = fam4.aggregate(_conv3x3_in_place(fam3.conv_sum_c, t), in_place=True)
+        return _conv3x3_then_1x1(fam4.conv_sum, self.score.score, t)
 
     @torch.no_grad()
     def fold_batchnorm(self) -> "PoolNet":

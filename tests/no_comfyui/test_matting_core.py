@@ -283,7 +283,7 @@ def test_loaded_model_runs_channels_last_in_inference_mode(net):
     conv = net.base.resnet.layer1[0].conv2.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     seen = []
-    hook = net.deep_pool[4].register_forward_hook(
+    hook = net.score.score.register_forward_hook(
         lambda m, i, o: seen.append((torch.is_inference_mode_enabled(), o.is_contiguous(memory_format=torch.channels_last))))
     try:
         P.predict_saliency(net, torch.rand(1, 112, 112, 3))

@@ -54,12 +54,14 @@ def test_large_input_paths_match_the_reference(weights, monkeypatch):
     imgs = torch.rand(2, 143, 161, 3, generator=torch.Generator().manual_seed(11))
     ref = _reference(sd, imgs)
     calls = []
-    real = P._conv3x3_of_upsampled
-    monkeypatch.setattr(P, "_conv3x3_of_upsampled", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    real = P._resize_conv
+    monkeypatch.setattr(P, "_resize_conv", lambda *a, **k: calls.append(len(a) > 2 and a[2] is not None) or real(*a, **k))
     monkeypatch.setattr(P.FeatureAggregation, "UPSAMPLED_BYTES", 0)
     monkeypatch.setattr(P, "BAND_BYTES", 1)  # 1-row bands (the minimum)
     ours = P.predict_saliency(net, imgs, batch_size=2)
-    assert len(calls) == 2 * 3 + 2 * 3  # per image: 3 upsampled guidance maps + 3 conv_sums
+    # per image: 3 upsampled guidance maps + 3 conv_sums convolved without their upsampled input, and the
+    # 2 x 3 pooled branches of the /2 levels resized into their level's buffer
+    assert calls.count(True) == 2 * 6 and calls.count(False) == 2 * 6
     assert (ours - ref).abs().max().item() <= TOL
 
 
@@ -93,7 +95,7 @@ def test_cpu_batch_runs_images_side_by_side_and_equals_singles(weights):
     sd, net = weights
     imgs = torch.rand(3, 120, 136, 3, generator=torch.Generator().manual_seed(3))
     seen = []
-    hook = net.deep_pool[4].register_forward_hook(
+    hook = net.score.score.register_forward_hook(
         lambda m, i, o: seen.append((threading.current_thread().name, torch.get_num_threads(),
                                      torch.is_inference_mode_enabled(), o.shape[0])))
     before = torch.get_num_threads()
@@ -105,6 +107,7 @@ def test_cpu_batch_runs_images_side_by_side_and_equals_singles(weights):
     finally:
         hook.remove()
         torch.set_num_threads(before)
+    assert len(seen) == 6  # one band per image at this size
     streams = {name for name, *_ in seen[:3]}
     assert len(streams) == 2 and all(n.startswith("atelier-poolnet") for n in streams)
     assert all(t == 1 and inf and b == 1 for _, t, inf, b in seen[:3])  # one image, one thread each
