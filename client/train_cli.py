@@ -124,7 +124,7 @@ def run_lora(args) -> int:
     from ..core.lora_train import train_lora  # torch, diffusers, peft: only when training
 
     res = train_lora(lora_config(args))
-    print(f"lora:   {res['lora']} ({res['family']}, {len(res['ids'])} images)")
+    print(f"lora:   {res['lora']} ({res['family']}, {len(res['ids'])} images, {res['precision']})")
     if res["losses"]:
         print(f"final loss: {res['losses'][-1]:.5f} (step {res['step']}, {res['seconds_per_step']:.2f} s/step)")
     return 0

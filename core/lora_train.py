@@ -331,7 +331,8 @@ def _save(run: _LoraRun, end: int) -> Path:
 
 def train_lora(cfg: LoraTrainConfig, components: dict | None = None,
                on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train; returns {"lora", "family", "losses", "step", "checkpoints", "ids", "seconds_per_step"}.
+    """Train; returns {"lora", "family", "losses", "step", "checkpoints", "ids", "seconds_per_step",
+    "text_cache_bytes", "precision"} (precision: the one used; bf16/fp16 apply on CUDA only, else fp32).
 
     components: optional dict of parts already built (see load_components), else loaded from cfg.model.
     The same seed gives the same losses and weights; a run resumed from a checkpoint continues the
@@ -364,4 +365,5 @@ def train_lora(cfg: LoraTrainConfig, components: dict | None = None,
     end = max(start, cfg.steps)
     ckpts.append(str(tl.save_checkpoint(run.out / "checkpoints", end, run.parts, run.opt, asdict(cfg), run.scaler)))
     return {"lora": _save(run, end), "family": family, "losses": losses, "step": end, "checkpoints": ckpts,
-            "ids": list(run.ids), "seconds_per_step": per_step, "text_cache_bytes": run.text_cache_bytes}
+            "ids": list(run.ids), "seconds_per_step": per_step, "text_cache_bytes": run.text_cache_bytes,
+            "precision": cfg.precision if _half(cfg.precision, run.device) is not None else "fp32"}
