@@ -184,15 +184,23 @@ def _conditioning(run: "_LoraRun") -> Callable:
     import torch
 
     uniq = sorted(set(run.captions))
-    where = torch.tensor([uniq.index(c) for c in run.captions], device=run.device)
+    pos = {c: i for i, c in enumerate(uniq)}
+    where = torch.tensor([pos[c] for c in run.captions], device=run.device)
     text = _kolors_text(run, uniq) if run.family == "kolors" else _clip_text(run, uniq)
     if not any(run.text_encoders or ()):
+        hidden, pooled = [], []
         with torch.no_grad():
-            hidden, pooled = text(torch.arange(len(uniq), device=run.device))
-        hidden = hidden.to(run.cache_dtype)
-        pooled = pooled.to(run.cache_dtype) if pooled is not None else None
+            for i in range(0, len(uniq), 16):
+                h, p = text(torch.arange(i, min(i + 16, len(uniq)), device=run.device))
+                hidden.append(h.to(run.cache_dtype))
+                pooled.append(p.to(run.cache_dtype) if p is not None else None)
+        hidden = torch.cat(hidden)
+        pooled = torch.cat(pooled) if pooled[0] is not None else None
         run.text_cache_bytes = hidden.element_size() * (hidden.numel() + (pooled.numel() if pooled is not None else 0))
         text = lambda u: (hidden[u], pooled[u] if pooled is not None else None)  # noqa: E731
+        for k in ("text_encoder", "text_encoder_2"):   # frozen and cached: off the accelerator
+            if k in run.c:
+                run.c[k].to("cpu")
     time_ids = _time_ids(run.sizes, run.resolution, run.device) if run.family != "sd" else None
 
     def cond(idx):
