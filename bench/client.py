@@ -272,7 +272,6 @@ def _vm(field: str) -> float:
 
 def scale_child(mode: str, url: str, ds: Path, out: Path) -> dict:
     """One size, in its own process (so sizes do not share a heap): seconds, peak RSS, manifest appends."""
-    images = sorted(ds.glob("*.png"))
     base = _vm("VmRSS")
 
     def cpu() -> float:
@@ -281,6 +280,7 @@ def scale_child(mode: str, url: str, ds: Path, out: Path) -> dict:
 
     c0 = cpu()
     if mode == "minimal":
+        images = sorted(ds.glob("*.png"))  # the loop's own job list (ours lists the folder itself)
         dt = minimal_loop(url, images, out)
         return {"seconds": dt, "cpu": cpu() - c0, "jobs": len(images), "rss_base": base, "rss_peak": _vm("VmHWM")}
     from array import array
@@ -289,13 +289,14 @@ def scale_child(mode: str, url: str, ds: Path, out: Path) -> dict:
 
     def timed(self, rec):
         t = time.perf_counter()
-        orig(self, rec)
+        offset = orig(self, rec)  # handed back: run_batch keeps the line's offset, not the record
         appends.append(time.perf_counter() - t)
+        return offset
 
     results_log.ResultsLog.write = timed
     dt = ours([url], ds, out, INVERT, 1)
     k = max(10, len(appends) // 10)
-    return {"seconds": dt, "cpu": cpu() - c0, "jobs": len(images), "rss_base": base, "rss_peak": _vm("VmHWM"),
+    return {"seconds": dt, "cpu": cpu() - c0, "jobs": len(appends), "rss_base": base, "rss_peak": _vm("VmHWM"),
             "append_start": statistics.median(appends[:k]), "append_end": statistics.median(appends[-k:])}
 
 

@@ -28,6 +28,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..core.errors import AtelierError
@@ -38,7 +39,8 @@ from .dataset import Dataset, Row, load_dataset  # noqa: F401  (Row: for callers
 from .outdir import LOCK_NAME, OutputFolderBusy, OutputLock, check_out_path, prepare_out_dir  # noqa: F401
 from .outdir import _errno_text
 from .progress import ProgressBar, summary_table
-from .results_log import TMP_SUFFIX, LocalWriteError, ResultsLog, clean_tmp, output_valid, write_atomic  # noqa: F401
+from .results_log import (TMP_SUFFIX, LocalWriteError, ResultsLog, RunResults, clean_tmp, output_valid,  # noqa: F401
+                          write_atomic)
 from .scheduler import BatchConfig, Job, OutputMismatch, Runner, ServerState  # noqa: F401
 from .server_api import ComfyServer, ServerUnavailable
 
@@ -50,8 +52,10 @@ EXIT_WRITE_FAILED = 4
 
 @dataclass
 class BatchResult:
+    """``results``: ``{id: record}`` for every id (a :class:`RunResults`: the records of finished jobs are read
+    back from the manifest when asked for, not held in memory)."""
     exit_code: int
-    results: dict[str, dict]
+    results: Mapping[str, dict]
     dataset: Dataset | None = None
     prompt: dict | None = None
     bindings: Bindings | None = None
@@ -59,6 +63,8 @@ class BatchResult:
     rerun: list[str] = field(default_factory=list)  # done ids run again: workflow or inputs changed
 
     def count(self, status: str) -> int:
+        if isinstance(self.results, RunResults):
+            return self.results.count(status)  # kept as the results came in: reads nothing
         return sum(1 for r in self.results.values() if r["status"] == status)
 
 
@@ -162,11 +168,11 @@ def run_batch(cfg: BatchConfig) -> BatchResult:
     _check_runnable(prompt, bindings, ds, up, object_info, log)
 
     rows = ds.rows[: cfg.limit] if cfg.limit else ds.rows
-    results: dict[str, dict] = {}
+    manifest_path = cfg.manifest or os.path.join(cfg.out_dir, "manifest.jsonl")
+    results = RunResults(manifest_path)  # finished jobs: their status and manifest offset only
     for p in ds.problems:
         results[p.id] = {"id": p.id, "status": "skipped", "error": p.reason}
     prepare_out_dir(cfg.out_dir)
-    manifest_path = cfg.manifest or os.path.join(cfg.out_dir, "manifest.jsonl")
 
     if cfg.dry_run:
         _dry_run(cfg, ds, rows, prompt, bindings, up, object_info, log)
@@ -189,19 +195,21 @@ def _run_locked(cfg, ds, rows, results, prompt, bindings, states, servers, objec
         raise AtelierError(f"cannot open the manifest {manifest_path}: {_errno_text(exc)}",
                            expected="a writable file path (default OUT/manifest.jsonl)",
                            fix="pass another --manifest (or --out), or fix the permissions there") from exc
-    fps = {r.id: row_fingerprint(prompt, bindings, r, seed_mode=cfg.seed_mode, seed_base=cfg.seed_base,
-                                 server_prefix=cfg.server_prefix, object_info=object_info) for r in rows}
+    def fingerprint(r: Row) -> str:  # computed when needed, never kept for all rows (memory flat at 10^4 jobs)
+        return row_fingerprint(prompt, bindings, r, seed_mode=cfg.seed_mode, seed_base=cfg.seed_base,
+                               server_prefix=cfg.server_prefix, object_info=object_info)
+
     todo, rerun, unrecorded = [], [], 0
     for r in rows:
         prev = manifest.records.get(r.id)
         if prev is not None and output_valid(prev, cfg.out_dir, verify_hash=cfg.verify_hash):
             old = prev.get("fingerprint")
-            if old is not None and old != fps[r.id]:
+            if old is not None and old != fingerprint(r):
                 rerun.append(r.id)
                 todo.append(r)
                 continue
             unrecorded += old is None
-            results[r.id] = dict(prev, status="already done")
+            results.already_done(r.id, prev)
         else:
             todo.append(r)
     if rerun:
@@ -220,7 +228,8 @@ def _run_locked(cfg, ds, rows, results, prompt, bindings, states, servers, objec
     bar = ProgressBar(len(todo), stream=stream, enabled=cfg.progress and bool(todo))
     if len(todo) < len(rows):
         log(f"{len(rows) - len(todo)} id(s) already done (manifest {manifest_path}); {len(todo)} to run")
-    runner = Runner(cfg, todo, prompt, bindings, states, manifest, bar, results, object_info, log, fps)
+    runner = Runner(cfg, todo, prompt, bindings, states, manifest, bar, results, object_info, log,
+                    fingerprint=fingerprint)
     interrupted = False
     try:
         if todo:
@@ -241,14 +250,15 @@ def _run_locked(cfg, ds, rows, results, prompt, bindings, states, servers, objec
     if runner.fatal is not None and not interrupted:
         log(f"error: the run stopped: {runner.fatal}")
     for r in todo:
-        results.setdefault(r.id, {"id": r.id, "status": "pending", "error": "not run (interrupted)" if interrupted
-                                  else f"not run (the run stopped: {runner.fatal})"})
+        if r.id not in results:  # (a membership test: finished ids are not read back from the manifest)
+            results[r.id] = {"id": r.id, "status": "pending", "error": "not run (interrupted)" if interrupted
+                             else f"not run (the run stopped: {runner.fatal})"}
     if interrupted:
         code = EXIT_INTERRUPTED
     elif runner.fatal is not None:
         code = EXIT_WRITE_FAILED
     else:
-        code = EXIT_FAILED_ROWS if any(v["status"] == "failed" for v in results.values()) else EXIT_OK
+        code = EXIT_FAILED_ROWS if results.count("failed") else EXIT_OK
     res = BatchResult(code, results, ds, prompt, bindings, rerun=rerun)
     if runner.fatal is not None:
         res.problems.append(runner.fatal)

@@ -19,7 +19,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 _ID_BAD = re.compile(r"[\\/\x00-\x1f<>:\"|?*]")
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One job: ``id``, the image (absolute path or None), the prompt and per-row overrides."""
     id: str
@@ -249,7 +249,9 @@ def load_dataset(images_dir: str | None, captions: str | None = None, *, id_colu
     seen: dict[str, int] = {}
     dups: dict[str, list[int]] = {}
     rows: list[Row] = []
-    for line, rec in records:
+    records.reverse()  # consumed from the end: each caption record is freed once its row exists
+    while records:
+        line, rec = records.pop()
         rid = check_id(rec.get(id_column), f"{os.path.basename(captions)} line {line}")
         if rid in seen:
             dups.setdefault(rid, [seen[rid]]).append(line)
