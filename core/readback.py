@@ -8,7 +8,9 @@ core.ocr.run_ocr (rapidocr by default, PaddleOCR through the same backend switch
 given to the crop its centre falls in. Detections of one crop are joined in reading order (rows top to
 bottom, left to right within a row). A crop where the detector finds nothing (single characters often fall
 below it) is read whole by the recogniser alone (rapidocr; PaddleOCR has no such fallback here). Crops are
-scaled first so the box's shorter side is ``TEXT_HEIGHT`` px, so the figures do not depend on the image size.
+scaled first so the box's shorter side is ``TEXT_HEIGHT`` px, and pages are padded to rapidocr's 736 px rather
+than rescaled, so the figures depend neither on the image size nor on the other boxes. Labels closer together than
+the margin share pixels: a detection spanning both is given to one of them (lower ``margin`` for tight layouts).
 
 Per box: expected text, recognised text, character accuracy and confidence:
 
@@ -46,7 +48,9 @@ from .glyph import polygon_size
 NORMALIZATIONS = ("ignore case and spaces", "ignore spaces", "exact")
 DEFAULT_MARGIN = 0.25
 GAP = 24  # px of replicated border around each crop on the mosaic page
-TEXT_HEIGHT = 48  # px: every crop is scaled so its box's shorter side is this (1/8x..8x), whatever the image size
+TEXT_HEIGHT = 80  # px: every crop is scaled so its box's shorter side is this (1/8x..8x), whatever the image size;
+# pages are padded to 736 px (core.ocr pad_to_min_side) so rapidocr does not rescale them again: a box then reads
+# the same whatever else is on its page
 PAGE_SIDE = 1600  # a page stays under rapidocr's max_side_len (2000), so it is never shrunk
 
 
@@ -204,7 +208,7 @@ def read_back(image: np.ndarray, boxes: list[dict], *, margin: float = DEFAULT_M
             page[y - GAP:y + ch + GAP, x - GAP:x + cw + GAP] = cv2.copyMakeBorder(crops[i], GAP, GAP, GAP, GAP,
                                                                                   cv2.BORDER_REPLICATE)
             spans.append((i, x - GAP, y - GAP, x + cw + GAP, y + ch + GAP))
-        res = O.run_ocr(page, backend=backend, min_confidence=0.0, det_model_dir=det_model_dir,
+        res = O.run_ocr(page, backend=backend, min_confidence=0.0, det_model_dir=det_model_dir, pad_small=True,
                         rec_model_dir=rec_model_dir, lang=lang, node=node)
         for poly, text, score in zip(res.polygons, res.texts, res.scores):
             cx, cy = poly.mean(0)
@@ -245,3 +249,26 @@ def format_report(results: list[Readback], threshold: float | None = None, title
         lines.append(f"overall: mean accuracy {float(np.mean(acc)):.3f}  min {min(acc):.3f}  "
                      f"exact {exact}/{nb} boxes  mean confidence {float(np.mean([r.confidence for r in results])):.3f}")
     return "\n".join(lines)
+
+
+#: degradation ladders (kind -> levels, mildest first) used by the read-back test and bench/glyph.py --readback
+LADDERS = {"blur": (0.0, 1.5, 2.5, 3.5, 5.0), "noise": (0.0, 60.0, 120.0, 180.0, 250.0),
+           "jpeg": (90, 10, 5, 2, 1), "contrast": (1.0, 0.1, 0.04, 0.02, 0.01)}
+
+
+def degrade(image: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarray:
+    """A uint8 RGB image made worse: ``blur`` (Gaussian, sigma px), ``noise`` (Gaussian, std in 0..255 levels,
+    seeded), ``jpeg`` (JPEG round trip at this quality) or ``contrast`` (every pixel pulled toward mid-grey,
+    keeping `level` of its distance from it: low-contrast colour)."""
+    img = np.ascontiguousarray(image, np.uint8)
+    if kind == "blur":
+        return img.copy() if level <= 0 else cv2.GaussianBlur(img, (0, 0), float(level))
+    if kind == "noise":
+        n = np.random.default_rng(seed).normal(0.0, float(level), img.shape)
+        return np.clip(img + n, 0, 255).astype(np.uint8)
+    if kind == "jpeg":
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(level)])
+        return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    if kind == "contrast":
+        return np.clip(127.5 + (img.astype(np.float32) - 127.5) * float(level), 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown degradation '{kind}' (one of {', '.join(LADDERS)})")
