@@ -220,18 +220,23 @@ def line_strength_lut(polarity: Polarity, ground: int) -> np.ndarray:
 def otsu_threshold(hist: np.ndarray) -> int:
     """Otsu's threshold from a 256-bin histogram (same rule as OpenCV: lines are ``v > t``; first maximum wins)."""
     h = np.asarray(hist, np.float64)
-    total = h.sum()
+    q1 = np.cumsum(h)
+    total = q1[-1]
     if total <= 0:
         return 0
-    levels = np.arange(h.size, dtype=np.float64)
-    q1 = np.cumsum(h) / total
-    mu = np.cumsum(h * levels) / total
-    mu_t = mu[-1]
+    q1 /= total
+    mu = np.cumsum(h * _LEVELS[: h.size])
+    mu /= total
     q2 = 1.0 - q1
     valid = (q1 > 1e-12) & (q2 > 1e-12)
-    sigma = np.zeros_like(q1)
-    sigma[valid] = (mu_t * q1[valid] - mu[valid]) ** 2 / (q1[valid] * q2[valid])
-    return int(np.argmax(sigma)) if valid.any() else 0
+    if not valid.any():
+        return 0
+    with np.errstate(divide="ignore", invalid="ignore"):  # the invalid levels are zeroed below
+        sigma = (mu[-1] * q1 - mu) ** 2 / (q1 * q2)
+    return int(np.argmax(np.where(valid, sigma, 0.0)))
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
 
 
 def binarize(strength: np.ndarray, threshold: int | None = None) -> np.ndarray:
@@ -273,6 +278,8 @@ def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None =
     mean = cv2.boxFilter(fg, -1, (3, 3), normalize=True, borderType=cv2.BORDER_CONSTANT)
     # min_area > 9: no pixel is provably in a large blob, every line pixel is a candidate (plain labelling)
     level = int(255 * (min(int(min_area), 10) - 0.5) / 9)
+    if cv2.minMaxLoc(mean, fg)[0] > level:  # no line pixel has a sparse window (photos, filled shapes): one pass
+        return lines
     few = cv2.threshold(mean, level, 255, cv2.THRESH_BINARY_INV)[1]
     cand = cv2.bitwise_and(few, fg)
     n_cand = cv2.countNonZero(cand)  # (findNonZero is ~15x slower than this on an empty map)
