@@ -354,6 +354,10 @@ class AtelierDatasetExport:
         return {"ui": {"text": [text]}, "result": (out, text)}
 
 
-NODES = (AtelierDatasetFilter, AtelierCaptionerLoader, AtelierCaption, AtelierDatasetExport)
-NODE_CLASS_MAPPINGS = {c.__name__: c for c in NODES}
-NODE_DISPLAY_NAME_MAPPINGS = {c.__name__: c.DISPLAY for c in NODES}
+NODE_CLASS_MAPPINGS = {
+    "AtelierDatasetFilter": AtelierDatasetFilter,
+    "AtelierCaptionerLoader": AtelierCaptionerLoader,
+    "AtelierCaption": AtelierCaption,
+    "AtelierDatasetExport": AtelierDatasetExport,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY for k, v in NODE_CLASS_MAPPINGS.items()}
