@@ -12,6 +12,15 @@ wheel) and with PaddleOCR 3.x where it is installed and its models are available
 row says why it was skipped). Prints median ms, the ratio to the peer / to rapidocr, each row's target with
 met/missed ("—" where none is set) and peak RSS. --quick: a smoke run (6 boxes on 256x256, one repeat) that
 checks the bench still runs and prints its table (timings mean nothing).
+
+    python bench/glyph.py --parity 40     # OCR fidelity: run_ocr vs raw rapidocr on 40 rendered images
+    python bench/glyph.py --readback      # read-back accuracy table under the degradation ladders
+
+--parity N renders N images (sizes from 160 px to 1400 px on a side, Latin and Chinese, light and dark) and counts
+how many of core.ocr.run_ocr(min_confidence=0)'s results equal raw rapidocr's on the same pixels (texts, scores,
+quads), by default and with the opt-in padding of small images. --readback prints core.readback's accuracy and
+confidence per step of core.readback.LADDERS on make_boxes(16, ...) labels, one table row per ladder, plus the
+read-back time.
 """
 from __future__ import annotations
 
@@ -75,6 +84,54 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def parity(n: int) -> int:
+    """How often run_ocr equals raw rapidocr (default, and with pad_small) on n rendered images."""
+    from rapidocr_onnxruntime import RapidOCR
+    raw_engine = RapidOCR()
+    rng = np.random.default_rng(0)
+    dirs = F.font_dirs()
+    same = same_padded = small = 0
+    t0 = time.perf_counter()
+    for k in range(n):
+        w, h = (int(v) for v in rng.integers(160, 1400, 2))
+        glyph = G.render_glyphs(make_boxes(int(rng.integers(3, 10)), min(w, h), seed=k), w, h, dirs=dirs)[0]
+        a = glyph.astype(np.float32)[..., None] / 255
+        ink, paper = rng.integers(0, 100, 3), rng.integers(160, 256, 3)
+        if k % 2:
+            ink, paper = paper, ink
+        img = (paper * (1 - a) + ink * a).astype(np.uint8)
+        res, _ = raw_engine(np.ascontiguousarray(img[..., ::-1]), text_score=0.0)
+        res = [r for r in (res or []) if str(r[1]).strip()]
+        raw = ([str(r[1]) for r in res], [float(r[2]) for r in res],
+               np.clip(np.asarray([O._order_quad(r[0]) for r in res], np.float32).reshape(-1, 4, 2), 0, [w, h]))
+
+        def equal(o):
+            return o.texts == raw[0] and o.scores == raw[1] and np.allclose(o.polygons, raw[2], atol=1e-4)
+        small += min(w, h) < O.RAPID_MIN_SIDE
+        same += equal(O.run_ocr(img, min_confidence=0.0))
+        same_padded += equal(O.run_ocr(img, min_confidence=0.0, pad_small=True))
+    print(f"OCR parity with raw rapidocr on {n} rendered images ({small} with a side under {O.RAPID_MIN_SIDE} px): "
+          f"default {same}/{n} identical, with pad_small {same_padded}/{n} ({time.perf_counter() - t0:.0f} s)")
+    return 0 if same == n else 1
+
+
+def readback_table() -> int:
+    from comfyui_atelier.core import readback as R
+    size = 512
+    boxes = make_boxes(16, size, seed=1)
+    glyph = G.render_glyphs(boxes, size, size, dirs=F.font_dirs())[0]
+    base = np.repeat((255 - glyph)[..., None], 3, -1)
+    print(f"read-back accuracy (mean confidence) on {len(boxes)} labels, {size}², under core.readback.LADDERS:")
+    for kind, levels in R.LADDERS.items():
+        cells_ = []
+        for lv in levels:
+            t = time.perf_counter()
+            r = R.read_back(R.degrade(base, kind, lv, seed=1), boxes)
+            cells_.append(f"{lv:g}: {r.accuracy:.3f} ({r.confidence:.2f}, {time.perf_counter() - t:.1f} s)")
+        print(f"  {kind:9s}" + "  ".join(cells_))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
@@ -82,7 +139,13 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="cv2 threads (0 = OpenCV default)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 boxes, 256x256, one repeat")
+    ap.add_argument("--parity", type=int, default=0, metavar="N", help="OCR parity vs raw rapidocr on N images")
+    ap.add_argument("--readback", action="store_true", help="read-back accuracy under degradation ladders")
     a = ap.parse_args(argv)
+    if a.parity:
+        return parity(a.parity)
+    if a.readback:
+        return readback_table()
     if a.quick:
         a.repeats, a.boxes, a.size = 1, 6, 256
     if a.threads:
