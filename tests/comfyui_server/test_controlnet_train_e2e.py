@@ -37,14 +37,14 @@ BAD_LOG_LINES = ("leftover keys", "left over keys", "missing controlnet keys", "
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, comfy_server, tiny_sd15):
-    """{"zero": from the UNet, untrained; "trained": from the UNet, 3 steps; "finetuned": from the tiny
+    """{"zero": from the UNet, untrained; "trained": from the UNet, 2 steps; "finetuned": from the tiny
     ldm ControlNet, 1 step}: exported files in the server's models/controlnet."""
     tmp = tmp_path_factory.mktemp("cn-train-e2e")
     data = DM.write_controlnet_dataset(tmp / "data", n=2, size=SIZE)
     base = SM.tiny_diffusers_components(tmp / "_tok", comfy_compatible=True)
     dest = comfy_server.models_dir / "controlnet"
     dest.mkdir(parents=True, exist_ok=True)
-    cfg = dict(data=str(data), steps=3, resolution=32, lr=1e-3, checkpoint_every=0, device="cpu", progress=False,
+    cfg = dict(data=str(data), steps=2, resolution=32, lr=1e-3, checkpoint_every=0, device="cpu", progress=False,
                fixed_batch=True)
     zero = T.export_single_file(T.load_controlnet(None, base["unet"]), dest / "atelier_cn_zero.safetensors")
     res = T.train_controlnet(T.ControlNetTrainConfig(output=str(tmp / "a"), from_unet=True, name="atelier_cn_trained",
