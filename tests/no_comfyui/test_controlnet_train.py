@@ -160,6 +160,21 @@ def test_malformed_train_jsonl_names_line_and_id(tmp_path):
         T.read_dataset(tmp_path / "nowhere")
 
 
+def test_the_dataset_export_is_what_the_trainer_reads(tmp_path, small_sd):
+    """core.dataset_prep's ControlNet export (keyed by id) -> read_dataset -> one training step."""
+    from comfyui_atelier.core import dataset_prep as DP
+    items = []
+    for i, rid in enumerate(("b-second", "a-first")):
+        img, cond = DM.control_pair(300 + i, 48)
+        items.append(DP.Item(id=rid, image=img, caption=f"caption of {rid}", conditioning=cond))
+    out = tmp_path / "export"
+    DP.export_dataset(items, str(out), "controlnet")
+    recs = T.read_dataset(out)
+    assert [(r.id, r.text) for r in recs] == [("a-first", "caption of a-first"), ("b-second", "caption of b-second")]
+    res = T.train_controlnet(_cfg(out, tmp_path / "o", small_sd, steps=1, checkpoint_every=0))
+    assert len(res["losses"]) == 1
+
+
 # ----------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------
@@ -218,6 +233,12 @@ def test_cli_trains_and_reports_errors_with_exit_2(tmp_path, data, small_sd, cap
     out = capsys.readouterr().out
     assert rc == 0 and "controlnet:" in out and "final loss:" in out
     assert (tmp_path / "o" / "mine.safetensors").is_file() and (tmp_path / "o" / "mine_diffusers" / "config.json").is_file()
+    # it goes on from its own diffusers folder, its diffusers-layout weights file and its exported ldm file
+    for start in ("mine_diffusers", "mine_diffusers/diffusion_pytorch_model.safetensors", "mine.safetensors"):
+        rc = cli.main(["train-controlnet", str(data), "--model", str(small_sd), "--controlnet", str(tmp_path / "o" / start),
+                       "-o", str(tmp_path / "o-next"), "--steps", "1", "--resolution", "32", "--device", "cpu"])
+        assert rc == 0, start
+    assert "final loss:" in capsys.readouterr().out
     (tmp_path / "bad").mkdir()
     bad = _write_jsonl(tmp_path / "bad", ['{"id": "x", "text": "t"}'])
     rc = cli.main(["train-controlnet", str(bad), "--model", str(small_sd), "--from-unet", "-o", str(tmp_path / "o2"),
