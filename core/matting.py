@@ -299,6 +299,8 @@ DECONTAM_PRIOR = 1e-3
 #: SQUASH of its height (a flat band at the base)
 SHADOW_FOOTPRINT = 0.25
 SHADOW_SQUASH = 0.2
+#: the contact shadow fades out over this fraction of the shorter side next to the image's edge
+SHADOW_BORDER = 0.02
 
 
 def push_pull(values: torch.Tensor, weight: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
@@ -365,7 +367,8 @@ def contact_shadow(alpha: torch.Tensor, softness: float = 3.0, offset: float = 0
     SHADOW_SQUASH of its height (a flat band as wide as the product's base), centred on the base line, moved
     down by ``offset``
     percent of the product's height, and blurred (Gaussian, sigma = ``softness`` percent of the product's
-    height). An image without a product gets no shadow. The blur runs at a reduced resolution (sigma
+    height). It fades out next to the image's edge (:func:`_border_fade`), so the frame's border stays the
+    background colour. An image without a product gets no shadow. The blur runs at a reduced resolution (sigma
     about 3 px there), so its cost does not grow with the softness."""
     b, h, w = (int(v) for v in alpha.shape)
     check_size(h, w, batch=1, channels=4, node=node, input="shadow_strength",
@@ -400,7 +403,17 @@ def contact_shadow(alpha: torch.Tensor, softness: float = 3.0, offset: float = 0
             else:
                 canvas = feather(canvas[None], 2 * sigma)[0]
         out[i] = canvas.clamp(0, 1)
-    return out
+    return out * _border_fade(h, w, alpha.device)[None]
+
+
+def _border_fade(h: int, w: int, device=None) -> torch.Tensor:
+    """[H,W]: exactly 0 on the image's outer 4 pixels, rising linearly to 1 over SHADOW_BORDER of the shorter
+    side (at least 3 px): a shadow never reaches the frame, whose border stays exactly the background colour
+    (Save Image truncates, so any shadow at all would make a white pixel 254)."""
+    m = max(3, round(SHADOW_BORDER * min(h, w)))
+    ramp = lambda n: ((torch.minimum(torch.arange(n, device=device), torch.arange(n, device=device).flip(0))  # noqa: E731
+                       .float() - 3) / m).clamp(0, 1)
+    return ramp(h)[:, None] * ramp(w)[None, :]
 
 
 def clean_composite(image: torch.Tensor, alpha: torch.Tensor, background=(1.0, 1.0, 1.0), *,

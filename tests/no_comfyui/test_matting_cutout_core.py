@@ -196,3 +196,16 @@ def test_budget_is_checked_before_the_buffers(monkeypatch):
     with pytest.raises(AtelierError) as e:
         M.contact_shadow(torch.rand(1, 128, 128), node="Atelier Remove Background")
     assert "shadow_strength" in str(e.value)
+
+
+def test_contact_shadow_never_reaches_the_frame():
+    """A product standing on the image's bottom edge: the outer 4 px stay exactly the background colour
+    (Save Image truncates: any shadow there would turn 255 into 254)."""
+    alpha = _disc_alpha(h=120, w=160, cy=80, cx=80, r=38)  # base at row 118 of 120
+    img = torch.full((1, 120, 160, 3), 0.3)
+    out, _ = M.clean_composite(img, alpha, shadow_strength=0.6, shadow_softness=8.0)
+    frame = torch.cat([out[0, :4].reshape(-1), out[0, -4:].reshape(-1), out[0, :, :4].reshape(-1),
+                       out[0, :, -4:].reshape(-1)])
+    background = alpha[0] == 0
+    assert torch.equal(frame[frame != 0.3], torch.ones_like(frame[frame != 0.3]))  # white wherever not product
+    assert (out[0][background] < 1).any()  # but there is a shadow inside the frame
