@@ -60,6 +60,32 @@ def _up(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
+def _fused_conv():
+    try:  # oneDNN's conv with the ReLU (and an add) applied as it writes; CPU builds of torch >= 2.0
+        return torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED = _fused_conv()
+
+
+def conv_act(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """relu(conv(x) [+ other]) (no ReLU when not ``relu``): for float32 on the CPU without autograd one
+    fused oneDNN op (the same convolution kernel with the add and ReLU applied to its output as it is
+    written: one pass over the map instead of three, identical values; and oneDNN for 1x1 convs too,
+    where torch's single-thread dispatch picks a slower GEMM path), else conv then in-place add and ReLU."""
+    if (_FUSED is not None and x.device.type == "cpu" and x.dtype == torch.float32 and conv.groups == 1
+            and not torch.is_grad_enabled() and isinstance(conv.padding, tuple)):
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), 1)
+        if other is None:
+            return _FUSED.default(x, conv.weight, conv.bias, *args, "relu" if relu else "none", [], "")
+        return _FUSED.binary(x, other, conv.weight, conv.bias, *args, "add", None, "relu" if relu else None, [], "")
+    y = conv(x)
+    y = y if other is None else y.add_(other)
+    return F.relu_(y) if relu else y
+
+
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm2d in permanent eval mode (global statistics), state_dict keys of nn.BatchNorm2d
     minus ``num_batches_tracked``, which is accepted and ignored when loading."""
@@ -103,6 +129,10 @@ class Bottleneck(nn.Module):
                                          FrozenBatchNorm2d(cout)) if project else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn1.folded:  # the BatchNorms are in the convs: fuse each conv with its ReLU (and add)
+            y = conv_act(self.conv2, conv_act(self.conv1, x))
+            skip = x if self.downsample is None else conv_act(self.downsample[0], x, relu=False)
+            return conv_act(self.conv3, y, skip)
         y = F.relu_(self.bn1(self.conv1(x)))
         y = F.relu_(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
@@ -132,7 +162,7 @@ class CaffeResNet50(nn.Module):
         self.layer4 = _stage(1024, 512, b[3], 1, 2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c0 = F.relu_(self.bn1(self.conv1(x)))
+        c0 = conv_act(self.conv1, x) if self.bn1.folded else F.relu_(self.bn1(self.conv1(x)))
         x = F.max_pool2d(c0, 3, stride=2, padding=1, ceil_mode=True)
         c1 = self.layer1(x)
         c2 = self.layer2(c1)
@@ -141,10 +171,20 @@ class CaffeResNet50(nn.Module):
         return [c0, c1, c2, c3, c4]
 
 
+class _ConvReLU(nn.Sequential):
+    """[pre,] conv, ReLU (the official key layout: the conv's index in the Sequential), conv and ReLU fused."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = list(self)
+        for m in mods[:-2]:
+            x = m(x)
+        return conv_act(mods[-2], x)
+
+
 def _conv_relu(cin: int, cout: int, k: int, pre: nn.Module | None = None) -> nn.Sequential:
     mods = ([pre] if pre is not None else []) + [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
                                                  nn.ReLU(inplace=True)]
-    return nn.Sequential(*mods)
+    return _ConvReLU(*mods)
 
 
 def _resize_taps(n_in: int, n_out: int, shift: int, start: int, stop: int, device):
@@ -291,7 +331,7 @@ def _add_conv_relu(t: torch.Tensor, conv: nn.Conv2d, src: torch.Tensor) -> torch
     """t += relu(conv(src)) for a 1x1 conv, band by band (conv(src) never exists whole)."""
     step = _band_rows(t.shape[0] * t.shape[1] * t.shape[3] * t.element_size())
     for y0 in range(0, t.shape[2], step):
-        t[:, :, y0:y0 + step].add_(F.relu_(conv(src[:, :, y0:y0 + step])))
+        t[:, :, y0:y0 + step].add_(conv_act(conv, src[:, :, y0:y0 + step]))
     return t
 
 
@@ -309,7 +349,7 @@ class GlobalGuidance(nn.Module):
 
     def guidance(self, top: torch.Tensor) -> torch.Tensor:
         """Pyramid pooling over the deepest backbone map -> the global guidance g (512 ch, /16)."""
-        top = self.ppms_pre(top)
+        top = conv_act(self.ppms_pre, top, relu=False)
         size = top.shape[-2:]
         pyr = [top] + [_up(p(top), size) for p in self.ppms]
         return self.ppm_cat(torch.cat(pyr, dim=1))

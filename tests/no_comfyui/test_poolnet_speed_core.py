@@ -134,3 +134,24 @@ def test_progress_counts_every_image_once(weights):
     done = []
     P.predict_saliency(net, torch.rand(5, 112, 112, 3), batch_size=2, progress=done.append)
     assert done == [2, 2, 1]
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [(1, 1, 1), (1, 2, 1), (3, 1, 2), (7, 2, 1)])
+def test_fused_conv_act_equals_conv_add_relu(kernel, stride, dilation):
+    g = torch.Generator().manual_seed(kernel * 10 + stride)
+    conv = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 19, 23, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = conv(x)
+        other = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        for relu in (True, False):
+            for add in (None, other):
+                want = y + (0 if add is None else add)
+                want = want.clamp(min=0) if relu else want
+                got = P.conv_act(conv, x, add, relu=relu)
+                assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-6
+    # with autograd on (a caller training it, say) the plain path runs and gradients flow
+    out = P.conv_act(conv, x, relu=True)
+    out.sum().backward()
+    assert conv.weight.grad is not None and (out - y.clamp(min=0)).abs().max().item() <= 1e-6
