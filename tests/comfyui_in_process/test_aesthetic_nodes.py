@@ -365,9 +365,9 @@ def test_set_coherence_node_folder_model_finds_the_planted_outlier(env):
     N = env["N"]
     from comfyui_atelier.core import aesthetic as A
     from comfyui_atelier.core import coherence as C
-    from tests.fixtures import coherence_sets as S
+    from tests.fixtures import coherence_sets as CS
     (m,) = N.AtelierAestheticLoader().load(HF_NAME)
-    imgs = S.planted(at=3)
+    imgs = CS.planted(at=3)
     # as ComfyUI calls it: INPUT_IS_LIST, here the set arrives as two batches
     out = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=[imgs[:5], imgs[5:]])
     value, per_image, outlier, report = out["result"]
@@ -376,18 +376,18 @@ def test_set_coherence_node_folder_model_finds_the_planted_outlier(env):
     assert len(per_image) == 8 and per_image == pytest.approx(want.per_image, abs=1e-6)
     assert "<- outlier" in report and "#3" in out["ui"]["atelier_report"][0]  # shown on the node
     assert N.AtelierSetCoherence.OUTPUT_IS_LIST == (False, True, False, False)
-    coherent = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=S.coherent_set())["result"][0]
-    mixed = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=S.mixed_set())["result"][0]
+    coherent = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=CS.coherent_set())["result"][0]
+    mixed = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=CS.mixed_set())["result"][0]
     assert coherent > mixed
 
 
 def test_set_coherence_node_with_comfy_clip_vision(env, tiny_comfy_clip_vision):
     """Path (b): head file + ComfyUI CLIP_VISION embeds the set; same outlier, coherence close to path (a)."""
     N = env["N"]
-    from tests.fixtures import coherence_sets as S
+    from tests.fixtures import coherence_sets as CS
     (h,) = N.AtelierAestheticLoader().load(HEAD_NAME)
     (m,) = N.AtelierAestheticLoader().load(HF_NAME)
-    imgs = S.planted(at=6)
+    imgs = CS.planted(at=6)
     b = _call_listed(N.AtelierSetCoherence, aesthetic_model=h, images=imgs, clip_vision=tiny_comfy_clip_vision)
     a = _call_listed(N.AtelierSetCoherence, aesthetic_model=m, images=imgs)
     assert b["result"][2] == a["result"][2] == 6

@@ -10,7 +10,7 @@ from comfyui_atelier.core import aesthetic as A
 from comfyui_atelier.core import coherence as C
 from comfyui_atelier.core.errors import AtelierError
 from tests.fixtures import aesthetic_models as FX
-from tests.fixtures import coherence_sets as S
+from tests.fixtures import coherence_sets as CS
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +59,26 @@ def test_coherent_set_scores_higher_than_mixed_sets_through_tiny_clip(model):
     """The figures in the README: coherent > mixed scenes > diverse families (tiny random CLIP: the absolute
     values are meaningless, only the order is)."""
     got = {name: C.coherence(model.image_embeddings(s)) for name, s in
-           (("coherent", S.coherent_set()), ("mixed", S.mixed_set()), ("diverse", S.diverse_set()))}
+           (("coherent", CS.coherent_set()), ("mixed", CS.mixed_set()), ("diverse", CS.diverse_set()))}
     print({k: round(v.coherence, 4) for k, v in got.items()})
     assert got["coherent"].coherence > got["mixed"].coherence > got["diverse"].coherence
     # the same order with other seeds (not a lucky draw)
     for seed in (1, 2):
-        assert C.coherence(model.image_embeddings(S.coherent_set(seed=seed))).coherence > \
-            C.coherence(model.image_embeddings(S.mixed_set(seed=seed))).coherence
+        assert C.coherence(model.image_embeddings(CS.coherent_set(seed=seed))).coherence > \
+            C.coherence(model.image_embeddings(CS.mixed_set(seed=seed))).coherence
 
 
 @pytest.mark.parametrize("at", [0, 5])
 def test_planted_outlier_is_found(model, at):
-    c = C.coherence(model.image_embeddings(S.planted(at=at)))
+    c = C.coherence(model.image_embeddings(CS.planted(at=at)))
     assert c.outlier == at and c.gap > 0 and c.gap_sd > 1.5
-    base = C.coherence(model.image_embeddings(S.coherent_set()))
+    base = C.coherence(model.image_embeddings(CS.coherent_set()))
     assert c.coherence < base.coherence  # the outlier lowers the set's coherence
 
 
 def test_external_embedder_path_gives_the_same_coherence(model):
     """Path (b) (an embed_fn over the uint8 crops, as the node wires ComfyUI's CLIP_VISION) sees the same crops."""
-    imgs = S.planted()
+    imgs = CS.planted()
     direct = C.coherence(model.image_embeddings(imgs))
     calls = []
 
