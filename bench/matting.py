@@ -142,10 +142,10 @@ def _run_job(kind, args, q):
     if kind == "batching":
         return q.put(_time_batching(net, imgs, args))
     base, peak = _rss_mb("VmRSS"), 0.0
-    times, result = [], None
+    times, cpus, result = [], [], None
     for i in range(args["repeats"] + args.get("warmup", 1)):
         _reset_peak()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         if kind == "poolnet":
             result = P.predict_saliency(net, imgs, batch_size=args["batch"])
         elif kind == "reference":
@@ -160,8 +160,9 @@ def _run_job(kind, args, q):
                                          batch_size=args["batch"])[1]
         if i >= args.get("warmup", 1):  # the first call builds the CPU kernels for this shape
             times.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
         peak = max(peak, _rss_mb("VmHWM"))
-    q.put({"median_s": statistics.median(times), "peak_mb": peak - base,
+    q.put({"median_s": statistics.median(times), "cpu_s": statistics.median(cpus), "peak_mb": peak - base,
            "alpha": result.numpy() if kind.startswith("remove") or args.get("keep") else None})
 
 
@@ -277,8 +278,8 @@ def _reference_rows(a, common) -> None:
     import numpy as np
     print("\n# forward vs the reference implementation's (the authors' forward: eval BatchNorm, NCHW, no_grad), "
           f"same weights, preprocess + forward + sigmoid; load average before: {_load_avg()}")
-    print(f"{'size':>6} {'batch':>5} {'ref ms/img':>11} {'ours ms/img':>12} {'ratio':>6} {'ref MB':>7} "
-          f"{'ours MB':>8} {'max|d|':>8}  target")
+    print(f"{'size':>6} {'batch':>5} {'ref ms/img':>11} {'ours ms/img':>12} {'ratio':>6} {'cpu':>5} {'ref MB':>7} "
+          f"{'ours MB':>8} {'max|d|':>8}  target (time: wall ratio; cpu: CPU-time ratio)")
     cases = [tuple(int(v) for v in c.split("x")) for c in a.ref_cases]
     if a.ref_big:
         cases.append((a.ref_big, 0))  # batch 0: the peak-memory row, one image, one untimed-warm-up-free run
@@ -294,8 +295,9 @@ def _reference_rows(a, common) -> None:
         ratio = num / den if den > 0 else float("nan")
         target = PEAK_TARGET if big else (FORWARD_TARGET if size == 1024 else None)
         d = float(np.abs(ours["alpha"] - ref["alpha"]).max())
+        cpu = ours["cpu_s"] / ref["cpu_s"] if ref["cpu_s"] > 0 else float("nan")
         print(f"{size:>6} {n:>5} {1000 * ref['median_s'] / n:>11.0f} {1000 * ours['median_s'] / n:>12.0f} "
-              f"{ratio:>6.2f} {ref['peak_mb']:>7.0f} {ours['peak_mb']:>8.0f} {d:>8.1e}  "
+              f"{ratio:>6.2f} {cpu:>5.2f} {ref['peak_mb']:>7.0f} {ours['peak_mb']:>8.0f} {d:>8.1e}  "
               f"{'peak ' if big else 'time '}{cells(ratio, target)}", flush=True)
     print(f"# load average after: {_load_avg()}")
 

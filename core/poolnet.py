@@ -216,6 +216,24 @@ def _resize_matrix(n_in: int, n_out: int, shifts, start: int, stop: int, lo: int
     return torch.cat(blocks, 1).to(dtype)
 
 
+#: the column resizes read about this many source columns per block of output columns
+BLOCK_SOURCE_COLUMNS = 8
+
+
+def _column_blocks(n_in: int, n_out: int, shifts, dtype, device) -> list:
+    """The column resize n_in -> n_out (per shift) in blocks of output columns, each with only the source
+    columns it reads: [(x0, x1, c0, c1, matrix [x1 - x0, len(shifts) * (c1 - c0)])]. One dense matrix over
+    all source columns would cost n_in multiply-adds per output value (cubic in the side)."""
+    width = max(4, int(BLOCK_SOURCE_COLUMNS * (n_out - 1) / max(1, n_in - 1)))
+    blocks = []
+    for x0 in range(0, n_out, width):
+        x1 = min(n_out, x0 + width)
+        taps = [_resize_taps(n_in, n_out, sh, x0, x1, device) for sh in shifts]
+        c0, c1 = min(int(t[0].min()) for t in taps), max(int(t[1].max()) for t in taps) + 1
+        blocks.append((x0, x1, c0, c1, _resize_matrix(n_in, n_out, shifts, x0, x1, c0, c1, dtype, device)))
+    return blocks
+
+
 #: band-wise operations work on bands of output rows of about this many bytes
 BAND_BYTES = 16 << 20
 #: and the resizes read at most about this many source rows per band (a matrix product over them)
@@ -252,10 +270,9 @@ def _resize_conv(x: torch.Tensor, size, conv: nn.Conv2d | None = None, relu: boo
     mix = conv.weight.permute(1, 2, 3, 0).reshape(cin, k * k * cout) if conv is not None else None
     xn = x.permute(0, 2, 3, 1)
     out = x.new_empty((n, H, W, cout)).permute(0, 3, 1, 2) if into is None else into
-    cols = _resize_matrix(w, W, shifts, 0, W, 0, w, x.dtype, x.device)  # [W, k * w]
+    cols = _column_blocks(w, W, shifts, x.dtype, x.device)
     step = _band_rows(W * cout * x.element_size(), h, H)
-    staged = into is not None or relu or (conv is not None and conv.bias is not None)
-    tmp = x.new_empty((min(step, H), W, cout)) if staged else None
+    tmp = x.new_empty((min(step, H), W, cout))
     for y0 in range(0, H, step):
         y1 = min(H, y0 + step)
         taps = [_resize_taps(h, H, i, y0, y1, x.device) for i in shifts]
@@ -263,18 +280,17 @@ def _resize_conv(x: torch.Tensor, size, conv: nn.Conv2d | None = None, relu: boo
         rows = _resize_matrix(h, H, shifts, y0, y1, lo, hi, x.dtype, x.device)  # [R, k * S]
         z = torch.matmul(xn[:, lo:hi], mix) if mix is not None else xn[:, lo:hi]  # [n, S, w, (ki, kj, c)]
         z = z.reshape(n, hi - lo, w, k, k, cout).permute(0, 3, 1, 4, 2, 5).reshape(n, k * (hi - lo), -1)
-        part = torch.matmul(rows, z).view(n, y1 - y0, k * w, cout)  # [n, R, (kj, w), c]
+        part = torch.matmul(rows, z).view(n, y1 - y0, k, w, cout)  # [n, R, kj, w, c]
         del z
         for b in range(n):
-            dst = out[b, :, y0:y1].permute(1, 2, 0)  # [R, W, c]
-            if tmp is None and dst.is_contiguous():
-                torch.matmul(cols, part[b], out=dst)
-                continue
-            band = torch.matmul(cols, part[b], out=tmp[:y1 - y0]) if tmp is not None else cols @ part[b]
+            band = tmp[:y1 - y0]
+            for x0, x1, c0, c1, m in cols:  # the column resize per block of output columns
+                band[:, x0:x1] = torch.matmul(m, part[b, :, :, c0:c1].reshape(y1 - y0, k * (c1 - c0), cout))
             if conv is not None and conv.bias is not None:
                 band.add_(conv.bias.to(band.dtype))
             if relu:
                 band.relu_()
+            dst = out[b, :, y0:y1].permute(1, 2, 0)  # [R, W, c]
             dst.add_(band) if into is not None else dst.copy_(band)
         del part
     return out
