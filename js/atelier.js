@@ -1,6 +1,7 @@
 // comfyui-atelier editor extensions. Each registers once and touches only Atelier nodes:
 //   Atelier.SystemPrompt     the prompt report (token counts, over-77-token WARNING) on the prompt nodes after a run
-//   Atelier.AestheticScores  the aesthetic score(s) / gate verdict on the scorer, filter and gate after a run
+//   Atelier.AestheticScores  the aesthetic score(s) / gate verdict on the scorer, filter and gate after a run,
+//                            and the key-label read-back accuracies / verdict on the read-back nodes
 //   Atelier.Help             "Atelier help" in an Atelier node's context menu: a popup from its description,
 //                            only where the frontend has no node help panel of its own (the legacy web UI);
 //                            the current frontend's panel shows the pack's docs, js/docs/<NodeClassId>.md
@@ -12,6 +13,8 @@ import { app } from "../../scripts/app.js";
 const PROMPT_NODES = new Set(["AtelierSystemPrompt", "AtelierSystemPromptEncode"]);
 const SCORE_NODES = new Set(["AtelierAestheticScorer", "AtelierAestheticFilter", "AtelierAestheticSetGate",
   "AtelierSetCoherence"]);
+// the same on-node text, labelled as character accuracy of the labels read back (not LAION scores)
+const READBACK_NODES = new Set(["AtelierTextReadback", "AtelierTextReadbackFilter", "AtelierTextReadbackGate"]);
 const WARN = "#e8a33d";
 const PASS = "#5cb85c";
 const FAIL = "#e05d5d";
@@ -79,12 +82,14 @@ function fmt(x) {
   return Number.isFinite(v) ? v.toFixed(3) : String(x);
 }
 
-export function scoreText(message) {
+export function scoreText(message, kind = "aesthetic") {
   const out = [];
   let color = "";
+  const readback = kind === "readback";
   const scores = Array.isArray(message.atelier_scores) ? message.atelier_scores.flat().map(Number) : [];
   if (scores.length) {
-    out.push(`aesthetic score${scores.length > 1 ? "s" : ""} (LAION): ` + scores.map((s, i) => `#${i} ${fmt(s)}`).join("  "));
+    const label = readback ? `read-back accurac${scores.length > 1 ? "ies" : "y"}` : `aesthetic score${scores.length > 1 ? "s" : ""} (LAION)`;
+    out.push(`${label}: ` + scores.map((s, i) => `#${i} ${fmt(s)}`).join("  "));
     if (scores.length > 1) {
       const mean = scores.reduce((a, b) => a + b, 0) / scores.length;
       out.push(`mean ${fmt(mean)}  min ${fmt(Math.min(...scores))}  max ${fmt(Math.max(...scores))}`);
@@ -92,7 +97,9 @@ export function scoreText(message) {
   }
   const gate = Array.isArray(message.atelier_gate) ? message.atelier_gate[0] : null;
   if (gate && typeof gate === "object") {
-    out.push(`set gate: ${gate.passed ? "PASS" : "FAIL"} (mean ${fmt(gate.mean)} ${Number(gate.mean) >= Number(gate.threshold) ? ">=" : "<"} ${gate.threshold})`);
+    const what = readback ? "read-back gate" : "set gate";
+    const value = readback ? "accuracy" : "mean";
+    out.push(`${what}: ${gate.passed ? "PASS" : "FAIL"} (${value} ${fmt(gate.mean)} ${Number(gate.mean) >= Number(gate.threshold) ? ">=" : "<"} ${gate.threshold})`);
     if ("coherence" in gate) {
       const on = Number(gate.min_coherence) > 0;
       out.push(`set coherence ${fmt(gate.coherence)}` + (on ? ` (min ${gate.min_coherence})` : " (check off)"));
@@ -110,9 +117,10 @@ export function scoreText(message) {
 app.registerExtension({
   name: "Atelier.AestheticScores",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!SCORE_NODES.has(nodeData?.name)) return;
+    const kind = READBACK_NODES.has(nodeData?.name) ? "readback" : SCORE_NODES.has(nodeData?.name) ? "aesthetic" : null;
+    if (!kind) return;
     hookExecuted(nodeType, (node, message) => {
-      const { text, color } = scoreText(message);
+      const { text, color } = scoreText(message, kind);
       if (text) showText(node, "atelier_scores", text, color);
     }, "aesthetic scores");
   },

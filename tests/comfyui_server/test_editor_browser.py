@@ -294,6 +294,21 @@ def test_help_popup_and_score_display(editor, editor_server):
     assert editor.errors == [], "\n".join(editor.errors)
 
 
+def test_readback_accuracy_display(editor):
+    # keyboard_skin's Text Read-back node: its ui message is shown as read-back accuracy, not as LAION scores.
+    editor.load(json.loads((PACK / "workflows" / "keyboard_skin.json").read_text(encoding="utf-8")))
+    shown = editor.js("""() => {
+        const node = (app.graph.nodes ?? app.graph._nodes).find((n) => n.type === 'AtelierTextReadback');
+        node.onExecuted({atelier_scores: [0.8], atelier_report: ['box 0: Shift -> Shlft 0.800']});
+        const w = node.widgets.find((w) => w.name === 'atelier_scores');
+        const el = w.element ?? w.inputEl;
+        return el.value;
+    }""")
+    assert "read-back accuracy: #0 0.800" in shown and "LAION" not in shown, shown
+    assert "Shift -> Shlft" in shown
+    assert editor.errors == [], "\n".join(editor.errors)
+
+
 def test_line2product_queued_from_the_editor_shows_the_image(editor, editor_server, tiny_sd15, tmp_path):
     from comfyui_atelier.core.matting import CLASSICAL_NAME
 
