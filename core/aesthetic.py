@@ -41,6 +41,8 @@ from PIL import Image
 
 from .budget import check_size
 from .errors import AtelierError
+# ranking, selection and verdict text (shared with the read-back family), re-exported for this family's callers
+from .selection import compare_text, gate, keep_or_best, order_by_score, select  # noqa: F401
 from .images import to_uint8
 from .weights import Reader, read_weights
 
@@ -525,54 +527,6 @@ def load_aesthetic_model(path: str, *, node: str | None = None, input: str | Non
 
 
 # --------------------------------------------------------------------------- set logic
-def order_by_score(scores: Sequence[float]) -> list[int]:
-    """Indices sorted by descending score (stable for ties)."""
-    return sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-
-
-def select(scores: Sequence[float], *, mode: str = "threshold", threshold: float = 6.0,
-           top_k: int = 4) -> list[int]:
-    """Indices of kept images in their original order. mode: 'threshold' (score >= threshold) or 'top_k'."""
-    if mode == "threshold":
-        return [i for i, s in enumerate(scores) if float(s) >= threshold]
-    if mode == "top_k":
-        k = max(0, min(int(top_k), len(scores)))
-        return sorted(order_by_score(scores)[:k])
-    raise _err(f"unknown filter mode '{mode}'.", expected="'threshold' or 'top_k'")
-
-
-def gate(scores: Sequence[float], threshold: float = 6.0) -> tuple[bool, float]:
-    """(mean >= threshold, mean). A NaN/inf score or threshold never passes (the mean is then NaN/inf)."""
-    if len(scores) == 0:
-        raise _err("no scores to gate.", expected="at least one score")
-    vals = [float(s) for s in scores]
-    mean = float(np.mean(vals))
-    ok = all(math.isfinite(v) for v in vals) and math.isfinite(mean) and math.isfinite(float(threshold))
-    return bool(ok and mean >= threshold), mean
-
-
-def compare_text(value: float, threshold: float, op: str | None = None, names: tuple[str, str] = ("", "")) -> str:
-    """'value op threshold' with just enough digits that the printed numbers visibly compare the way the
-    real ones do (never '15.555 < 15.5547'), plus the difference when they are close: e.g.
-    '15.55468 < 15.5547 (2e-05 below)'. op defaults to '>=' or '<' by the actual comparison; names
-    (e.g. ("mean ", "threshold ")) go before each number."""
-    v, t = float(value), float(threshold)
-    if op is None:
-        op = ">=" if v >= t else "<"
-    if not (math.isfinite(v) and math.isfinite(t)):
-        return f"{names[0]}{v} {op} {names[1]}{t}"
-    for p in range(4, 18):
-        a, b = f"{v:.{p}g}", f"{t:.{p}g}"
-        fa, fb = float(a), float(b)
-        if (v == t and a == b) or (v > t and fa > fb) or (v < t and fa < fb):
-            break
-    text = f"{names[0]}{a} {op} {names[1]}{b}"
-    d = v - t
-    if d != 0 and abs(d) < 1e-3 * max(1.0, abs(t)):
-        text += f" ({abs(d):.2g} {'above' if d > 0 else 'below'})"
-    return text
-
-
 def format_report(scores: Sequence[float], threshold: float | None = None, title: str = "aesthetic scores") -> str:
     """Readable multi-line report: one line per image, then mean / min / max (and the gate verdict)."""
     s = [float(x) for x in scores]

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import ocr as O
 # ranking / selection / comparison text shared with the aesthetic family (same filter rules)
-from .aesthetic import compare_text, order_by_score, select  # noqa: F401
+from .selection import compare_text, keep_or_best, order_by_score  # noqa: F401
 from .budget import check_size
 from .glyph import polygon_size
 

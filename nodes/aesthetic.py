@@ -270,21 +270,8 @@ class AtelierAestheticFilter:
                                expected="one score per image",
                                fix="connect the scores and the images of the same Atelier Aesthetic Scorer run "
                                    "(its input images, not sorted_images, or re-score the sorted ones).")
-        keep = core.select(vals, mode=mode, threshold=threshold, top_k=top_k)
-        passed = len(keep)
-        rule = f"score >= {threshold:g}" if mode == "threshold" else f"top {top_k}"
-        if keep:
-            report = (f"kept {passed} of {len(vals)} ({rule}): "
-                      + ", ".join(f"#{i} {vals[i]:.3f}" for i in keep))
-        else:
-            best = core.order_by_score(vals)[0]
-            msg = (f"no image passed ({rule}); the best was #{best} with "
-                   f"{core.compare_text(vals[best], threshold, names=('', 'threshold '))} (mean {sum(vals) / len(vals):.3f}).")
-            if if_none == "stop with error":
-                raise AtelierError(msg, node=node, input="threshold", expected=f"at least one score >= {threshold:g}",
-                                   fix="lower the threshold, use mode top_k, or set if_none_pass to 'keep best'.")
-            keep = [best]
-            report = "NOTHING PASSED: " + msg + " Passing on the best image only."
+        keep, passed, report = core.keep_or_best(vals, mode=mode, threshold=threshold, top_k=top_k, if_none=if_none,
+                                                 metric="score", node=node)
         out = batch[torch.tensor(keep, dtype=torch.long)]
         return {"ui": {"atelier_scores": [vals[i] for i in keep], "atelier_report": [report]},
                 "result": (out, keep, passed, report)}

@@ -696,20 +696,8 @@ class AtelierTextReadbackFilter:
                                expected="one accuracy per image",
                                fix="connect the images and the accuracy of the same Atelier Text Read-back run (its "
                                    "input images, not sorted_images).")
-        keep = RB.select(vals, mode=mode, threshold=threshold, top_k=top_k)
-        passed = len(keep)
-        rule = f"accuracy >= {threshold:g}" if mode == "threshold" else f"top {top_k}"
-        if keep:
-            report = f"kept {passed} of {len(vals)} ({rule}): " + ", ".join(f"#{i} {vals[i]:.3f}" for i in keep)
-        else:
-            best = RB.order_by_score(vals)[0]
-            msg = (f"no image passed ({rule}); the most legible was #{best} with accuracy "
-                   f"{RB.compare_text(vals[best], threshold, names=('', 'threshold '))}.")
-            if if_none == "stop with error":
-                raise AtelierError(msg, node=node, input="threshold", expected=f"at least one accuracy >= {threshold:g}",
-                                   fix="lower the threshold, use mode top_k, or set if_none_pass to 'keep best'.")
-            keep = [best]
-            report = "NOTHING PASSED: " + msg + " Passing on the best image only."
+        keep, passed, report = RB.keep_or_best(vals, mode=mode, threshold=threshold, top_k=top_k, if_none=if_none,
+                                               metric="accuracy", node=node)
         return {"ui": {"atelier_scores": [vals[i] for i in keep], "atelier_report": [report]},
                 "result": ([imgs[i][None] for i in keep], keep, passed, report)}
 

@@ -119,7 +119,7 @@ def test_filter_refuses_nan_threshold_and_scores(AN):
     with pytest.raises(AtelierError) as e:
         _listed(AN.AtelierAestheticFilter, scores=[6.99995, 5.0, 6.0], threshold=7.0,
                 **{**kw, "if_none_pass": "stop with error"})
-    assert "the best was #0 with 6.99995 < threshold 7" in str(e.value)
+    assert "the best was #0 with score 6.99995 < threshold 7" in str(e.value)
 
 
 def test_loader_broken_config_and_malicious_bin_name_folder_and_file(AN, aes_folder):

@@ -222,6 +222,22 @@ def test_hf_dir_mismatching_config_is_refused(tmp_path, dirs):
 
 
 # --------------------------------------------------------------------------- set logic
+def test_keep_or_best_is_the_filter_rule_of_both_families():
+    from comfyui_atelier.core.selection import keep_or_best
+    s = [0.5, 0.9, 0.95, 0.7]
+    assert keep_or_best(s, mode="threshold", threshold=0.9, top_k=1, if_none="keep best", metric="accuracy") == \
+        ([1, 2], 2, "kept 2 of 4 (accuracy >= 0.9): #1 0.900, #2 0.950")
+    keep, passed, report = keep_or_best(s, mode="top_k", threshold=0.0, top_k=1, if_none="keep best")
+    assert (keep, passed) == ([2], 1) and report.startswith("kept 1 of 4 (top 1)")
+    keep, passed, report = keep_or_best(s, mode="threshold", threshold=0.99, top_k=1, if_none="keep best",
+                                        metric="accuracy")
+    assert (keep, passed) == ([2], 0)  # the best one passed on, but 0 passed
+    assert report.startswith("NOTHING PASSED: no image passed (accuracy >= 0.99); the best was #2 with accuracy 0.95 <")
+    with pytest.raises(AtelierError, match="no image passed") as e:
+        keep_or_best(s, mode="threshold", threshold=0.99, top_k=1, if_none="stop with error", node="N")
+    assert e.value.node == "N" and e.value.input == "threshold"
+
+
 def test_select_gate_and_report():
     s = [5.0, 6.5, 6.0, 7.25, 3.0]
     assert A.order_by_score(s) == [3, 1, 2, 0, 4]
