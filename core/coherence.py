@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .aesthetic import compare_text
+from .selection import compare_text
 from .errors import AtelierError
 
 #: min_coherence at or below this disables the coherence check of the set gate (the value is then only reported).
