@@ -22,6 +22,7 @@ from ..core.finite import check_finite, check_finite_float, check_finite_floats
 from ..core.folders import list_files
 from ..core.grid import AUTO_LAYOUT_RULE, make_grid
 from ..core.images import image_batch
+from ._lists import floats, one as _one
 from ._managed import load_to_device, managed, read_weights
 from ._progress import Progress
 from .models import resolve_model  # importing it registers the model folders (aesthetic among them)
@@ -86,26 +87,12 @@ def _cat_images(images, node: str, input: str = "images") -> torch.Tensor:
 
 
 def _flat_scores(scores, node: str, input: str = "scores") -> list[float]:
-    out = []
-    for s in scores if isinstance(scores, (list, tuple)) else [scores]:
-        if isinstance(s, (list, tuple)):
-            out.extend(float(v) for v in s)
-        elif isinstance(s, torch.Tensor):
-            out.extend(float(v) for v in s.flatten())
-        elif s is not None:
-            out.append(float(s))
+    out = floats(scores)
     if not out:
         raise AtelierError("no scores arrived.", node=node, input=input,
                            expected="the scores output of Atelier Aesthetic Scorer",
                            fix="connect Atelier Aesthetic Scorer's 'scores' output.")
     return out
-
-
-def _one(v, default=None):
-    """INPUT_IS_LIST widgets arrive as one-element lists."""
-    if isinstance(v, (list, tuple)):
-        return v[0] if v else default
-    return default if v is None else v
 
 
 # --------------------------------------------------------------------------- nodes

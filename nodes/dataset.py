@@ -28,6 +28,7 @@ from ..core.errors import AtelierError
 from ..core.finite import check_finite
 from ..core.folders import list_files
 from ..core.images import from_uint8, image_batch, rgb_uint8
+from ._lists import one as _one
 from ._managed import load_to_device, managed, read_weights
 from ._progress import Progress
 from .models import resolve_model  # importing it registers the pack's model folders (captioners among them)
@@ -36,13 +37,6 @@ CATEGORY = "atelier/dataset"
 FOLDER = "captioners"
 CAPTIONER_TYPE = "ATELIER_CAPTIONER"
 NO_LIMIT = 0
-
-
-def _one(v, default=None):
-    """INPUT_IS_LIST widgets arrive as one-element lists."""
-    if isinstance(v, (list, tuple)):
-        return v[0] if v else default
-    return default if v is None else v
 
 
 def _flat_images(images, node: str, input: str) -> list[torch.Tensor]:

@@ -28,6 +28,7 @@ from ..core.budget import check_size
 from ..core.errors import AtelierError
 from ..core.finite import check_finite_float, check_finite_floats, is_finite_number
 from ..core.images import from_uint8, image_batch, rgb_uint8, to_uint8
+from ._lists import floats, one as _one
 from ._preview import with_preview
 from ._progress import Progress
 
@@ -499,13 +500,6 @@ READBACK_TYPE_NOTE = ("Character accuracy per image: the mean over its boxes of 
                       "/ length of the expected text (0..1; 1 = every label read exactly).")
 
 
-def _one(v, default=None):
-    """INPUT_IS_LIST widgets arrive as one-element lists."""
-    if isinstance(v, (list, tuple)):
-        return v[0] if v else default
-    return default if v is None else v
-
-
 def _image_list(images, node: str, input: str = "images") -> list[torch.Tensor]:
     """A list of IMAGE batches (INPUT_IS_LIST) -> one [H, W, C] tensor per image, sizes may differ."""
     items = [t for t in (images if isinstance(images, (list, tuple)) else [images]) if t is not None]
@@ -520,14 +514,7 @@ def _image_list(images, node: str, input: str = "images") -> list[torch.Tensor]:
 
 
 def _float_list(values, node: str, input: str = "accuracy") -> list[float]:
-    out = []
-    for v in values if isinstance(values, (list, tuple)) else [values]:
-        if isinstance(v, (list, tuple)):
-            out.extend(float(a) for a in v)
-        elif isinstance(v, torch.Tensor):
-            out.extend(float(a) for a in v.flatten())
-        elif v is not None:
-            out.append(float(v))
+    out = floats(values)
     if not out:
         raise AtelierError("no accuracies arrived", node=node, input=input,
                            expected="the accuracy output of Atelier Text Read-back",
