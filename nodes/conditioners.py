@@ -18,6 +18,7 @@ from ..core.budget import check_size
 from ..core.errors import AtelierError
 from ..core.finite import check_finite, check_finite_float
 from ..core.images import image_batch
+from ..core.parallel import for_row_bands
 from ._progress import Progress
 
 CATEGORY = "atelier/conditioning"
@@ -52,13 +53,17 @@ _U8_TO_FLOAT = (np.arange(256, dtype=np.float32) / 255.0).reshape(1, 256)
 
 def _to_float_outputs(lines: np.ndarray, mask_out: np.ndarray, image_out: np.ndarray) -> None:
     """uint8 ``[H,W]`` -> float ``mask_out`` ``[H,W]`` and 3-channel ``image_out`` ``[H,W,3]``, written in place
-    (one table lookup, one channel merge: ~3x cheaper than torch's convert + broadcast copy)."""
-    m = cv2.LUT(lines, _U8_TO_FLOAT, dst=mask_out)
-    if not np.shares_memory(m, mask_out):  # OpenCV reallocated (never expected): copy
-        mask_out[...] = m
-    im = cv2.merge([mask_out, mask_out, mask_out], dst=image_out)
-    if not np.shares_memory(im, image_out):
-        image_out[...] = im
+    (one table lookup, one gray-to-RGB copy: ~3x cheaper than torch's convert + broadcast copy; cvtColor is
+    10-25 % faster than cv2.merge here), in one band of rows per CPU for a large image."""
+    def band(r0: int, r1: int) -> None:
+        m = cv2.LUT(lines[r0:r1], _U8_TO_FLOAT, dst=mask_out[r0:r1])
+        if not np.shares_memory(m, mask_out):  # OpenCV reallocated (never expected): copy
+            mask_out[r0:r1] = m
+        im = cv2.cvtColor(mask_out[r0:r1], cv2.COLOR_GRAY2RGB, dst=image_out[r0:r1])
+        if not np.shares_memory(im, image_out):
+            image_out[r0:r1] = im
+
+    for_row_bands(band, lines.shape[0], lines.shape[1])
 
 
 def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
