@@ -282,3 +282,19 @@ def test_extreme_aspect_ratio_is_refused_before_the_clip_resize():
     msg = str(e.value)
     assert msg.startswith("[Atelier Aesthetic Scorer] input 'images': image 5 (20,000 x 1)")
     assert "4,480,000 x 224 px" in msg and "aspect ratio" in msg
+
+
+def test_normalize_tables_give_the_elementwise_values():
+    """normalize_crops' per-channel tables hold, bit for bit, what CLIPProcessor's rescale then normalize
+    (x * (1/255), - mean, / std, float32 elementwise) gives, for every 8-bit value in every channel."""
+    crops = torch.arange(256, dtype=torch.uint8).repeat_interleave(3).reshape(1, 16, 16, 3)
+    crops = torch.cat([crops, crops.flip(1)])  # two images, so the threaded path runs too
+    x = crops.permute(0, 3, 1, 2).to(torch.float32).mul_(np.float32(1.0 / 255.0).item())
+    x.sub_(torch.tensor(A.CLIP_MEAN, dtype=torch.float32)[:, None, None])
+    x.div_(torch.tensor(A.CLIP_STD, dtype=torch.float32)[:, None, None])
+    got = A.normalize_crops(crops)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 16, 16)
+    assert torch.equal(got, x)
+    assert torch.equal(A.normalize_crops(crops, dtype=torch.float16), x.to(torch.float16))
+    with pytest.raises(AtelierError):
+        A.normalize_crops(crops.float())
