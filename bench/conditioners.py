@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/_verdict.py, also when imported (peak_rss)
-from _verdict import cells  # noqa: E402
+from _verdict import cells, settle_allocator  # noqa: E402
 
 
 def comfy_root() -> str:
@@ -149,17 +149,6 @@ OURS = ("Atelier Canny", "Atelier Lineart")
 FLOOR_TARGETS = {"Atelier Canny": ("<=", 1.1), "Atelier Lineart": ("<=", 1.1)}
 #: batch of 8 / eight kept singles (wall)
 BATCH_TARGET = ("<=", 1.05)
-
-
-def settle_allocator() -> None:
-    """Put glibc's allocator where a long-running ComfyUI process has it: there, torch has long since freed
-    tensors of every size, which raised malloc's dynamic mmap threshold to its 32 MiB ceiling, so buffers
-    below it are recycled warm from the heap. A fresh bench process starts at 128 KiB instead, and whether
-    an image's few-MiB temporaries come back warm or as fresh pages (page faults: up to 2x the time of a
-    512² call, for the floor as much as for ours) then depends on the order the cases happen to run in.
-    Freeing one 31 MiB block (mmapped, below the ceiling) sets the threshold once, for every method alike."""
-    block = np.ones(31 * 2**20, np.uint8)
-    del block
 
 
 def warm_up(fns, x, seconds: float = 0.3, calls: int = 3) -> None:
