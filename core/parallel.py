@@ -7,10 +7,12 @@ at most 8, and never more than the CPUs this process may run on.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 _POOL: ThreadPoolExecutor | None = None
+_PREFIX = "atelier-cpu"
 
 
 def cpus() -> int:
@@ -24,7 +26,7 @@ def cpus() -> int:
 def pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, cpus())), thread_name_prefix="atelier-cpu")
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, cpus())), thread_name_prefix=_PREFIX)
     return _POOL
 
 
@@ -37,9 +39,10 @@ def for_row_bands(fn: Callable[[int, int], None], h: int, w: int, *, align: int 
     """Call ``fn(r0, r1)`` on bands of rows that cover ``0..h`` exactly once: one band per CPU (at most 8),
     the first in the calling thread, the others in the pool; returns when all are done and re-raises the
     first band's error. Bands start at multiples of ``align`` rows. One band (a plain call) when the image is
-    small or only one CPU is available. ``fn`` must write only its own rows."""
+    small or only one CPU is available, and inside a pool thread (a task waiting on tasks queued behind it
+    could wait for ever). ``fn`` must write only its own rows."""
     n = min(cpus(), 8, max(1, h // max(1, align)))
-    if n < 2 or h * w < MIN_SPLIT_PIXELS:
+    if n < 2 or h * w < MIN_SPLIT_PIXELS or threading.current_thread().name.startswith(_PREFIX):
         fn(0, h)
         return
     step = -(-h // n)
