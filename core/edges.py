@@ -68,7 +68,7 @@ def _check_image(img: np.ndarray, node: str | None, input: str) -> np.ndarray:
     return img
 
 
-def _to_u8_strips(img: np.ndarray, rows: int = 256, *, finite: bool = False) -> np.ndarray:
+def _to_u8_strips(img: np.ndarray, rows: int = 256, *, finite: bool | str = False) -> np.ndarray:
     """Float ``[H,W(,C)]`` -> uint8 with Save Image's conversion (:func:`core.images.to_uint8`), a strip of
     rows at a time so a large image never needs a full-size float temporary."""
     if img.shape[0] <= rows:
@@ -80,7 +80,7 @@ def _to_u8_strips(img: np.ndarray, rows: int = 256, *, finite: bool = False) -> 
     return out
 
 
-def _rgb_to_gray_strips(img: np.ndarray, rows: int = 256, *, finite: bool = False) -> np.ndarray:
+def _rgb_to_gray_strips(img: np.ndarray, rows: int = 256, *, finite: bool | str = False) -> np.ndarray:
     """Float RGB ``[H,W,3]`` -> uint8 gray: Save Image's conversion then BT.601 luma, a strip of rows at a time,
     each strip's uint8 RGB turned to gray while it is still in cache (same bytes as converting it whole), the
     strips reusing one float and one uint8 buffer. A large image is converted in one band of strips per CPU
@@ -101,15 +101,16 @@ def _rgb_to_gray_strips(img: np.ndarray, rows: int = 256, *, finite: bool = Fals
 
 
 def to_gray_u8(img: np.ndarray, *, background: Literal["auto", "white", "black"] = "auto",
-               node: str | None = None, input: str = "image", finite: bool = False) -> np.ndarray:
+               node: str | None = None, input: str = "image", finite: bool | str = False) -> np.ndarray:
     """Image ``[H,W]`` / ``[H,W,C]`` (float 0..1 or uint8) -> uint8 gray ``[H,W]``; never in place.
 
     Floats are first brought to uint8 exactly as ComfyUI's Save Image does (x 255, clip, truncate), so an
     IMAGE and its saved PNG give the same gray and the same edges. Transparent pixels (C = 2 or 4) are
     composited over ``background``; ``auto`` picks white or black, whichever contrasts with the opaque
     content (so a light drawing on a transparent canvas is not lost on white, nor a dark one on black).
-    Luma uses the BT.601 weights (0.299, 0.587, 0.114). ``finite=True``: the caller has refused NaN/inf
-    already (the nodes check the whole batch once), which saves a pass.
+    Luma uses the BT.601 weights (0.299, 0.587, 0.114). ``finite``: as in :func:`core.images.to_uint8`
+    (``"refuse"``, what the nodes pass: NaN/inf raise core.finite.NonFinitePixels, checked as each strip
+    is converted; True: the caller has refused them already).
     """
     img = _check_image(np.asarray(img), node, input)
     if img.dtype != np.uint8 and img.ndim == 3 and img.shape[2] == 3:
@@ -556,9 +557,9 @@ def crop_back(img: np.ndarray, info: PadInfo, restore_size: bool = True) -> np.n
 # ---------------------------------------------------------------------------------------------------------
 
 def prepare_gray(img: np.ndarray, resolution: int, *, node: str | None = None,
-                 finite: bool = False) -> tuple[np.ndarray, PadInfo]:
+                 finite: bool | str = False) -> tuple[np.ndarray, PadInfo]:
     """Float image -> uint8 gray scaled for ``resolution`` (not yet padded) + its :class:`PadInfo`.
-    ``finite=True``: NaN/inf were refused already (see :func:`to_gray_u8`)."""
+    ``finite``: see :func:`to_gray_u8`."""
     gray = to_gray_u8(img, node=node, finite=finite)
     info = pad_info(gray.shape[0], gray.shape[1], resolution)
     return resize(gray, info["scaled_h"], info["scaled_w"]), info
@@ -566,7 +567,7 @@ def prepare_gray(img: np.ndarray, resolution: int, *, node: str | None = None,
 
 def canny_image(img: np.ndarray, *, low: float = 50, high: float = 80, auto: bool = False, sigma: float = 0.33,
                 blur_sigma: float = 0.0, l2_gradient: bool = False, resolution: int = 0,
-                node: str | None = None, finite: bool = False) -> tuple[np.ndarray, PadInfo, tuple[float, float]]:
+                node: str | None = None, finite: bool | str = False) -> tuple[np.ndarray, PadInfo, tuple[float, float]]:
     """Float image -> padded uint8 Canny edge map, its PadInfo and the thresholds used."""
     gray, info = prepare_gray(img, resolution, node=node, finite=finite)
     if auto:
@@ -580,7 +581,7 @@ def canny_image(img: np.ndarray, *, low: float = 50, high: float = 80, auto: boo
 
 def lineart_image(img: np.ndarray, *, polarity: str = "auto", binarize_lines: bool = True,
                   threshold: int | None = None, min_speck_area: int = 0, thickness: int = 0, resolution: int = 0,
-                  node: str | None = None, finite: bool = False) -> tuple[np.ndarray, PadInfo, Polarity]:
+                  node: str | None = None, finite: bool | str = False) -> tuple[np.ndarray, PadInfo, Polarity]:
     """Float image -> padded uint8 line map (white on black), its PadInfo and the polarity used."""
     gray, info = prepare_gray(img, resolution, node=node, finite=finite)
     lines, pol = lineart(gray, polarity=polarity, binarize_lines=binarize_lines,  # type: ignore[arg-type]

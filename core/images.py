@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import AtelierError
+from .finite import VAE_NAN_FIX, NonFinitePixels, sum_is_finite
 
 #: where RGBA/LA pixels are laid when flattening: white (the neutral page colour, and the colour a
 #: transparent product shot should end on); glyph and line maps pass 0.0 (black) explicitly
@@ -70,12 +71,15 @@ def to_rgb(image: torch.Tensor, background: float | tuple[float, float, float] =
     return x
 
 
-def to_uint8(image: torch.Tensor | np.ndarray, *, finite: bool = False, out: np.ndarray | None = None,
+def to_uint8(image: torch.Tensor | np.ndarray, *, finite: bool | str = False, out: np.ndarray | None = None,
              scratch: np.ndarray | None = None) -> np.ndarray:
     """float 0..1 (any shape) -> uint8 ndarray, exactly as ComfyUI's Save Image writes it
     (``clip(255 * x, 0, 255)`` then truncation), so analysing an IMAGE and its saved PNG agree.
-    NaN becomes 0 (what Save Image's cast gives on x86); ``finite=True``: the caller has already refused
-    NaN/inf (core.finite), which skips the NaN pass. ``out``: a uint8 array of the same shape to write into
+
+    ``finite``: False -- NaN becomes 0 (what Save Image's cast gives on x86); True -- the caller has already
+    refused NaN/inf (core.finite), which skips the NaN pass; ``"refuse"`` -- check while converting (the
+    values are in cache from the product just taken: at 2048² this saves a whole extra read of the image)
+    and raise core.finite.NonFinitePixels on NaN/inf. ``out``: a uint8 array of the same shape to write into
     (returned); ``scratch``: a float32 array of at least as many values for the x255 product. Callers that
     convert strip after strip pass both, which saves two allocations per strip (~15 % at 1024²)."""
     if isinstance(image, torch.Tensor):
@@ -88,6 +92,9 @@ def to_uint8(image: torch.Tensor | np.ndarray, *, finite: bool = False, out: np.
     src = np.asarray(image, dtype=np.float32)
     a = None if scratch is None else scratch.reshape(-1)[:src.size].reshape(src.shape)
     a = np.multiply(src, np.float32(255.0), out=a)
+    if finite == "refuse" and not sum_is_finite(src):
+        raise NonFinitePixels("the image contains NaN/inf pixels", expected="finite pixels (ComfyUI images are 0..1)",
+                              fix=VAE_NAN_FIX)
     np.clip(a, 0, 255, out=a)
     if not finite and np.isnan(a).any():  # checked first: nan_to_num costs ten times a clip, and NaN is rare
         np.nan_to_num(a, copy=False, nan=0.0)

@@ -7,7 +7,6 @@ preallocated output tensor (no per-image float copies, no stack).
 """
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from ..core import edges as E
 from ..core.budget import check_size
 from ..core.errors import AtelierError
-from ..core.finite import check_finite, check_finite_float
+from ..core.finite import NonFinitePixels, check_finite, check_finite_float, sum_is_finite
 from ..core.images import image_batch
 from ..core.parallel import for_row_bands
 from ._progress import Progress
@@ -35,15 +34,13 @@ MASK_TOOLTIP = "The same lines as a MASK [B,H,W] (1 = line)."
 
 
 def _finite_batch(image, node: str) -> torch.Tensor:
-    """The IMAGE as a CPU float32 batch (core.images.image_batch), refused by name if it holds NaN/inf.
-
-    The fast path is OpenCV's SIMD sum (accumulated in double, so a finite float32 batch never overflows it and
-    any NaN/inf makes it non-finite): ~3x cheaper than numpy's sum, and single-threaded, where torch's threaded
-    one stalls for milliseconds on a busy machine. Only a non-finite sum goes through core.finite.check_finite,
-    which names the bad images."""
+    """The IMAGE as a CPU float32 batch (core.images.image_batch), refused by name if it holds NaN/inf: one
+    fast sum over the batch (core.finite.sum_is_finite); only a non-finite sum goes through
+    core.finite.check_finite, which names the bad images. (Canny and Lineart check as they convert instead:
+    run_batch.)"""
     x = image_batch(image, node)
     a = x.numpy()
-    if not (a.size and a.flags.c_contiguous and math.isfinite(sum(cv2.sumElems(a.reshape(a.shape[0], -1))))):
+    if not sum_is_finite(a):
         check_finite(a, node=node, input="image")
     return x
 
@@ -68,6 +65,8 @@ def _to_float_outputs(lines: np.ndarray, mask_out: np.ndarray, image_out: np.nda
 
 def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Apply ``fn(float32 HxWxC ndarray) -> (uint8 HxW map, PadInfo)`` to every image of the batch.
+    ``fn`` converts its image with ``finite="refuse"`` (core.images.to_uint8): NaN/inf pixels are found while
+    the image is read anyway (no separate pass over the batch) and refused naming every bad image.
 
     ``size``: the (h, w) every map has (from the PadInfo, known before the first image is traced). Returns
     IMAGE ``[B,H,W,3]``, MASK ``[B,H,W]`` (both float32 0..1) and the PadInfo (identical for all images, which
@@ -81,13 +80,17 @@ def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[to
     xs = x.numpy()
     progress = Progress(b)
     info = None
-    for i in range(b):
-        lines, info = fn(xs[i])
-        if lines.shape != (h, w):  # never expected: the PadInfo fixes the size
-            raise AtelierError(f"image #{i} gave a {lines.shape[1]}x{lines.shape[0]} map, not {w}x{h}", node=node,
-                               input="image", fix="report this as a bug of the pack.")
-        _to_float_outputs(lines, mask[i], image[i])
-        progress.step()
+    try:
+        for i in range(b):
+            lines, info = fn(xs[i])
+            if lines.shape != (h, w):  # never expected: the PadInfo fixes the size
+                raise AtelierError(f"image #{i} gave a {lines.shape[1]}x{lines.shape[0]} map, not {w}x{h}",
+                                   node=node, input="image", fix="report this as a bug of the pack.")
+            _to_float_outputs(lines, mask[i], image[i])
+            progress.step()
+    except NonFinitePixels as exc:  # fn converts with finite="refuse": name every bad image, not just this one
+        check_finite(xs, node=node, input="image")
+        raise AtelierError(exc.problem, node=node, input="image", expected=exc.expected, fix=exc.fix) from exc
     return torch.from_numpy(image), torch.from_numpy(mask), dict(info)
 
 
@@ -147,13 +150,13 @@ class AtelierCanny:
         auto_sigma = check_finite_float(auto_sigma, node=node, input="auto_sigma")
         blur_sigma = check_finite_float(blur_sigma, node=node, input="blur_sigma")
         resolution = _check_resolution(resolution, node)
-        x = _finite_batch(image, node)  # NaN pixels would trace as black
+        x = image_batch(image, node)
         size = _check_output_size(x, resolution, node)
 
-        def one(img):
+        def one(img):  # NaN pixels would trace as black: refused as they are converted
             edges, info, _ = E.canny_image(img, low=low_threshold, high=high_threshold, auto=auto, sigma=auto_sigma,
                                            blur_sigma=blur_sigma, l2_gradient=l2_gradient, resolution=resolution,
-                                           node=node, finite=True)  # _finite_batch refused NaN/inf
+                                           node=node, finite="refuse")
             return edges, info
 
         return run_batch(x, one, node, size)
@@ -208,14 +211,14 @@ class AtelierLineart:
             raise AtelierError(f"threshold {threshold} is outside 0..1", node=node, input="threshold",
                                expected="0 (automatic) or a fraction such as 0.5", fix="use a value in 0..1.")
         resolution = _check_resolution(resolution, node)
-        x = _finite_batch(image, node)
+        x = image_batch(image, node)
         size = _check_output_size(x, resolution, node)
         thr = None if float(threshold) <= 0.0 else int(round(float(threshold) * 255))
 
         def one(img):
             lines, info, _ = E.lineart_image(img, polarity=polarity, binarize_lines=bool(binarize), threshold=thr,
                                              min_speck_area=int(min_speck_area), thickness=int(thickness),
-                                             resolution=resolution, node=node, finite=True)
+                                             resolution=resolution, node=node, finite="refuse")
             return lines, info
 
         return run_batch(x, one, node, size)

@@ -97,3 +97,20 @@ def test_bands_inside_a_pool_thread_run_inline(split_everything):
     results = [f.result(timeout=30) for f in [P.pool().submit(task) for _ in range(8)]]
     for seen, ident in results:
         assert seen == [(0, 100, ident)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_in_a_worker_band_is_refused_naming_the_images(split_everything, bad):
+    """Canny / Lineart check pixels as they convert them (no separate pass): a NaN/inf that only the second
+    band of the second and third images holds is refused, naming both, with nothing returned."""
+    from comfyui_atelier.core.errors import AtelierError
+    x = torch.rand(3, 200, 120, 3)
+    x[1, 190, 7, 2] = bad
+    x[2, 150, 100, 0] = bad
+    for call in (lambda: N.AtelierCanny().detect(x, 50, 80, resolution=0),
+                 lambda: N.AtelierLineart().extract(x, resolution=64)):
+        with pytest.raises(AtelierError) as e:
+            call()
+        msg = str(e.value)
+        assert "2 of 3 images (#1, #2) contain NaN/inf pixels" in msg and "input 'image'" in msg, msg
+        assert msg.startswith("[Atelier ")
