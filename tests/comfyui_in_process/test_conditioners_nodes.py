@@ -288,3 +288,53 @@ def test_a_batch_equals_its_images_one_by_one(C, cls, monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(C.AtelierError("boom", node="N", input="image")))
     with pytest.raises(C.AtelierError, match="boom"):
         fn(x, resolution=256)
+
+
+# --------------------------------------------------------------------------- row bands (core.parallel)
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Bands for any image size, and at least two CPUs (so the banded path runs on a 1-CPU machine too)."""
+    from comfyui_atelier.core import parallel as P
+    monkeypatch.setattr(P, "MIN_SPLIT_PIXELS", 0)
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    return P
+
+
+@pytest.mark.parametrize("shape", [(1100, 1003, 3), (517, 64, 3), (3, 5, 3)])
+def test_banded_outputs_are_the_one_band_bytes(C, split_everything, monkeypatch, shape):
+    rng = np.random.default_rng(shape[0])
+    lines = (rng.random(shape[:2]) < 0.2).astype(np.uint8) * 255
+    m1, i1 = np.empty(shape[:2], np.float32), np.empty(shape, np.float32)
+    C._to_float_outputs(lines, m1, i1)
+    monkeypatch.setattr(split_everything, "MIN_SPLIT_PIXELS", 10**12)
+    m2, i2 = np.empty_like(m1), np.empty_like(i1)
+    C._to_float_outputs(lines, m2, i2)
+    assert np.array_equal(m1, m2) and np.array_equal(i1, i2)
+    assert np.array_equal(i1, np.repeat((lines / np.float32(255))[..., None].astype(np.float32), 3, -1))
+
+
+def test_nodes_give_the_same_maps_banded_and_not(C, split_everything, monkeypatch):
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.random((2, 300, 260, 3), dtype=np.float32))
+    a = C.AtelierLineart().extract(x, resolution=0)
+    c = C.AtelierCanny().detect(x, 50, 80, resolution=0)
+    monkeypatch.setattr(split_everything, "MIN_SPLIT_PIXELS", 10**12)
+    assert torch.equal(a[0], C.AtelierLineart().extract(x, resolution=0)[0])
+    assert torch.equal(c[0], C.AtelierCanny().detect(x, 50, 80, resolution=0)[0])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_in_a_worker_band_is_refused_naming_the_images(C, split_everything, bad):
+    """Canny / Lineart check pixels as they convert them (no separate pass): a NaN/inf that only the second
+    band of the second and third images holds is refused, naming both, with nothing returned."""
+    from comfyui_atelier.core.errors import AtelierError
+    x = torch.rand(3, 200, 120, 3)
+    x[1, 190, 7, 2] = bad
+    x[2, 150, 100, 0] = bad
+    for call in (lambda: C.AtelierCanny().detect(x, 50, 80, resolution=0),
+                 lambda: C.AtelierLineart().extract(x, resolution=64)):
+        with pytest.raises(AtelierError) as e:
+            call()
+        msg = str(e.value)
+        assert "2 of 3 images (#1, #2) contain NaN/inf pixels" in msg and "input 'image'" in msg, msg
+        assert msg.startswith("[Atelier ")

@@ -185,3 +185,22 @@ def test_jsontext_refuses_deep_nesting_before_json_recurses():
     with pytest.raises(ValueError, match="nested more than 32 levels deep"):
         jsontext.loads("[" * 100_000)
     assert jsontext.loads("[" * 40 + "]" * 40, limit=64) is not None
+
+
+def test_no_comfyui_tests_import_no_node_family_at_module_level():
+    """pytest imports every test module before it runs any test: a tests/no_comfyui module that imports
+    comfyui_atelier.nodes at its top level loads the node families before ComfyUI is importable, and the
+    in-process tier then finds them recorded as failed (FAILED_FAMILIES). Node imports belong inside a test."""
+    import ast
+    from pathlib import Path
+    bad = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "comfyui_atelier.nodes" or n.startswith("comfyui_atelier.nodes.") for n in names):
+                bad.append(f"{path.name}:{node.lineno}")
+    assert not bad, f"module-level imports of comfyui_atelier.nodes in tests/no_comfyui: {bad}"
