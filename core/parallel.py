@@ -41,8 +41,11 @@ def for_row_bands(fn: Callable[[int, int], None], h: int, w: int, *, align: int 
     first band's error. Bands start at multiples of ``align`` rows. One band (a plain call) when the image is
     small or only one CPU is available, and inside a pool thread (a task waiting on tasks queued behind it
     could wait for ever). ``fn`` must write only its own rows."""
+    if h * w < MIN_SPLIT_PIXELS:  # checked first: the common small case costs no system call
+        fn(0, h)
+        return
     n = min(cpus(), 8, max(1, h // max(1, align)))
-    if n < 2 or h * w < MIN_SPLIT_PIXELS or threading.current_thread().name.startswith(_PREFIX):
+    if n < 2 or threading.current_thread().name.startswith(_PREFIX):
         fn(0, h)
         return
     step = -(-h // n)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..core import edges as E
-from ..core.budget import check_size
+from ..core.budget import check_size, max_bytes, max_pixels
 from ..core.errors import AtelierError
 from ..core.finite import NonFinitePixels, check_finite, check_finite_float, sum_is_finite
 from ..core.images import image_batch
@@ -53,12 +53,11 @@ def _to_float_outputs(lines: np.ndarray, mask_out: np.ndarray, image_out: np.nda
     (one table lookup, one gray-to-RGB copy: ~3x cheaper than torch's convert + broadcast copy; cvtColor is
     10-25 % faster than cv2.merge here), in one band of rows per CPU for a large image."""
     def band(r0: int, r1: int) -> None:
-        m = cv2.LUT(lines[r0:r1], _U8_TO_FLOAT, dst=mask_out[r0:r1])
-        if not np.shares_memory(m, mask_out):  # OpenCV reallocated (never expected): copy
-            mask_out[r0:r1] = m
-        im = cv2.cvtColor(mask_out[r0:r1], cv2.COLOR_GRAY2RGB, dst=image_out[r0:r1])
-        if not np.shares_memory(im, image_out):
-            image_out[r0:r1] = im
+        mo, io = mask_out[r0:r1], image_out[r0:r1]
+        if cv2.LUT(lines[r0:r1], _U8_TO_FLOAT, dst=mo) is not mo:  # OpenCV reallocated (never expected): copy
+            mo[...] = cv2.LUT(lines[r0:r1], _U8_TO_FLOAT)
+        if cv2.cvtColor(mo, cv2.COLOR_GRAY2RGB, dst=io) is not io:
+            io[...] = cv2.cvtColor(mo, cv2.COLOR_GRAY2RGB)
 
     for_row_bands(band, lines.shape[0], lines.shape[1])
 
@@ -78,7 +77,7 @@ def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[to
     mask = np.empty((b, h, w), dtype=np.float32)
     image = np.empty((b, h, w, 3), dtype=np.float32)
     xs = x.numpy()
-    progress = Progress(b)
+    progress = Progress(b if b > 1 else 0)  # one image: no bar (it would jump from 0 to done at the end)
     info = None
     try:
         for i in range(b):
@@ -341,6 +340,8 @@ def _check_output_size(x: torch.Tensor, resolution: int, node: str) -> tuple[int
     b, h, w = (int(v) for v in x.shape[:3])
     info = E.pad_info(h, w, resolution)
     oh, ow = info["scaled_h"] + info["top"] + info["bottom"], info["scaled_w"] + info["left"] + info["right"]
+    if oh * ow <= max_pixels() and b * oh * ow * 16 <= max_bytes():  # fits: skip building the error texts
+        return oh, ow
     keep = resolution == 0
     check_size(oh, ow, batch=b, channels=4, node=node, input="image" if keep else "resolution",
                what=f"the output batch ({b} map(s) + mask(s) of {ow}x{oh}"
