@@ -44,7 +44,7 @@ from .budget import check_size
 from .errors import AtelierError
 # ranking, selection and verdict text (shared with the read-back family), re-exported for this family's callers
 from .selection import compare_text, gate, keep_or_best, order_by_score, select  # noqa: F401
-from .images import to_uint8
+from .images import to_uint8, to_uint8_into
 from .parallel import cpus, pool
 from .weights import Reader, read_weights
 
@@ -244,13 +244,10 @@ def _rgb_uint8(item, n: int = 0) -> np.ndarray:
         raise _err(f"image {n} has shape {tuple(item.shape)}.", expected="[H,W,C] with 1, 2, 3 or 4 channels")
     h, w = int(item.shape[0]), int(item.shape[1])
     out = np.empty((h, w, 3), dtype=np.uint8)
-    rgb = isinstance(item, np.ndarray) and item.shape[-1] == 3
-    scratch = np.empty((min(h, _ROWS), w, 3), np.float32) if rgb else None
+    if isinstance(item, np.ndarray) and item.shape[-1] == 3:  # the common case: straight into the output
+        return to_uint8_into(item, out, rows=_ROWS)
     for r in range(0, h, _ROWS):
-        if rgb:  # the common case: straight into the output, one reused float buffer
-            to_uint8(item[r:r + _ROWS], out=out[r:r + _ROWS], scratch=scratch)
-        else:
-            out[r:r + _ROWS] = to_uint8_rgb(item[r:r + _ROWS])[0]
+        out[r:r + _ROWS] = to_uint8_rgb(item[r:r + _ROWS])[0]
     return out
 
 
@@ -263,11 +260,7 @@ def _pil_rgbx(item, n: int = 0) -> Image.Image:
     h, w = int(item.shape[0]), int(item.shape[1])
     rgbx = np.empty((h, w, 4), np.uint8)
     if isinstance(item, np.ndarray) and item.dtype == np.float32 and item.ndim == 3 and item.shape[-1] == 3:
-        k = min(h, _ROWS)
-        scratch, u8 = np.empty((k, w, 3), np.float32), np.empty((k, w, 3), np.uint8)
-        for r in range(0, h, _ROWS):
-            e = min(r + _ROWS, h)
-            cv2.cvtColor(to_uint8(item[r:e], out=u8[:e - r], scratch=scratch), cv2.COLOR_RGB2RGBA, dst=rgbx[r:e])
+        to_uint8_into(item, rgbx, rows=_ROWS, convert=cv2.COLOR_RGB2RGBA)
     else:
         cv2.cvtColor(np.ascontiguousarray(_rgb_uint8(item, n)), cv2.COLOR_RGB2RGBA, dst=rgbx)
     return Image.frombuffer("RGBX", (w, h), rgbx, "raw", "RGBX", 0, 1)
@@ -281,8 +274,6 @@ def _crop_one(item, size: int, n: int = 0, node: str | None = None) -> np.ndarra
         raise _err(f"image {n} ({w}x{h}) cannot be cropped to {size}x{size}.")
     if (nh, nw) == (h, w):
         return _rgb_uint8(item, n)[top:top + size, left:left + size]
-    if item.ndim != 3:
-        raise _err(f"image {n} has shape {tuple(item.shape)}.", expected="[H,W,C] with 1, 2, 3 or 4 channels")
     f = np.asarray(_pil_rgbx(item, n).resize((nw, nh), resample=Image.BICUBIC))
     return f[top:top + size, left:left + size, :3]
 
@@ -364,9 +355,9 @@ def normalize_crops(crops_u8: torch.Tensor, dtype=torch.float32) -> torch.Tensor
 
     def one(i):
         for c, plane in enumerate(cv2.split(a[i])):
-            r = cv2.LUT(plane, _NORMALIZE_LUTS[c].reshape(1, 256), dst=out[i, c])
-            if not np.shares_memory(r, out):  # OpenCV reallocated (never expected): copy
-                out[i, c] = r
+            dst = out[i, c]
+            if cv2.LUT(plane, _NORMALIZE_LUTS[c].reshape(1, 256), dst=dst) is not dst:  # reallocated (never expected)
+                dst[...] = cv2.LUT(plane, _NORMALIZE_LUTS[c].reshape(1, 256))
 
     _in_threads(one, list(range(b)))
     x = torch.from_numpy(out)

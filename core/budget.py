@@ -48,6 +48,12 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
+def fits(height: int, width: int, *, batch: int = 1, channels: int = 3, bytes_per_value: int = 4) -> bool:
+    """Whether ``batch`` images of ``height`` x ``width`` x ``channels`` (positive ints) are within both
+    limits: the test check_size applies, without building its error texts (for a per-call fast path)."""
+    return height * width <= max_pixels() and height * width * batch * channels * bytes_per_value <= max_bytes()
+
+
 def check_size(height: int, width: int, *, batch: int = 1, channels: int = 3, bytes_per_value: int = 4,
                node: str | None = None, input: str | None = None, what: str = "the image",
                fix: str | None = None) -> None:
@@ -61,6 +67,8 @@ def check_size(height: int, width: int, *, batch: int = 1, channels: int = 3, by
     if not whole or min(h, w, b, c) < 1:
         raise AtelierError(f"{what} would be {height} x {width} (batch {batch})", node=node, input=input,
                            expected="positive whole-number sizes", fix=fix or "check the sizes fed to this node.")
+    if fits(h, w, batch=b, channels=c, bytes_per_value=bytes_per_value):
+        return
     pixels, nbytes = h * w, h * w * b * c * bytes_per_value
     limit_px, limit_b = max_pixels(), max_bytes()
     if pixels > limit_px:

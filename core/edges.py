@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .errors import AtelierError
-from .images import to_uint8
+from .images import to_uint8, to_uint8_into
 from .parallel import for_row_bands
 
 #: ComfyUI's own MAX_RESOLUTION; no side we produce is longer than this.
@@ -73,30 +73,18 @@ def _to_u8_strips(img: np.ndarray, rows: int = 256, *, finite: bool | str = Fals
     rows at a time so a large image never needs a full-size float temporary."""
     if img.shape[0] <= rows:
         return to_uint8(img, finite=finite)
-    out = np.empty(img.shape, np.uint8)
-    scratch = np.empty((rows,) + img.shape[1:], np.float32)
-    for r in range(0, img.shape[0], rows):
-        to_uint8(img[r:r + rows], finite=finite, out=out[r:r + rows], scratch=scratch)
-    return out
+    return to_uint8_into(img, np.empty(img.shape, np.uint8), rows=rows, finite=finite)
 
 
 def _rgb_to_gray_strips(img: np.ndarray, rows: int = 256, *, finite: bool | str = False) -> np.ndarray:
     """Float RGB ``[H,W,3]`` -> uint8 gray: Save Image's conversion then BT.601 luma, a strip of rows at a time,
-    each strip's uint8 RGB turned to gray while it is still in cache (same bytes as converting it whole), the
-    strips reusing one float and one uint8 buffer. A large image is converted in one band of strips per CPU
+    each strip's uint8 RGB turned to gray while it is still in cache (same bytes as converting it whole;
+    :func:`core.images.to_uint8_into`). A large image is converted in one band of strips per CPU
     (core.parallel: numpy and OpenCV release the GIL): 0.6-0.75x the time on two cores from 1024²."""
     h, w = img.shape[:2]
     out = np.empty((h, w), np.uint8)
-
-    def band(r0: int, r1: int) -> None:
-        n = min(rows, r1 - r0)
-        scratch, u8 = np.empty((n, w, 3), np.float32), np.empty((n, w, 3), np.uint8)
-        for r in range(r0, r1, rows):
-            e = min(r + rows, r1)
-            cv2.cvtColor(to_uint8(img[r:e], finite=finite, out=u8[:e - r], scratch=scratch), cv2.COLOR_RGB2GRAY,
-                         dst=out[r:e])
-
-    for_row_bands(band, h, w)
+    for_row_bands(lambda r0, r1: to_uint8_into(img[r0:r1], out[r0:r1], rows=rows, finite=finite,
+                                               convert=cv2.COLOR_RGB2GRAY), h, w)
     return out
 
 
@@ -279,7 +267,7 @@ def remove_specks(lines: np.ndarray, min_area: int, support: np.ndarray | None =
 
     - clean areas and filled shapes have no candidates at all and cost a box filter;
     - the labelling runs on the candidates' bounding box only (32-bit labels: with OpenCV 4.10 and 5.0 they
-      are as fast as or faster than 16-bit ones on sparse maps), and the candidates are found eight pixels
+      are as fast as or faster than 16-bit ones on sparse maps), and the candidates are found four pixels
       at a time (:func:`_nonzero_flat`);
     - whether a candidate blob touches a core pixel is looked up only for the blobs small enough to be
       erased (at their pixels' 8 neighbours, in one gather, when they are few; one dilation of the core map

@@ -6,6 +6,7 @@ scale by 255, clip, truncate) and an RGBA or gray input is treated the same way 
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -101,6 +102,26 @@ def to_uint8(image: torch.Tensor | np.ndarray, *, finite: bool | str = False, ou
     if out is None:
         return a.astype(np.uint8)
     np.copyto(out, a, casting="unsafe")
+    return out
+
+
+def to_uint8_into(image: np.ndarray, out: np.ndarray, *, rows: int = 256, finite: bool | str = False,
+                  convert: int | None = None) -> np.ndarray:
+    """:func:`to_uint8` of a float image ``[H, ...]`` written into ``out``, a strip of ``rows`` rows at a time
+    through one reused float and one reused uint8 buffer, so no full-size temporary is made and each strip is
+    still in cache when it is used. ``convert``: an OpenCV colour code (cv2.COLOR_RGB2GRAY, ...) applied to
+    each uint8 strip into ``out`` (whose rows then have the converted shape); None writes the uint8 values
+    themselves. Returns ``out``."""
+    h = image.shape[0]
+    k = max(1, min(rows, h))
+    scratch = np.empty((k,) + image.shape[1:], np.float32)
+    u8 = np.empty((k,) + image.shape[1:], np.uint8) if convert is not None else None
+    for r in range(0, h, rows):
+        e = min(r + rows, h)
+        if convert is None:
+            to_uint8(image[r:e], finite=finite, out=out[r:e], scratch=scratch)
+        else:
+            cv2.cvtColor(to_uint8(image[r:e], finite=finite, out=u8[:e - r], scratch=scratch), convert, dst=out[r:e])
     return out
 
 

@@ -35,21 +35,20 @@ def pool() -> ThreadPoolExecutor:
 MIN_SPLIT_PIXELS = 1_000_000
 
 
-def for_row_bands(fn: Callable[[int, int], None], h: int, w: int, *, align: int = 1) -> None:
+def for_row_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
     """Call ``fn(r0, r1)`` on bands of rows that cover ``0..h`` exactly once: one band per CPU (at most 8),
     the first in the calling thread, the others in the pool; returns when all are done and re-raises the
-    first band's error. Bands start at multiples of ``align`` rows. One band (a plain call) when the image is
-    small or only one CPU is available, and inside a pool thread (a task waiting on tasks queued behind it
-    could wait for ever). ``fn`` must write only its own rows."""
+    first band's error. One band (a plain call) when the image is small or only one CPU is available, and
+    inside a pool thread (a task waiting on tasks queued behind it could wait for ever). ``fn`` must write
+    only its own rows."""
     if h * w < MIN_SPLIT_PIXELS:  # checked first: the common small case costs no system call
         fn(0, h)
         return
-    n = min(cpus(), 8, max(1, h // max(1, align)))
+    n = min(cpus(), 8, h)
     if n < 2 or threading.current_thread().name.startswith(_PREFIX):
         fn(0, h)
         return
     step = -(-h // n)
-    step = -(-step // align) * align
     bounds = [(r, min(h, r + step)) for r in range(0, h, step)]
     futures = [pool().submit(fn, r0, r1) for r0, r1 in bounds[1:]]
     try:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..core import edges as E
-from ..core.budget import check_size, max_bytes, max_pixels
+from ..core.budget import check_size, fits
 from ..core.errors import AtelierError
 from ..core.finite import NonFinitePixels, check_finite, check_finite_float, sum_is_finite
 from ..core.images import image_batch
@@ -340,7 +340,7 @@ def _check_output_size(x: torch.Tensor, resolution: int, node: str) -> tuple[int
     b, h, w = (int(v) for v in x.shape[:3])
     info = E.pad_info(h, w, resolution)
     oh, ow = info["scaled_h"] + info["top"] + info["bottom"], info["scaled_w"] + info["left"] + info["right"]
-    if oh * ow <= max_pixels() and b * oh * ow * 16 <= max_bytes():  # fits: skip building the error texts
+    if fits(oh, ow, batch=b, channels=4):  # the common case: skip building check_size's texts
         return oh, ow
     keep = resolution == 0
     check_size(oh, ow, batch=b, channels=4, node=node, input="image" if keep else "resolution",
