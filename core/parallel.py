@@ -7,6 +7,7 @@ at most 8, and never more than the CPUs this process may run on.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -58,3 +59,66 @@ def for_row_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
     for e in errors:
         if e is not None:
             raise e
+
+
+def for_items(fn: Callable[[int], None], n: int, *, on_done: Callable[[int], None] | None = None,
+              lanes: int | None = None) -> None:
+    """Call ``fn(i)`` for every ``i`` in ``0..n-1``, one item per CPU at a time (at most 8 lanes, pool threads
+    taking the next item as they finish one), and ``on_done(i)`` in the calling thread as each item ends.
+
+    For a batch of images this uses the CPUs better than splitting each image: OpenCV's own parallel loops
+    and row bands keep two cores only ~85-90 % busy on one image, whole images in parallel keep them full.
+    Inside a lane, :func:`for_row_bands` runs inline (a pool thread) and a second OpenCV call made while the
+    other lane's runs goes single-threaded, so nothing waits on anything. After an error in ``fn`` or in
+    ``on_done`` (e.g. ComfyUI's interrupt, raised by the progress bar) no new item starts; the call returns
+    only when the running ones have ended, and re-raises the first error. Sequential (in the calling thread)
+    for one item, one CPU, or when called from a pool thread. ``fn`` must write only its own item's data."""
+    lanes = min(cpus(), 8, n) if lanes is None else min(lanes, n)
+    if lanes < 2 or threading.current_thread().name.startswith(_PREFIX):
+        for i in range(n):
+            fn(i)
+            if on_done is not None:
+                on_done(i)
+        return
+    items = iter(range(n))
+    take = threading.Lock()
+    stop = threading.Event()
+    events: queue.SimpleQueue = queue.SimpleQueue()  # (i, None) done, (i, error) failed, None: a lane ended
+
+    def lane() -> None:
+        try:
+            while not stop.is_set():
+                with take:
+                    i = next(items, None)
+                if i is None:
+                    return
+                try:
+                    fn(i)
+                except BaseException as e:  # handed to the caller, which re-raises it
+                    stop.set()
+                    events.put((i, e))
+                    return
+                events.put((i, None))
+        finally:
+            events.put(None)
+
+    futures = [pool().submit(lane) for _ in range(lanes)]
+    first: BaseException | None = None
+    running = lanes
+    try:
+        while running:
+            event = events.get()
+            if event is None:
+                running -= 1
+            elif event[1] is not None:
+                first = first or event[1]
+            elif on_done is not None and first is None:
+                on_done(event[0])
+    except BaseException as e:  # on_done raised (an interrupt): stop the lanes, then re-raise
+        first = first or e
+    finally:
+        stop.set()
+        for f in futures:
+            f.result()  # wait: no lane may still write into the caller's buffers after we return
+    if first is not None:
+        raise first

@@ -17,7 +17,7 @@ from ..core.budget import check_size, fits
 from ..core.errors import AtelierError
 from ..core.finite import NonFinitePixels, check_finite, check_finite_float, sum_is_finite
 from ..core.images import image_batch
-from ..core.parallel import for_row_bands
+from ..core.parallel import for_items, for_row_bands
 from ._progress import Progress
 
 CATEGORY = "atelier/conditioning"
@@ -78,19 +78,21 @@ def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[to
     image = np.empty((b, h, w, 3), dtype=np.float32)
     xs = x.numpy()
     progress = Progress(b if b > 1 else 0)  # one image: no bar (it would jump from 0 to done at the end)
-    info = None
-    try:
-        for i in range(b):
-            lines, info = fn(xs[i])
-            if lines.shape != (h, w):  # never expected: the PadInfo fixes the size
-                raise AtelierError(f"image #{i} gave a {lines.shape[1]}x{lines.shape[0]} map, not {w}x{h}",
-                                   node=node, input="image", fix="report this as a bug of the pack.")
-            _to_float_outputs(lines, mask[i], image[i])
-            progress.step()
+    infos: list = [None] * b
+
+    def one(i: int) -> None:
+        lines, infos[i] = fn(xs[i])
+        if lines.shape != (h, w):  # never expected: the PadInfo fixes the size
+            raise AtelierError(f"image #{i} gave a {lines.shape[1]}x{lines.shape[0]} map, not {w}x{h}",
+                               node=node, input="image", fix="report this as a bug of the pack.")
+        _to_float_outputs(lines, mask[i], image[i])
+
+    try:  # a batch runs one image per CPU at a time (0.6-0.9x the time of one image after the other)
+        for_items(one, b, on_done=lambda i: progress.step())
     except NonFinitePixels as exc:  # fn converts with finite="refuse": name every bad image, not just this one
         check_finite(xs, node=node, input="image")
         raise AtelierError(exc.problem, node=node, input="image", expected=exc.expected, fix=exc.fix) from exc
-    return torch.from_numpy(image), torch.from_numpy(mask), dict(info)
+    return torch.from_numpy(image), torch.from_numpy(mask), dict(infos[0])
 
 
 class AtelierCanny:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -274,6 +276,8 @@ def test_empty_latent_like_refuses_a_batch_over_the_budget(C, monkeypatch):
 
 @pytest.mark.parametrize("cls", ["AtelierCanny", "AtelierLineart"])
 def test_a_batch_equals_its_images_one_by_one(C, cls, monkeypatch):
+    from comfyui_atelier.core import parallel as P
+    monkeypatch.setattr(P, "cpus", lambda: 2)  # a batch runs in two lanes (core.parallel.for_items), also on 1 CPU
     node = getattr(C, cls)()
     fn = node.detect if cls == "AtelierCanny" else node.extract
     imgs = [photo(300, 280, seed=s) if s % 2 else drawing(300, 280, dark_on_light=s % 3 == 0) for s in range(6)]
@@ -288,6 +292,52 @@ def test_a_batch_equals_its_images_one_by_one(C, cls, monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(C.AtelierError("boom", node="N", input="image")))
     with pytest.raises(C.AtelierError, match="boom"):
         fn(x, resolution=256)
+
+
+@pytest.fixture
+def progress_hook():
+    """Record ComfyUI's progress bar updates (value, total, thread) through its real global hook."""
+    import comfy.utils
+    seen = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, *a, **k: seen.append(
+        (value, total, threading.get_ident())))
+    yield seen
+    comfy.utils.set_progress_bar_global_hook(old)
+
+
+def test_a_batch_in_lanes_reports_progress_from_the_calling_thread(C, monkeypatch, progress_hook):
+    from comfyui_atelier.core import parallel as P
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    x = batch(*[drawing(200, 180, dark_on_light=True) for _ in range(6)])
+    C.AtelierLineart().extract(x, resolution=0)
+    assert [(v, t) for v, t, _ in progress_hook] == [(i, 6) for i in range(1, 7)]
+    assert {th for _, _, th in progress_hook} == {threading.get_ident()}
+
+
+def test_an_interrupt_from_the_progress_bar_stops_a_batch(C, monkeypatch, progress_hook):
+    """ComfyUI raises its interrupt from the progress hook: the node raises it, and no lane runs on after."""
+    import comfy.utils
+    from comfyui_atelier.core import parallel as P
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    traced = []
+    real = C.E.lineart_image
+    monkeypatch.setattr(C.E, "lineart_image", lambda *a, **k: (traced.append(1), real(*a, **k))[1])
+
+    class Interrupted(Exception):
+        pass
+
+    def hook(value, total, *a, **k):
+        raise Interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    x = batch(*[drawing(200, 180, dark_on_light=True) for _ in range(40)])
+    with pytest.raises(Interrupted):
+        C.AtelierLineart().extract(x, resolution=0)
+    n = len(traced)
+    assert n < 40
+    time.sleep(0.05)
+    assert len(traced) == n
 
 
 # --------------------------------------------------------------------------- row bands (core.parallel)

@@ -4,6 +4,7 @@ test_conditioners_nodes.py; nothing here imports comfyui_atelier.nodes, whose fa
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -78,3 +79,94 @@ def test_banded_gray_is_the_one_band_bytes(split_everything, monkeypatch, shape)
     # what Save Image writes, truncated, then BT.601 (the contract of to_gray_u8)
     want = (np.clip(img * np.float32(255), 0, 255).astype(np.uint8) @ np.array([0.299, 0.587, 0.114])).round()
     assert np.abs(banded.astype(int) - want).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# for_items: one image per CPU at a time (the conditioners' batches)
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 17])
+def test_items_each_run_once_and_are_reported_in_the_caller(monkeypatch, n):
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    ran, reported, lock = [], [], threading.Lock()
+    caller = threading.get_ident()
+
+    def fn(i):
+        with lock:
+            ran.append((i, threading.get_ident()))
+
+    P.for_items(fn, n, on_done=lambda i: reported.append((i, threading.get_ident())))
+    assert sorted(i for i, _ in ran) == list(range(n))
+    assert sorted(i for i, _ in reported) == list(range(n))
+    assert all(t == caller for _, t in reported)  # the progress bar is only touched by the calling thread
+    if n >= 2:
+        assert all(t != caller for _, t in ran)  # items ran in the pool's lanes
+
+
+def test_items_run_side_by_side(monkeypatch):
+    """Two lanes really overlap: each item waits until the other lane has started one."""
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    both = threading.Barrier(2, timeout=20)
+    P.for_items(lambda i: both.wait(), 2)  # a sequential run would time out on the barrier
+
+
+def test_an_item_error_stops_new_items_and_is_raised_after_the_running_ones(monkeypatch):
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    started, finished, lock = [], [], threading.Lock()
+    gate = threading.Event()
+
+    def fn(i):
+        with lock:
+            started.append(i)
+        if i == 0:
+            gate.wait(timeout=20)  # still running when item 1 fails
+            with lock:
+                finished.append(i)
+            return
+        gate.set()
+        raise ValueError(f"item {i}")
+
+    with pytest.raises(ValueError, match="item 1"):
+        P.for_items(fn, 50)
+    assert finished == [0]  # the running item was waited for
+    assert len(started) < 50  # and no new item started after the error (at most one per lane raced it)
+
+
+def test_an_on_done_error_stops_the_lanes(monkeypatch):
+    """ComfyUI's interrupt is raised by the progress bar's update: nothing more runs, and nothing is left
+    running when the call returns."""
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    running = []
+
+    class Interrupted(Exception):
+        pass
+
+    def fn(i):
+        running.append(i)
+        time.sleep(0.002)  # 1000 items would take a second: the interrupt comes long before
+
+    def on_done(i):
+        raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        P.for_items(fn, 1000, on_done=on_done)
+    count = len(running)
+    assert count < 100
+    time.sleep(0.05)
+    assert len(running) == count  # no lane went on after the call returned
+
+
+def test_items_inside_a_pool_thread_or_on_one_cpu_run_in_order_in_that_thread(monkeypatch):
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+
+    def task():
+        seen = []
+        P.for_items(lambda i: seen.append((i, threading.get_ident())), 5, on_done=lambda i: seen.append(-1))
+        return seen, threading.get_ident()
+
+    seen, ident = P.pool().submit(task).result(timeout=30)
+    assert seen == [x for i in range(5) for x in ((i, ident), -1)]
+    monkeypatch.setattr(P, "cpus", lambda: 1)
+    seen = []
+    P.for_items(lambda i: seen.append(threading.get_ident()), 3)
+    assert seen == [threading.get_ident()] * 3
