@@ -290,6 +290,10 @@ def _speck_cases():
     yield "all on", np.full((9, 13), 255, np.uint8)
     yield "all off", np.zeros((9, 13), np.uint8)
     yield "checkerboard", ((np.indices((33, 35)).sum(0) % 2) * 255).astype(np.uint8)
+    half = (rng.random((80, 70)) < 0.02).astype(np.uint8) * 255
+    half[:40] = 255  # a band with no sparse window at all above one of dust
+    yield "filled top, dust below", half
+    yield "dust top, filled below", half[::-1].copy()
     stripes = np.zeros((40, 40), np.uint8)
     stripes[:, ::2] = 255  # 1 px columns: 40 px blobs with 3-pixel windows
     yield "1 px stripes", stripes
