@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import AtelierError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+from ..core.files import images_by_id
 _ID_BAD = re.compile(r"[\\/\x00-\x1f<>:\"|?*]")
 
 
@@ -186,27 +185,6 @@ def _captions_records(images_dir: str | None, captions: str | None, id_column: s
     return captions, records
 
 
-def _images_by_id(images_dir: str | None) -> dict[str, str]:
-    """Image files of the folder by id (file stem); two files with one id raise."""
-    images: dict[str, str] = {}
-    dup_images: dict[str, list[str]] = {}
-    if images_dir is None:
-        return images
-    for name in sorted(os.listdir(images_dir)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in IMAGE_EXTS or name.startswith("."):
-            continue
-        key = stem.strip()
-        if key in images:
-            dup_images.setdefault(key, [os.path.basename(images[key])]).append(name)
-        images[key] = os.path.join(images_dir, name)
-    if dup_images:
-        lines = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(dup_images.items()))
-        raise AtelierError(f"several image files share an id in '{images_dir}': {lines}",
-                           expected="one image per id", fix="remove or rename the extra files")
-    return images
-
-
 def _row_image(rid: str, rec: dict, line: int, *, images: dict, images_dir: str | None, captions: str,
                image_column: str, require_images: bool, check_images: bool) -> tuple[str | None, str | None]:
     """(image path or None, problem or None) of one captions row."""
@@ -244,7 +222,7 @@ def load_dataset(images_dir: str | None, captions: str | None = None, *, id_colu
     if on_problem not in ("skip", "fail"):
         raise ValueError("on_problem must be 'skip' or 'fail'")
     captions, records = _captions_records(images_dir, captions, id_column)
-    images = _images_by_id(images_dir)
+    images = images_by_id(images_dir) if images_dir is not None else {}
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     dups: dict[str, list[int]] = {}

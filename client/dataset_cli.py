@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from ..core import files
 from ..core.errors import AtelierError
 from . import dataset as ds
 from .progress import ProgressBar
@@ -93,7 +94,7 @@ def images_by_id(folder: str, what: str = "image folder") -> dict[str, str]:
     if not os.path.isdir(folder):
         raise AtelierError(f"{what} '{folder}' does not exist", expected="a folder of images",
                            fix="check the path.")
-    found = ds._images_by_id(folder)
+    found = files.images_by_id(folder)
     for sid in found:
         ds.check_id(sid, f"{what} '{folder}'")
     return found

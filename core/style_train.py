@@ -47,7 +47,6 @@ DEFAULT_RESOLUTION = 512
 DEFAULT_STRENGTH = 0.01
 CROP_MODES = ("center", "stretch", "pad")
 
-IMAGE_EXTS = tl.IMAGE_EXTS
 UNET_LORA_TARGETS = lora_export.UNET_TARGETS
 TE_LORA_TARGETS = lora_export.TE_TARGETS
 # The loop, checkpoints and LoRA export are shared with the LoRA trainer (core/train_loop.py,

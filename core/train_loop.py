@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from .errors import AtelierError
+from .files import IMAGE_EXTS, images_by_id
 
 if TYPE_CHECKING:  # annotations only
     import torch
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -105,17 +105,11 @@ def captioned_images(folder, token: str = "", *, input: str = "images") -> Itera
                            expected="a folder of images (captions in <id>.txt or images/metadata.jsonl)")
     d = image_folder(src)
     meta = _metadata_captions(d, input)
-    paths = [p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
-    if not paths:
+    found = images_by_id(d, input=input)
+    if not found:
         raise AtelierError(f"no images in '{d}'", input=input, expected=f"image files ({', '.join(IMAGE_EXTS)})")
-    seen: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in seen:
-            raise AtelierError(f"two images share the id '{p.stem}' ({seen[p.stem].name}, {p.name})", input=input,
-                               expected="one image per id (the file name without its extension)",
-                               fix="rename or remove one of them")
-        seen[p.stem] = p
-    for rid, p in seen.items():
+    for rid, path in found.items():
+        p = Path(path)
         with Image.open(p) as im:
             arr = np.asarray(im.convert("RGBA" if "A" in im.getbands() else "RGB"), dtype=np.float32) / 255.0
         cap_file = p.with_suffix(".txt")

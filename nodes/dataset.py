@@ -25,6 +25,7 @@ from ..core import dataset_prep as dp
 from ..core.budget import check_size
 from ..core.cache import FileCache, file_stamp
 from ..core.errors import AtelierError
+from ..core.files import images_by_id
 from ..core.finite import check_finite
 from ..core.folders import list_files
 from ..core.images import from_uint8, image_batch, rgb_uint8
@@ -139,17 +140,15 @@ class AtelierDatasetFilter:
         return self._out([by_id[i] for i in report.kept], report)
 
     def _filter_folder(self, folder, cond_folder, rules, node):
-        from ..client.dataset import _images_by_id  # stdlib only: the batch client's id rule (file stems)
-
         root = folder_paths.get_input_directory()
         path = C.confine(folder, [root], kind="dir", what="folder", node=node, input="folder",
                          fix="type the name of a subfolder of ComfyUI's input folder (e.g. my_dataset).")
-        found = _images_by_id(path)
+        found = images_by_id(path, node=node, input="folder")
         cond = {}
         if cond_folder:
             cpath = C.confine(cond_folder, [root], kind="dir", what="folder", node=node, input="conditioning_folder",
                               fix="type the name of a subfolder of ComfyUI's input folder, or leave it empty.")
-            cond = _images_by_id(cpath)
+            cond = images_by_id(cpath, node=node, input="conditioning_folder")
         samples = {i: [p] + ([cond[i]] if i in cond else []) for i, p in found.items()}
         progress = Progress(len(samples))
         report = dp.filter_files(samples, rules, progress=progress.callback(), node=node)

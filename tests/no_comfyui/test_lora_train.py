@@ -123,7 +123,7 @@ def test_bad_inputs(tmp_path):
     d = LT.write_lora_dataset(tmp_path / "d", n=2)
     from PIL import Image
     Image.new("RGB", (64, 64)).save(d / "images" / "pic00.jpg")
-    with pytest.raises(AtelierError, match="two images share the id 'pic00'"):
+    with pytest.raises(AtelierError, match="share an id in .*pic00: pic00.jpg, pic00.png"):
         list(TL.captioned_images(d))
     (d / "images" / "pic00.jpg").unlink()
     (d / "images" / "metadata.jsonl").write_text('{"file_name": 3}\n')
