@@ -61,8 +61,7 @@ def for_row_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
             raise e
 
 
-def for_items(fn: Callable[[int], None], n: int, *, on_done: Callable[[int], None] | None = None,
-              lanes: int | None = None) -> None:
+def for_items(fn: Callable[[int], None], n: int, *, on_done: Callable[[int], None] | None = None) -> None:
     """Call ``fn(i)`` for every ``i`` in ``0..n-1``, one item per CPU at a time (at most 8 lanes, pool threads
     taking the next item as they finish one), and ``on_done(i)`` in the calling thread as each item ends.
 
@@ -73,7 +72,7 @@ def for_items(fn: Callable[[int], None], n: int, *, on_done: Callable[[int], Non
     ``on_done`` (e.g. ComfyUI's interrupt, raised by the progress bar) no new item starts; the call returns
     only when the running ones have ended, and re-raises the first error. Sequential (in the calling thread)
     for one item, one CPU, or when called from a pool thread. ``fn`` must write only its own item's data."""
-    lanes = min(cpus(), 8, n) if lanes is None else min(lanes, n)
+    lanes = min(cpus(), 8, n)
     if lanes < 2 or threading.current_thread().name.startswith(_PREFIX):
         for i in range(n):
             fn(i)
