@@ -537,3 +537,21 @@ def test_otsu_from_histogram_matches_opencv():
         t_cv, _ = cv2.threshold(g, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
         assert E.otsu_threshold(E.histogram(g)) == int(t_cv)
     assert E.otsu_threshold(np.zeros(256)) == 0
+
+
+def test_line_strength_tables_are_shared_and_read_only():
+    """The tables are cached per (polarity, ground[, threshold]): the same object each time, which no caller
+    can change, with the values of the formula."""
+    for pol, ground in (("dark_on_light", 230), ("light_on_dark", 20), ("dark_on_light", 0), ("light_on_dark", 255)):
+        lut = E.line_strength_lut(pol, ground)
+        assert lut is E.line_strength_lut(pol, ground) and not lut.flags.writeable
+        v = np.arange(256, dtype=np.float32)
+        s = (ground - v) * (255.0 / max(ground, 1)) if pol == "dark_on_light" else \
+            (v - ground) * (255.0 / max(255 - ground, 1))
+        np.testing.assert_array_equal(lut, np.clip(np.rint(s), 0, 255).astype(np.uint8))
+        for t in (0, 100, 254):
+            b = E._binary_lut(pol, ground, t)
+            assert not b.flags.writeable
+            np.testing.assert_array_equal(b, np.where(lut > t, 255, 0).astype(np.uint8))
+        with pytest.raises(ValueError):
+            lut[0] = 1
