@@ -31,6 +31,11 @@ def pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _in_pool() -> bool:
+    """Is the calling thread one of the pool's? (Its work must not wait on tasks queued behind it.)"""
+    return threading.current_thread().name.startswith(_PREFIX)
+
+
 #: below this many pixels a split costs more than it saves: at 512² a hand-off (~20-40 us) and two threads
 #: contending with OpenCV's own spinning workers made a 0.5 ms call 10-20 % slower; from 1024² it pays
 MIN_SPLIT_PIXELS = 1_000_000
@@ -46,7 +51,7 @@ def for_row_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
         fn(0, h)
         return
     n = min(cpus(), 8, h)
-    if n < 2 or threading.current_thread().name.startswith(_PREFIX):
+    if n < 2 or _in_pool():
         fn(0, h)
         return
     step = -(-h // n)
@@ -73,7 +78,7 @@ def for_items(fn: Callable[[int], None], n: int, *, on_done: Callable[[int], Non
     only when the running ones have ended, and re-raises the first error. Sequential (in the calling thread)
     for one item, one CPU, or when called from a pool thread. ``fn`` must write only its own item's data."""
     lanes = min(cpus(), 8, n)
-    if lanes < 2 or threading.current_thread().name.startswith(_PREFIX):
+    if lanes < 2 or _in_pool():
         for i in range(n):
             fn(i)
             if on_done is not None:

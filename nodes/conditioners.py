@@ -87,7 +87,7 @@ def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[to
                                node=node, input="image", fix="report this as a bug of the pack.")
         _to_float_outputs(lines, mask[i], image[i])
 
-    try:  # a batch runs one image per CPU at a time (0.6-0.9x the time of one image after the other)
+    try:  # a batch runs one image per CPU at a time (0.7-0.95x the time of one image after the other)
         for_items(one, b, on_done=lambda i: progress.step())
     except NonFinitePixels as exc:  # fn converts with finite="refuse": name every bad image, not just this one
         check_finite(xs, node=node, input="image")
