@@ -44,7 +44,7 @@ from .budget import check_size
 from .errors import AtelierError
 # ranking, selection and verdict text (shared with the read-back family), re-exported for this family's callers
 from .selection import compare_text, gate, keep_or_best, order_by_score, select  # noqa: F401
-from .images import to_uint8, to_uint8_into
+from .images import strip_rows, to_uint8, to_uint8_into
 from .parallel import cpus, pool
 from .weights import Reader, read_weights
 
@@ -230,11 +230,6 @@ def crop_resize_size(h: int, w: int, size: int = 224, n: int = 0, node: str | No
     return nh, nw
 
 
-#: rows converted per step: a chunk's float32 temporaries stay in the CPU cache (a whole 1024 x 1024 image's
-#: would be 12 MB each), which makes the conversion faster; the values are the same as in one step.
-_ROWS = 64
-
-
 def _rgb_uint8(item, n: int = 0) -> np.ndarray:
     """One image (float [H,W,C] 0..1 array/tensor, or uint8 [H,W,3]) -> uint8 RGB [H,W,3]: to_uint8_rgb's
     values (Save Image's 8 bits, composited on white), converted in row chunks."""
@@ -245,9 +240,10 @@ def _rgb_uint8(item, n: int = 0) -> np.ndarray:
     h, w = int(item.shape[0]), int(item.shape[1])
     out = np.empty((h, w, 3), dtype=np.uint8)
     if isinstance(item, np.ndarray) and item.shape[-1] == 3:  # the common case: straight into the output
-        return to_uint8_into(item, out, rows=_ROWS)
-    for r in range(0, h, _ROWS):
-        out[r:r + _ROWS] = to_uint8_rgb(item[r:r + _ROWS])[0]
+        return to_uint8_into(item, out)
+    k = strip_rows(item)  # chunks whose float temporaries stay in the CPU cache (core.images.STRIP_BYTES)
+    for r in range(0, h, k):
+        out[r:r + k] = to_uint8_rgb(item[r:r + k])[0]
     return out
 
 
@@ -260,7 +256,7 @@ def _pil_rgbx(item, n: int = 0) -> Image.Image:
     h, w = int(item.shape[0]), int(item.shape[1])
     rgbx = np.empty((h, w, 4), np.uint8)
     if isinstance(item, np.ndarray) and item.dtype == np.float32 and item.ndim == 3 and item.shape[-1] == 3:
-        to_uint8_into(item, rgbx, rows=_ROWS, convert=cv2.COLOR_RGB2RGBA)
+        to_uint8_into(item, rgbx, convert=cv2.COLOR_RGB2RGBA)
     else:
         cv2.cvtColor(np.ascontiguousarray(_rgb_uint8(item, n)), cv2.COLOR_RGB2RGBA, dst=rgbx)
     return Image.frombuffer("RGBX", (w, h), rgbx, "raw", "RGBX", 0, 1)

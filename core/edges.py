@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from .errors import AtelierError
-from .images import to_uint8, to_uint8_into
+from .images import to_uint8_into
 from .parallel import for_row_bands
 
 #: ComfyUI's own MAX_RESOLUTION; no side we produce is longer than this.
@@ -69,22 +69,20 @@ def _check_image(img: np.ndarray, node: str | None, input: str) -> np.ndarray:
     return img
 
 
-def _to_u8_strips(img: np.ndarray, rows: int = 256, *, finite: bool | str = False) -> np.ndarray:
-    """Float ``[H,W(,C)]`` -> uint8 with Save Image's conversion (:func:`core.images.to_uint8`), a strip of
-    rows at a time so a large image never needs a full-size float temporary."""
-    if img.shape[0] <= rows:
-        return to_uint8(img, finite=finite)
-    return to_uint8_into(img, np.empty(img.shape, np.uint8), rows=rows, finite=finite)
+def _to_u8_strips(img: np.ndarray, *, finite: bool | str = False) -> np.ndarray:
+    """Float ``[H,W(,C)]`` -> uint8 with Save Image's conversion (:func:`core.images.to_uint8`), a cache-sized
+    strip of rows at a time (:func:`core.images.to_uint8_into`): no full-size float temporary, and faster."""
+    return to_uint8_into(img, np.empty(img.shape, np.uint8), finite=finite)
 
 
-def _rgb_to_gray_strips(img: np.ndarray, rows: int = 256, *, finite: bool | str = False) -> np.ndarray:
+def _rgb_to_gray_strips(img: np.ndarray, *, finite: bool | str = False) -> np.ndarray:
     """Float RGB ``[H,W,3]`` -> uint8 gray: Save Image's conversion then BT.601 luma, a strip of rows at a time,
     each strip's uint8 RGB turned to gray while it is still in cache (same bytes as converting it whole;
     :func:`core.images.to_uint8_into`). A large image is converted in one band of strips per CPU
     (core.parallel: numpy and OpenCV release the GIL): 0.6-0.75x the time on two cores from 1024²."""
     h, w = img.shape[:2]
     out = np.empty((h, w), np.uint8)
-    for_row_bands(lambda r0, r1: to_uint8_into(img[r0:r1], out[r0:r1], rows=rows, finite=finite,
+    for_row_bands(lambda r0, r1: to_uint8_into(img[r0:r1], out[r0:r1], finite=finite,
                                                convert=cv2.COLOR_RGB2GRAY), h, w)
     return out
 

@@ -36,6 +36,16 @@ def _in_pool() -> bool:
     return threading.current_thread().name.startswith(_PREFIX)
 
 
+_BAND = threading.local()  # .active: the calling thread runs the first of several row bands
+
+
+def in_parallel() -> bool:
+    """Is the calling thread doing one of several pieces of work that run at the same time (a pool task, or
+    the first band of :func:`for_row_bands`)? Then other threads take the GIL between its numpy/OpenCV calls,
+    and fewer, larger calls are faster (core.images.strip_rows)."""
+    return _in_pool() or getattr(_BAND, "active", False)
+
+
 #: below this many pixels a split costs more than it saves: at 512² a hand-off (~20-40 us) and two threads
 #: contending with OpenCV's own spinning workers made a 0.5 ms call 10-20 % slower; from 1024² it pays
 MIN_SPLIT_PIXELS = 1_000_000
@@ -57,9 +67,11 @@ def for_row_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
     step = -(-h // n)
     bounds = [(r, min(h, r + step)) for r in range(0, h, step)]
     futures = [pool().submit(fn, r0, r1) for r0, r1 in bounds[1:]]
+    was, _BAND.active = in_parallel(), True
     try:
         fn(*bounds[0])
     finally:
+        _BAND.active = was
         errors = [f.exception() for f in futures]  # waits for every band, even when ours failed
     for e in errors:
         if e is not None:

@@ -10,6 +10,7 @@ import torch
 from comfyui_atelier.core import budget, images
 from comfyui_atelier.core.cache import FileCache
 from comfyui_atelier.core.errors import AtelierError
+from comfyui_atelier.core.finite import NonFinitePixels
 
 
 def test_image_batch_shapes_and_errors():
@@ -47,6 +48,65 @@ def test_to_uint8_matches_save_image():
     assert images.to_uint8(torch.tensor([float("nan")]))[0] == 0
     a = (np.arange(256, dtype=np.uint8)).reshape(16, 16, 1)
     assert np.array_equal(images.to_uint8(images.from_uint8(a)), a)  # a PNG round-trips exactly
+
+
+def _save_image_u8(a: np.ndarray) -> np.ndarray:
+    """ComfyUI Save Image's conversion, written out: x 255, clip, NaN to 0, truncate."""
+    return np.nan_to_num(np.clip(a * np.float32(255), 0, 255), nan=0.0).astype(np.uint8)
+
+
+def test_unit_range_test_is_exact_at_its_edges():
+    """The in-range fast path of to_uint8 (no clip, no finite sum) is taken exactly for +0.0..1.0."""
+    inside = np.array([0.0, 1e-45, 0.5, np.nextafter(np.float32(1), np.float32(0)), 1.0], np.float32)
+    assert images._in_unit_range(inside) and images._in_unit_range(np.empty(0, np.float32))
+    for bad in (-0.0, -1e-45, np.nextafter(np.float32(1), np.float32(2)), 2.0, np.nan, -np.nan, np.inf, -np.inf,
+                np.finfo(np.float32).max):
+        a = np.full((3, 4), 0.25, np.float32)
+        a[2, 1] = bad
+        assert not images._in_unit_range(a), bad
+    strided = np.full((4, 6), 0.5, np.float32)  # a strided view is read as it is
+    strided[1, 4] = 1.5
+    assert not images._in_unit_range(strided[:, ::2])
+
+
+@pytest.mark.parametrize("rows", [None, 1, 7, 64, 10**6])
+@pytest.mark.parametrize("finite", [False, True, "refuse"])
+def test_to_uint8_into_gives_save_image_bytes_in_and_out_of_range(rows, finite):
+    rng = np.random.default_rng(5)
+    unit = rng.random((97, 61, 3), dtype=np.float32)
+    unit[0, 0], unit[1, 1] = 0.0, 1.0
+    wide = unit * np.float32(1.4) - np.float32(0.2)  # some strips out of range, some in
+    wide[:40] = unit[:40]
+    for img in (unit, wide):
+        out = images.to_uint8_into(img, np.empty(img.shape, np.uint8), rows=rows, finite=finite)
+        assert np.array_equal(out, _save_image_u8(img))
+    if finite is not True:  # one bad value in an otherwise 0..1 strip: refused, or 0 as Save Image gives it
+        for bad in (np.nan, np.inf, -np.inf):
+            img = unit.copy()
+            img[50, 30, 1] = bad
+            if finite == "refuse":
+                with pytest.raises(NonFinitePixels):
+                    images.to_uint8_into(img, np.empty(img.shape, np.uint8), rows=rows, finite=finite)
+            else:
+                out = images.to_uint8_into(img, np.empty(img.shape, np.uint8), rows=rows, finite=finite)
+                assert np.array_equal(out, _save_image_u8(img))
+
+
+def test_strips_are_cache_sized_alone_and_large_beside_other_threads(monkeypatch):
+    from comfyui_atelier.core import parallel as P
+    img = np.zeros((4000, 512, 3), np.float32)
+    assert images.strip_rows(img) == images.STRIP_BYTES // (512 * 3 * 4)
+    assert images.strip_rows(np.zeros((5, 10**7), np.float32)) == 1
+    assert P.pool().submit(images.strip_rows, img).result(timeout=30) == images.PARALLEL_STRIP_BYTES // (512 * 12)
+    monkeypatch.setattr(P, "MIN_SPLIT_PIXELS", 0)
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    seen = {}
+    P.for_row_bands(lambda r0, r1: seen.setdefault(r0, images.strip_rows(img)), 100, 10)
+    assert set(seen.values()) == {images.PARALLEL_STRIP_BYTES // (512 * 12)} and len(seen) == 2
+    assert images.strip_rows(img) == images.STRIP_BYTES // (512 * 12)  # the caller's flag is put back
+    with pytest.raises(ValueError):
+        P.for_row_bands(lambda r0, r1: (_ for _ in ()).throw(ValueError("x")), 100, 10)
+    assert not P.in_parallel()
 
 
 def test_rgb_uint8_is_to_rgb_then_to_uint8():
