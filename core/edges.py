@@ -230,6 +230,20 @@ def _binary_lut(polarity: Polarity, ground: int, threshold: int) -> np.ndarray:
     return lut
 
 
+@functools.lru_cache(maxsize=4096)
+def _binary_cut(polarity: Polarity, ground: int, threshold: int) -> tuple[int, int]:
+    """``(thresh, type)`` for cv2.threshold that gives :func:`_binary_lut`'s map in one SIMD pass (~0.2x a
+    LUT's time). The strength falls (dark lines) or rises (light lines) with the gray level, so the line
+    levels are 0..k-1 or 256-k..255."""
+    on = np.flatnonzero(_binary_lut(polarity, ground, threshold))
+    k = int(on.size)
+    if polarity == "dark_on_light":
+        assert not k or on[-1] == k - 1, "the strength of dark lines falls as the gray level rises"
+        return k - 1, cv2.THRESH_BINARY_INV  # 255 where gray <= k - 1 (k = 0: nowhere)
+    assert not k or on[0] == 256 - k, "the strength of light lines rises with the gray level"
+    return 255 - k, cv2.THRESH_BINARY  # 255 where gray > 255 - k (k = 0: nowhere)
+
+
 def otsu_threshold(hist: np.ndarray) -> int:
     """Otsu's threshold from a 256-bin histogram (same rule as OpenCV: lines are ``v > t``; first maximum wins)."""
     h = np.asarray(hist, np.float64)
@@ -389,7 +403,8 @@ def lineart(gray: np.ndarray, *, polarity: Literal["auto", "dark_on_light", "lig
     if threshold is None:  # Otsu on the strength histogram, derived from the gray one (no extra pass)
         strength_hist = np.bincount(lut, weights=hist, minlength=256)
         threshold = otsu_threshold(strength_hist) if strength_hist[1:].any() else 255  # 255: only ground
-    mask = cv2.LUT(gray, _binary_lut(pol, int(ground), int(threshold)))  # strength + threshold in one pass
+    cut, kind = _binary_cut(pol, int(ground), int(threshold))  # strength + threshold in one pass
+    mask = cv2.threshold(gray, cut, 255, kind)[1]
     out = mask if binarize_lines else cv2.LUT(gray, lut)
     if min_speck_area > 1:  # blobs are judged on the binarised lines, also when the output stays soft
         out = remove_specks(out, min_speck_area, support=mask, binary_support=True)

@@ -555,3 +555,15 @@ def test_line_strength_tables_are_shared_and_read_only():
             np.testing.assert_array_equal(b, np.where(lut > t, 255, 0).astype(np.uint8))
         with pytest.raises(ValueError):
             lut[0] = 1
+
+
+def test_binary_map_by_threshold_is_the_table_for_every_ground_and_threshold():
+    """lineart makes its line mask with one cv2.threshold instead of the binary table: the same map for every
+    gray level, polarity, ground and threshold (the line levels are one run at the dark or light end)."""
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for pol in ("dark_on_light", "light_on_dark"):
+        for ground in range(256):
+            for t in range(256):
+                cut, kind = E._binary_cut(pol, ground, t)
+                np.testing.assert_array_equal(cv2.threshold(ramp, cut, 255, kind)[1],
+                                              E._binary_lut(pol, ground, t)[ramp], err_msg=f"{pol} {ground} {t}")
