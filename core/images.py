@@ -92,15 +92,21 @@ def to_uint8(image: torch.Tensor | np.ndarray, *, finite: bool | str = False, ou
         out[...] = image
         return out
     src = np.asarray(image, dtype=np.float32)
+    if _in_unit_range(src):  # the common case (VAE Decode, Load Image): x 255 needs no clip, nothing is NaN
+        if out is None:
+            out = np.empty(src.shape, np.uint8)
+        # the float product is truncated straight into the output (numpy casts it in small buffers): one
+        # pass fewer than product then cast, 0.6x the time on a whole 512² image
+        np.multiply(src, np.float32(255.0), out=out, casting="unsafe")
+        return out
     a = None if scratch is None else scratch.reshape(-1)[:src.size].reshape(src.shape)
     a = np.multiply(src, np.float32(255.0), out=a)
-    if not _in_unit_range(src):  # rare (VAE Decode and Load Image give 0..1): out-of-range, NaN or inf values
-        if finite == "refuse" and not sum_is_finite(src):
-            raise NonFinitePixels("the image contains NaN/inf pixels",
-                                  expected="finite pixels (ComfyUI images are 0..1)", fix=VAE_NAN_FIX)
-        np.clip(a, 0, 255, out=a)
-        if not finite and np.isnan(a).any():  # checked first: nan_to_num costs ten times a clip, and NaN is rare
-            np.nan_to_num(a, copy=False, nan=0.0)
+    if finite == "refuse" and not sum_is_finite(src):
+        raise NonFinitePixels("the image contains NaN/inf pixels",
+                              expected="finite pixels (ComfyUI images are 0..1)", fix=VAE_NAN_FIX)
+    np.clip(a, 0, 255, out=a)
+    if not finite and np.isnan(a).any():  # checked first: nan_to_num costs ten times a clip, and NaN is rare
+        np.nan_to_num(a, copy=False, nan=0.0)
     if out is None:
         return a.astype(np.uint8)
     np.copyto(out, a, casting="unsafe")
