@@ -80,6 +80,7 @@ def test_to_uint8_into_gives_save_image_bytes_in_and_out_of_range(rows, finite):
     for img in (unit, wide):
         out = images.to_uint8_into(img, np.empty(img.shape, np.uint8), rows=rows, finite=finite)
         assert np.array_equal(out, _save_image_u8(img))
+        assert np.array_equal(images.to_uint8(img, finite=finite), _save_image_u8(img))  # no out, whole
     if finite is not True:  # one bad value in an otherwise 0..1 strip: refused, or 0 as Save Image gives it
         for bad in (np.nan, np.inf, -np.inf):
             img = unit.copy()
