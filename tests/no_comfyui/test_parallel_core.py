@@ -170,3 +170,53 @@ def test_items_inside_a_pool_thread_or_on_one_cpu_run_in_order_in_that_thread(mo
     seen = []
     P.for_items(lambda i: seen.append(threading.get_ident()), 3)
     assert seen == [threading.get_ident()] * 3
+
+
+@pytest.fixture
+def opencv_threads():
+    """OpenCV at a thread count no default has (3), put back to what it was after the test."""
+    import cv2
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    yield cv2
+    cv2.setNumThreads(before)
+
+
+def test_lanes_run_opencv_on_one_thread_and_put_its_count_back(monkeypatch, opencv_threads):
+    cv2 = opencv_threads
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    seen = []
+    P.for_items(lambda i: seen.append(cv2.getNumThreads()), 6)
+    assert seen == [1] * 6 and cv2.getNumThreads() == 3
+    with pytest.raises(ValueError):  # an error in a lane, or an interrupt, puts it back too
+        P.for_items(lambda i: (_ for _ in ()).throw(ValueError("x")), 6)
+    assert cv2.getNumThreads() == 3
+    with pytest.raises(KeyboardInterrupt):
+        P.for_items(lambda i: None, 6, on_done=lambda i: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert cv2.getNumThreads() == 3
+    seen = []
+    P.for_items(lambda i: seen.append(cv2.getNumThreads()), 1)  # one item: no lanes, nothing changed
+    assert seen == [3]
+
+
+def test_overlapping_batches_in_two_threads_restore_opencv_once(monkeypatch, opencv_threads):
+    """Two callers whose lanes overlap share one save: the count comes back when the last one ends, and it
+    is the count from before the first (not the 1 the first had set)."""
+    cv2 = opencv_threads
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    first_in, second_done = threading.Event(), threading.Event()
+
+    def slow(i):  # item 0 holds one pool thread until the second batch is done; item 1 leaves the other free
+        if i == 0:
+            first_in.set()
+            second_done.wait(timeout=20)
+
+    t = threading.Thread(target=P.for_items, args=(slow, 2))
+    t.start()
+    assert first_in.wait(timeout=20)
+    inside = []
+    P.for_items(lambda i: inside.append(cv2.getNumThreads()), 2)
+    assert inside == [1, 1] and cv2.getNumThreads() == 1  # the first batch still runs
+    second_done.set()
+    t.join(timeout=20)
+    assert cv2.getNumThreads() == 3
