@@ -124,11 +124,11 @@ def _in_unit_range(a: np.ndarray) -> bool:
     return not a.size or int(a.view(np.uint32).max()) <= _ONE_BITS
 
 
-#: bytes of float32 per strip in :func:`to_uint8_into`. Alone on a core, a strip whose product and uint8
-#: result stay in its L2 cache is fastest (2 MB-L2 Xeon, 512² RGB to gray: 0.70 ms at 384 KiB against
-#: 1.15 ms at 1.5 MiB and 0.95 ms at 128 KiB, where the per-call overhead starts to show). Beside other
-#: threads (row bands, a batch's lanes) each numpy/OpenCV call also waits for the GIL, and few large strips
-#: win instead: eight 512² images on two lanes, 3.7 ms at 3 MiB against 5.3 ms at 384 KiB.
+#: bytes of float32 per strip in :func:`to_uint8_into`. Alone on a core, a strip that stays in its L2 cache
+#: with its uint8 result is fastest (2 MB-L2 Xeon, RGB to gray: 512² 0.45 ms at 384 KiB against 0.56 ms at
+#: 1.5 MiB and 0.57 ms at 96 KiB, where the per-call overhead starts to show; 1024² 1.8 ms against 2.3 ms at
+#: 3 MiB). Beside other threads (row bands, a batch's lanes) each numpy/OpenCV call also waits for the GIL,
+#: and few large strips win instead: eight 512² images on two lanes, 3.4 ms at 3-8 MiB against 5.1 ms at 1 MiB.
 STRIP_BYTES = 384 * 1024
 PARALLEL_STRIP_BYTES = 4 * 1024 * 1024
 
