@@ -71,7 +71,7 @@ def for_row_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
     step = -(-h // n)
     bounds = [(r, min(h, r + step)) for r in range(0, h, step)]
     futures = [pool().submit(fn, r0, r1) for r0, r1 in bounds[1:]]
-    was, _BAND.active = in_parallel(), True
+    was, _BAND.active = getattr(_BAND, "active", False), True
     try:
         fn(*bounds[0])
     finally:
