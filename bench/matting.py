@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", help="PoolNet final.pth / .safetensors (default: seeded random weights)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--ref-cases", nargs="+", default=["512x1", "512x4", "1024x1"],
+    ap.add_argument("--ref-cases", nargs="*", default=["512x1", "512x4", "1024x1"],
                     help="SIDExBATCH cases timed against the reference forward (empty: skip)")
     ap.add_argument("--ref-big", type=int, default=2048, help="side of the peak-memory row vs the reference (0 = skip)")
     ap.add_argument("--repeats", type=int, default=3)

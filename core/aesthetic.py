@@ -241,7 +241,7 @@ def _rgb_uint8(item, n: int = 0) -> np.ndarray:
     out = np.empty((h, w, 3), dtype=np.uint8)
     if isinstance(item, np.ndarray) and item.shape[-1] == 3:  # the common case: straight into the output
         return to_uint8_into(item, out)
-    k = strip_rows(item)  # chunks whose float temporaries stay in the CPU cache (core.images.STRIP_BYTES)
+    k = strip_rows(item)  # chunks whose float temporaries stay in the CPU cache (core.images.strip_rows)
     for r in range(0, h, k):
         out[r:r + k] = to_uint8_rgb(item[r:r + k])[0]
     return out

@@ -6,6 +6,9 @@ scale by 255, clip, truncate) and an RGBA or gray input is treated the same way 
 """
 from __future__ import annotations
 
+import threading
+import time
+
 import cv2
 import numpy as np
 import torch
@@ -124,21 +127,54 @@ def _in_unit_range(a: np.ndarray) -> bool:
     return not a.size or int(a.view(np.uint32).max()) <= _ONE_BITS
 
 
-#: bytes of float32 per strip in :func:`to_uint8_into`. Alone on a core, a strip that stays in its L2 cache
-#: with its uint8 result is fastest (2 MB-L2 Xeon, RGB to gray: 512² 0.45 ms at 384 KiB against 0.56 ms at
-#: 1.5 MiB and 0.57 ms at 96 KiB, where the per-call overhead starts to show; 1024² 1.8 ms against 2.3 ms at
-#: 3 MiB). Beside other threads (row bands, a batch's lanes) each numpy/OpenCV call also waits for the GIL,
-#: and few large strips win instead: eight 512² images on two lanes, 3.4 ms at 3-8 MiB against 5.1 ms at 1 MiB.
-STRIP_BYTES = 384 * 1024
+#: bytes of float32 per strip in :func:`to_uint8_into` for a conversion that runs alone on a core: the faster
+#: of these two on this machine, timed once on first use (:func:`single_strip_bytes`). Which one wins depends
+#: on the CPU, not on the image: on a 2 MB-L2 Xeon a strip that stays in L2 with its uint8 result is fastest
+#: (512² RGB to gray 0.45 ms at 384 KiB against 0.56 ms at 1.5 MiB), on a 1 MB-L2 EPYC (Zen 5) the per-call
+#: cost of each strip outweighs that and the whole image in one call is (0.79-0.86x the 384 KiB time, where
+#: OpenCV's cvtColor also runs on two threads).
+STRIP_CHOICES = (384 * 1024, 4 * 1024 * 1024)
+#: beside other threads (row bands, a batch's lanes) each numpy/OpenCV call also waits for the GIL, and few
+#: large strips win: eight 512² images on two lanes, 3.4 ms at 3-8 MiB against 5.1 ms at 1 MiB
 PARALLEL_STRIP_BYTES = 4 * 1024 * 1024
+
+_single_strip: list = []  # [bytes] once chosen
+_choosing = threading.Lock()
+
+
+def single_strip_bytes() -> int:
+    """The strip size (bytes of float32) for a conversion alone on a core: the faster of
+    :data:`STRIP_CHOICES` at converting a 512² RGB image to gray (the fastest of 12 alternating runs each,
+    about 10 ms in all), timed the first time it is asked for in this process. Only speed depends on it: every strip size gives
+    the same bytes."""
+    if not _single_strip:
+        with _choosing:
+            if not _single_strip:
+                _single_strip.append(_time_strip_choices())
+    return _single_strip[0]
+
+
+def _time_strip_choices(side: int = 512, rounds: int = 12) -> int:
+    ramp = np.arange(side * side * 3, dtype=np.uint32) % 256
+    img = (ramp.astype(np.float32) * np.float32(1 / 255)).reshape(side, side, 3)
+    out = np.empty((side, side), np.uint8)
+    row = side * 3 * 4
+    times: dict[int, list[float]] = {c: [] for c in STRIP_CHOICES}
+    for r in range(rounds + 1):  # round 0 warms up
+        for c in STRIP_CHOICES if r % 2 else STRIP_CHOICES[::-1]:  # either goes first in turn
+            t = time.perf_counter()
+            to_uint8_into(img, out, rows=max(1, c // row), convert=cv2.COLOR_RGB2GRAY)
+            if r:
+                times[c].append(time.perf_counter() - t)
+    return min(STRIP_CHOICES, key=lambda c: (min(times[c]), c))  # the fastest run: least disturbed by load
 
 
 def strip_rows(image: np.ndarray) -> int:
     """Rows of ``image`` ``[H, ...]`` that make one strip of float32 for :func:`to_uint8_into` (at least 1):
-    :data:`STRIP_BYTES`, or :data:`PARALLEL_STRIP_BYTES` in a thread that runs beside others
+    :func:`single_strip_bytes`, or :data:`PARALLEL_STRIP_BYTES` in a thread that runs beside others
     (core.parallel.in_parallel)."""
     row = 4 * (int(np.prod(image.shape[1:])) if image.ndim > 1 else 1)
-    return max(1, (PARALLEL_STRIP_BYTES if in_parallel() else STRIP_BYTES) // max(row, 1))
+    return max(1, (PARALLEL_STRIP_BYTES if in_parallel() else single_strip_bytes()) // max(row, 1))
 
 
 def to_uint8_into(image: np.ndarray, out: np.ndarray, *, rows: int | None = None, finite: bool | str = False,

@@ -96,7 +96,7 @@ def test_to_uint8_into_gives_save_image_bytes_in_and_out_of_range(rows, finite):
 def test_strips_are_cache_sized_alone_and_large_beside_other_threads(monkeypatch):
     from comfyui_atelier.core import parallel as P
     img = np.zeros((4000, 512, 3), np.float32)
-    assert images.strip_rows(img) == images.STRIP_BYTES // (512 * 3 * 4)
+    assert images.strip_rows(img) == images.single_strip_bytes() // (512 * 3 * 4)
     assert images.strip_rows(np.zeros((5, 10**7), np.float32)) == 1
     assert P.pool().submit(images.strip_rows, img).result(timeout=30) == images.PARALLEL_STRIP_BYTES // (512 * 12)
     monkeypatch.setattr(P, "MIN_SPLIT_PIXELS", 0)
@@ -104,10 +104,36 @@ def test_strips_are_cache_sized_alone_and_large_beside_other_threads(monkeypatch
     seen = {}
     P.for_row_bands(lambda r0, r1: seen.setdefault(r0, images.strip_rows(img)), 100, 10)
     assert set(seen.values()) == {images.PARALLEL_STRIP_BYTES // (512 * 12)} and len(seen) == 2
-    assert images.strip_rows(img) == images.STRIP_BYTES // (512 * 12)  # the caller's flag is put back
+    assert images.strip_rows(img) == images.single_strip_bytes() // (512 * 12)  # the caller's flag is put back
     with pytest.raises(ValueError):
         P.for_row_bands(lambda r0, r1: (_ for _ in ()).throw(ValueError("x")), 100, 10)
     assert not P.in_parallel()
+
+
+def test_the_single_strip_size_is_timed_once_and_is_one_of_the_choices(monkeypatch):
+    from comfyui_atelier.core import parallel as P
+    monkeypatch.setattr(images, "_single_strip", [])
+    calls = []
+    real = images._time_strip_choices
+
+    def timed():
+        calls.append(1)
+        return real(side=128, rounds=2)
+
+    monkeypatch.setattr(images, "_time_strip_choices", timed)
+    picks = list(P.pool().map(lambda _: images.single_strip_bytes(), range(4))) + [images.single_strip_bytes()]
+    assert len(calls) == 1 and len(set(picks)) == 1 and picks[0] in images.STRIP_CHOICES
+    # the timing picks the faster choice: make one of them slow and it is never picked
+    slow = images.STRIP_CHOICES[0]
+    real_into = images.to_uint8_into
+
+    def into(image, out, *, rows=None, **kw):
+        if rows == max(1, slow // (image.shape[1] * 12)):
+            time.sleep(0.002)
+        return real_into(image, out, rows=rows, **kw)
+
+    monkeypatch.setattr(images, "to_uint8_into", into)
+    assert real(side=128, rounds=2) == images.STRIP_CHOICES[1]
 
 
 def test_rgb_uint8_is_to_rgb_then_to_uint8():
