@@ -187,15 +187,17 @@ def canny(gray: np.ndarray, low: float, high: float, *, blur_sigma: float = 0.0,
 # Line art
 # ---------------------------------------------------------------------------------------------------------
 
-def detect_polarity(gray: np.ndarray, hist: np.ndarray | None = None, margin: int = 24) -> Polarity:
+def detect_polarity(gray: np.ndarray, hist: np.ndarray | None = None, margin: int = 24,
+                    median: int | None = None) -> Polarity:
     """Is this a drawing of dark lines on a light ground or light lines on a dark ground?
 
     The ground is the median (lines are sparse); the lines are whatever departs from it by more than
     ``margin`` levels. Whichever side has more such pixels gives the line colour. A flat image, or one with
-    equally many of both, falls back to the ground's brightness (light ground -> dark lines).
+    equally many of both, falls back to the ground's brightness (light ground -> dark lines). ``median``: the
+    image's median when the caller has it already (:func:`median_u8`).
     """
     h = histogram(gray) if hist is None else hist
-    m = median_u8(gray, h)
+    m = median_u8(gray, h) if median is None else int(median)
     n_dark = int(h[: max(0, m - margin)].sum())
     n_light = int(h[min(256, m + margin + 1):].sum())
     if n_dark > n_light:
@@ -385,8 +387,8 @@ def lineart(gray: np.ndarray, *, polarity: Literal["auto", "dark_on_light", "lig
         raise AtelierError(f"unknown polarity {polarity!r}", input="polarity",
                            expected="'auto', 'dark_on_light' or 'light_on_dark'", fix="pick one from the list.")
     hist = histogram(gray)
-    pol: Polarity = detect_polarity(gray, hist) if polarity == "auto" else polarity
     ground = median_u8(gray, hist)
+    pol: Polarity = detect_polarity(gray, hist, median=ground) if polarity == "auto" else polarity
     # a drawing that is mostly ink still has its ground at the light (or dark) end, not at the median
     if pol == "dark_on_light" and ground < 128:
         ground = 255
