@@ -6,6 +6,7 @@ scale by 255, clip, truncate) and an RGBA or gray input is treated the same way 
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -32,7 +33,7 @@ def image_batch(image, node: str | None = None, input: str = "image") -> torch.T
         raise AtelierError(f"got {type(image).__name__}, not an image tensor", node=node, input=input,
                            expected="an IMAGE (float tensor [B,H,W,C] in 0..1)",
                            fix="connect an IMAGE output (Load Image, VAE Decode, ...).")
-    x = image.detach()
+    x = image.detach() if image.requires_grad else image  # (detach: a dispatcher call, ~10 us on a cold cache)
     if x.ndim == 2:
         x = x[None, :, :, None]
     elif x.ndim == 3:
@@ -45,7 +46,7 @@ def image_batch(image, node: str | None = None, input: str = "image") -> torch.T
         raise AtelierError(f"got an empty image batch of shape {tuple(image.shape)}", node=node, input=input,
                            expected="at least one image of at least 1x1 pixel",
                            fix="check the node that produces this image.")
-    if x.device.type != "cpu" or x.dtype != torch.float32:
+    if not x.is_cpu or x.dtype != torch.float32:
         x = x.to("cpu", torch.float32)
     return x
 
@@ -173,7 +174,7 @@ def strip_rows(image: np.ndarray) -> int:
     """Rows of ``image`` ``[H, ...]`` that make one strip of float32 for :func:`to_uint8_into` (at least 1):
     :func:`single_strip_bytes`, or :data:`PARALLEL_STRIP_BYTES` in a thread that runs beside others
     (core.parallel.in_parallel)."""
-    row = 4 * (int(np.prod(image.shape[1:])) if image.ndim > 1 else 1)
+    row = 4 * math.prod(image.shape[1:])  # (math.prod: np.prod costs ~2.5 us a call, a fifth of a small image's)
     return max(1, (PARALLEL_STRIP_BYTES if in_parallel() else single_strip_bytes()) // max(row, 1))
 
 
