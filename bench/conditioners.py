@@ -305,9 +305,8 @@ def main(argv=None) -> int:
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), OpenCV {cv2.__version__} "
           f"({cv2.getNumThreads()} threads)")
     from comfyui_atelier.core import images
-    if hasattr(images, "single_strip_bytes"):  # (absent from older checkouts, for A/B runs)
-        print(f"# float->uint8 strips alone on a core: {images.single_strip_bytes() >> 10} KiB, timed on this "
-              f"machine (core.images.single_strip_bytes)")
+    print(f"# float->uint8 strips alone on a core: {images.single_strip_bytes() >> 10} KiB, timed on this "
+          f"machine (core.images.single_strip_bytes)")
     results = []
     for size in a.sizes:
         for kind in a.inputs:

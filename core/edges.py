@@ -24,7 +24,6 @@ import numpy as np
 
 from .errors import AtelierError
 from .images import to_uint8_into
-from . import parallel
 from .parallel import for_row_bands
 
 #: ComfyUI's own MAX_RESOLUTION; no side we produce is longer than this.
@@ -83,8 +82,6 @@ def _rgb_to_gray_strips(img: np.ndarray, *, finite: bool | str = False) -> np.nd
     (core.parallel: numpy and OpenCV release the GIL): 0.6-0.75x the time on two cores from 1024²."""
     h, w = img.shape[:2]
     out = np.empty((h, w), np.uint8)
-    if h * w < parallel.MIN_SPLIT_PIXELS:  # one band: straight through (for_row_bands would call it the same way)
-        return to_uint8_into(img, out, finite=finite, convert=cv2.COLOR_RGB2GRAY)
     for_row_bands(lambda r0, r1: to_uint8_into(img[r0:r1], out[r0:r1], finite=finite,
                                                convert=cv2.COLOR_RGB2GRAY), h, w)
     return out

@@ -146,8 +146,8 @@ _choosing = threading.Lock()
 def single_strip_bytes() -> int:
     """The strip size (bytes of float32) for a conversion alone on a core: the faster of
     :data:`STRIP_CHOICES` at converting a 512² RGB image to gray (the fastest of 12 alternating runs each,
-    about 10 ms in all), timed the first time it is asked for in this process. Only speed depends on it: every strip size gives
-    the same bytes."""
+    about 14 ms in all), timed the first time it is asked for in this process. Only speed depends on it:
+    every strip size gives the same bytes."""
     if not _single_strip:
         with _choosing:
             if not _single_strip:

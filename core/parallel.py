@@ -120,7 +120,7 @@ def for_items(fn: Callable[[int], None], n: int, *, on_done: Callable[[int], Non
     the call returns only when the running ones have ended, and re-raises the first error. Sequential (in
     the calling thread) for one item, one CPU, or when called from a pool thread. ``fn`` must write only its
     own item's data."""
-    lanes = min(cpus(), 8, n)
+    lanes = min(cpus(), 8, n) if n > 1 else n  # one item: no system call to count the CPUs
     if lanes < 2 or _in_pool():
         for i in range(n):
             fn(i)

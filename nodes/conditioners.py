@@ -77,7 +77,7 @@ def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[to
     mask = np.empty((b, h, w), dtype=np.float32)
     image = np.empty((b, h, w, 3), dtype=np.float32)
     xs = x.numpy()
-    progress = Progress(b) if b > 1 else None  # one image: no bar (it would jump from 0 to done at the end)
+    progress = Progress(b if b > 1 else 0)  # one image: no bar (it would jump from 0 to done at the end)
     infos: list = [None] * b
 
     def one(i: int) -> None:
@@ -88,10 +88,7 @@ def run_batch(x: torch.Tensor, fn, node: str, size: tuple[int, int]) -> tuple[to
         _to_float_outputs(lines, mask[i], image[i])
 
     try:  # a batch runs one image per CPU at a time (0.7-0.95x the time of one image after the other)
-        if b == 1:  # one image: no lanes, no bar (a sub-millisecond call pays for every layer it goes through)
-            one(0)
-        else:
-            for_items(one, b, on_done=lambda i: progress.step())
+        for_items(one, b, on_done=lambda i: progress.step())
     except NonFinitePixels as exc:  # fn converts with finite="refuse": name every bad image, not just this one
         check_finite(xs, node=node, input="image")
         raise AtelierError(exc.problem, node=node, input="image", expected=exc.expected, fix=exc.fix) from exc
