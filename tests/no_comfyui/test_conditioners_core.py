@@ -342,6 +342,31 @@ def test_remove_specks_same_output_on_bench_like_images():
                 np.testing.assert_array_equal(got, _remove_specks_by_full_labelling(ref, area, support=support))
 
 
+@pytest.mark.parametrize("min_area", [2, 3, 4])
+def test_tiny_speck_rule_same_output_as_full_labelling_on_every_4x4_pattern(min_area):
+    """The label-free rule for min_area <= 4: every one of the 65,536 4x4 patterns (in 5x5 cells, so no two
+    touch), then the same patterns pressed into the image's corner, and random small maps of every density
+    (blobs against all four borders): the same as labelling the whole support."""
+    codes = np.arange(1 << 16)
+    patterns = ((codes[:, None] >> np.arange(16)) & 1).astype(np.uint8).reshape(-1, 4, 4) * 255
+    cells = np.zeros((1 << 16, 5, 5), np.uint8)
+    cells[:, :4, :4] = patterns
+    tiled = cells.reshape(256, 256, 5, 5).transpose(0, 2, 1, 3).reshape(1280, 1280)
+    want = _remove_specks_by_full_labelling(tiled, min_area)
+    assert not np.array_equal(want, tiled)  # something is erased: the rule is exercised
+    np.testing.assert_array_equal(E.remove_specks(tiled, min_area), want)
+    for code in range(0, 1 << 16, 7):
+        m = patterns[code]
+        np.testing.assert_array_equal(E.remove_specks(m, min_area), _remove_specks_by_full_labelling(m, min_area),
+                                      err_msg=str(m))
+    rng = np.random.default_rng(min_area)
+    for _ in range(2000):
+        h, w = rng.integers(1, 9, 2)
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8) * 255
+        np.testing.assert_array_equal(E.remove_specks(m, min_area), _remove_specks_by_full_labelling(m, min_area),
+                                      err_msg=str(m))
+
+
 def _remove_specks_before(lines, min_area, support=None, *, binary_support=False):
     """The reference: core.edges.remove_specks as it was before it labelled only the candidates' bounding box
     (whole-image 32-bit labelling of every candidate, one dilation of the core map), kept here verbatim."""
