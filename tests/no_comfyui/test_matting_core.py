@@ -268,7 +268,9 @@ def test_batchnorm_folding_gives_the_unfolded_forward(tmp_path):
     ref = torch.sigmoid(ref_logits)[:, 0]
     assert ref_logits.std() > 0.1 and ref.std() > 1e-3
     assert (ours - ref).abs().max().item() <= 1e-5
-    assert P.predict_saliency(plain, imgs).sub(ref).abs().max().item() <= 1e-6
+    # unfolded, predict_saliency runs channels-last with fused conv+ReLU: another summation order, so the
+    # same 1e-5 bar (1.2e-6 measured on a Zen 5 EPYC, under 1e-6 on a Xeon)
+    assert P.predict_saliency(plain, imgs).sub(ref).abs().max().item() <= 1e-5
     folded.fold_batchnorm()  # folding twice is a no-op
     assert (P.predict_saliency(folded, imgs) - ref).abs().max().item() <= 1e-5
     # a BN that is not identity changes the result: the comparison can fail
