@@ -195,9 +195,9 @@ def _run_locked(cfg, ds, rows, results, prompt, bindings, states, servers, objec
         raise AtelierError(f"cannot open the manifest {manifest_path}: {_errno_text(exc)}",
                            expected="a writable file path (default OUT/manifest.jsonl)",
                            fix="pass another --manifest (or --out), or fix the permissions there") from exc
-    def fingerprint(r: Row) -> str:  # computed when needed, never kept for all rows (memory flat at 10^4 jobs)
+    def fingerprint(r: Row, image_data: bytes | None = None) -> str:  # when needed, never kept for all rows
         return row_fingerprint(prompt, bindings, r, seed_mode=cfg.seed_mode, seed_base=cfg.seed_base,
-                               server_prefix=cfg.server_prefix, object_info=object_info)
+                               server_prefix=cfg.server_prefix, object_info=object_info, image_data=image_data)
 
     todo, rerun, unrecorded = [], [], 0
     for r in rows:

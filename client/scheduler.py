@@ -80,13 +80,14 @@ class Runner:
     def __init__(self, cfg: BatchConfig, rows: list[Row], prompt: dict, bindings: Bindings, servers: list[ServerState],
                  manifest: ResultsLog, bar: ProgressBar, results: dict, object_info: dict, log: Callable[[str], None],
                  fingerprints: dict[str, str] | None = None, *,
-                 fingerprint: Callable[[Row], str | None] | None = None):
+                 fingerprint: Callable[[Row, bytes | None], str | None] | None = None):
         """``results``: a dict, or a :class:`~.results_log.RunResults` (records that reach the manifest are then
-        kept as offsets, not dicts). ``fingerprint(row)``: the row's fingerprint, computed when its job starts
-        (``fingerprints``, a dict by id computed up front, is still accepted)."""
+        kept as offsets, not dicts). ``fingerprint(row, image_data)``: the row's fingerprint, computed when its
+        job starts, from the input image's bytes as uploaded (``fingerprints``, a dict by id computed up front,
+        is still accepted)."""
         self.cfg, self.prompt, self.bindings = cfg, prompt, bindings
         self.fingerprints = fingerprints or {}
-        self._fingerprint = fingerprint or (lambda row: self.fingerprints.get(row.id))
+        self._fingerprint = fingerprint or (lambda row, image_data=None: self.fingerprints.get(row.id))
         self.servers, self.manifest, self.bar, self.results = servers, manifest, bar, results
         self.object_info, self.log = object_info, log
         self.cond = threading.Condition()
@@ -256,11 +257,16 @@ class Runner:
         job.attempts += 1
         prompt_id = None
         try:
-            fingerprint = self._fingerprint(row)  # before the upload: what this attempt sends
-            image_name = None
+            image_data = None
             if row.image and self.bindings.get("image"):
+                with open(row.image, "rb") as f:  # read once: hashed into the fingerprint and uploaded
+                    image_data = f.read()
+            fingerprint = self._fingerprint(row, image_data)  # what this attempt sends
+            image_name = None
+            if image_data is not None:
                 ext = os.path.splitext(row.image)[1].lower()
-                up = srv.upload_image(row.image, f"{row.id}{ext}", subfolder=self.subfolder, overwrite=True)
+                up = srv.upload_image(row.image, f"{row.id}{ext}", subfolder=self.subfolder, overwrite=True,
+                                      data=image_data)
                 image_name = f"{up['subfolder']}/{up['name']}" if up.get("subfolder") else up["name"]
             p, applied = patch_prompt(self.prompt, self.bindings, row, image_name=image_name, seed_mode=cfg.seed_mode,
                                       seed_base=cfg.seed_base, server_prefix=cfg.server_prefix,

@@ -213,7 +213,7 @@ def test_changed_input_image_reruns_that_id(setup, tmp_path):
                                         "output_node": False, "name": "LoadImage"})
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
-    IS.InstantServer.upload_image = lambda self, path, name, subfolder=None, overwrite=True: {"name": name,
+    IS.InstantServer.upload_image = lambda self, path, name, subfolder=None, overwrite=True, data=None: {"name": name,
                                                                                         "subfolder": subfolder}
     try:
         with pytest.MonkeyPatch.context() as mp:
@@ -247,9 +247,23 @@ def test_fingerprint_ignores_node_titles_but_not_values():
     titled = IS.empty_image_prompt()
     titled["1"]["_meta"] = {"title": "renamed"}
     assert batch.row_fingerprint(IS.empty_image_prompt(), b, row, **kw) == batch.row_fingerprint(titled, b, row, **kw)
+    assert titled["1"]["_meta"] == {"title": "renamed"}  # left out of the hash, not out of the template
     assert batch.row_fingerprint(IS.empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(IS.empty_image_prompt(1), b, row, **kw)
     assert batch.row_fingerprint(IS.empty_image_prompt(), b, row, **kw) != batch.row_fingerprint(
         IS.empty_image_prompt(), b, batch.Row("y", None, None, {}, 1), **kw)
+
+
+def test_fingerprint_of_the_uploaded_bytes_is_the_fingerprint_of_the_file(tmp_path):
+    """A job hashes the bytes it read for its upload; a resume hashes the file: the same image, one value."""
+    img = tmp_path / "x.png"
+    img.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 50)
+    prompt = IS.empty_image_prompt()
+    b = batch.Bindings(targets={"image": [("1", "width")]})
+    row = batch.Row("x", str(img), None, {}, 1)
+    kw = dict(seed_mode="workflow", seed_base=0, server_prefix="atelier_batch", object_info=IS.OBJECT_INFO)
+    from_file = batch.row_fingerprint(prompt, b, row, **kw)
+    assert batch.row_fingerprint(prompt, b, row, image_data=img.read_bytes(), **kw) == from_file
+    assert batch.row_fingerprint(prompt, b, row, image_data=img.read_bytes() + b"!", **kw) != from_file
 
 
 # ============================================================================ 3. NODE.INPUT columns

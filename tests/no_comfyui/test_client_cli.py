@@ -100,8 +100,11 @@ def test_patch_prompt_per_row():
     api = ui_to_api(DEFAULT_GRAPH, INFO)
     b = resolve_bindings(api, INFO, [])
     row = Row("24807", None, "a red mug", {"seed": 5, "negative": "blurry", "3.steps": 4})
+    template = json.loads(json.dumps(api))
     p, applied = patch_prompt(api, b, row, image_name=None, seed_mode="workflow", seed_base=0,
                               server_prefix="atelier_batch", object_info=INFO)
+    assert api == template  # only copies were written to, at every level
+    assert all(p[nid] is not api[nid] and p[nid]["inputs"] is not api[nid]["inputs"] for nid in api)
     assert p["6"]["inputs"]["text"] == "a red mug" and p["7"]["inputs"]["text"] == "blurry"
     assert p["3"]["inputs"]["seed"] == 5 and p["3"]["inputs"]["steps"] == 4
     assert p["9"]["inputs"]["filename_prefix"] == "atelier_batch/24807"
