@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import AtelierError
+from ..core.manifest import sha256_file
 from . import convert as _convert
 from .dataset import Row
 
@@ -238,17 +239,13 @@ def row_fingerprint(prompt: dict, bindings: Bindings, row: Row, *, seed_mode: st
     image_name, image_sha = None, None
     if row.image and bindings.get("image"):
         image_name = f"{row.id}{os.path.splitext(row.image)[1].lower()}"  # the upload folder is per --out
-        h = hashlib.sha256()
-        try:
-            if image_data is not None:
-                h.update(image_data)
-            else:
-                with open(row.image, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-            image_sha = h.hexdigest()
-        except OSError:
-            image_sha = "unreadable"
+        if image_data is not None:
+            image_sha = hashlib.sha256(image_data).hexdigest()
+        else:
+            try:
+                image_sha = sha256_file(row.image)
+            except OSError:
+                image_sha = "unreadable"
     p, _ = patch_prompt(prompt, bindings, row, image_name=image_name, seed_mode=seed_mode, seed_base=seed_base,
                         server_prefix=server_prefix, object_info=object_info)
     for n in p.values():

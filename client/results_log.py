@@ -10,7 +10,6 @@ stays flat at 10^4 jobs and more; a record is read back from the log when someon
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -18,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator, MutableMapping
 
 from ..core.files import atomic_path
+from ..core.manifest import sha256_file
 from .dataset import image_problem
 
 TMP_SUFFIX = ".atelier-tmp"
@@ -139,13 +139,8 @@ def output_valid(rec: dict, out_dir: str, *, verify_hash: bool = False) -> bool:
             return False
         if os.path.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg", ".webp") and image_problem(path):
             return False
-        if verify_hash and o.get("sha256"):
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            if h.hexdigest() != o["sha256"]:
-                return False
+        if verify_hash and o.get("sha256") and sha256_file(path) != o["sha256"]:
+            return False
     return True
 
 
