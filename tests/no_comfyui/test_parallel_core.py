@@ -99,8 +99,26 @@ def test_items_each_run_once_and_are_reported_in_the_caller(monkeypatch, n):
     assert sorted(i for i, _ in ran) == list(range(n))
     assert sorted(i for i, _ in reported) == list(range(n))
     assert all(t == caller for _, t in reported)  # the progress bar is only touched by the calling thread
-    if n >= 2:
-        assert all(t != caller for _, t in ran)  # items ran in the pool's lanes
+
+
+def test_the_caller_is_a_lane_and_a_busy_pool_never_stalls_a_batch(monkeypatch):
+    """With every pool thread held elsewhere, the calling thread runs the whole batch itself and returns: the
+    pool lanes that never started are cancelled, not waited for."""
+    monkeypatch.setattr(P, "cpus", lambda: 2)
+    release = threading.Event()
+    held = [P.pool().submit(release.wait, 20) for _ in range(P.pool()._max_workers)]
+    try:
+        ran, reported = [], []
+        t = threading.Thread(target=P.for_items, args=(lambda i: ran.append(threading.get_ident()), 4),
+                             kwargs={"on_done": reported.append})
+        t.start()
+        t.join(timeout=10)
+        assert not t.is_alive(), "for_items waited for a pool lane that could not start"
+        assert ran == [t.ident] * 4 and reported == [0, 1, 2, 3]
+    finally:
+        release.set()
+        for f in held:
+            f.result(timeout=20)
 
 
 def test_items_run_side_by_side(monkeypatch):
