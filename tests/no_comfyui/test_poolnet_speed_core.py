@@ -47,22 +47,43 @@ def test_forward_matches_the_reference_forward(weights, shape):
     assert (ours - ref).abs().max().item() <= TOL
 
 
-def test_large_input_paths_match_the_reference(weights, monkeypatch):
-    """The paths taken at large sizes (conv_sum without its upsampled map, many bands of rows),
-    forced at a small size, give the same output."""
-    sd, net = weights
-    imgs = torch.rand(2, 143, 161, 3, generator=torch.Generator().manual_seed(11))
-    ref = _reference(sd, imgs)
+def _count_resizes(monkeypatch) -> list:
+    """Records, per _resize_conv call, whether it convolved (True) or only resized (False)."""
     calls = []
     real = P._resize_conv
     monkeypatch.setattr(P, "_resize_conv", lambda *a, **k: calls.append(len(a) > 2 and a[2] is not None) or real(*a, **k))
-    monkeypatch.setattr(P.FeatureAggregation, "UPSAMPLED_BYTES", 0)
+    return calls
+
+
+def test_large_input_paths_match_the_reference(weights, monkeypatch):
+    """The paths taken at large sizes (many bands of rows), forced at a small size, give the same output;
+    on the CPU every conv_sum runs per tap, without its upsampled input, at any size."""
+    sd, net = weights
+    imgs = torch.rand(2, 143, 161, 3, generator=torch.Generator().manual_seed(11))
+    ref = _reference(sd, imgs)
+    calls = _count_resizes(monkeypatch)
     monkeypatch.setattr(P, "BAND_BYTES", 1)  # 1-row bands (the minimum)
     ours = P.predict_saliency(net, imgs, batch_size=2)
     # per image: 3 upsampled guidance maps + 3 conv_sums convolved without their upsampled input, and the
     # 2 x 3 pooled branches of the /2 levels resized into their level's buffer
     assert calls.count(True) == 2 * 6 and calls.count(False) == 2 * 6
     assert (ours - ref).abs().max().item() <= TOL
+
+
+def test_direct_conv_sum_of_a_gpu_matches_the_reference(weights, monkeypatch):
+    """Off the CPU a small conv_sum convolves the upsampled map itself (one cuDNN call); that path,
+    run here on the CPU, gives the same output and leaves only the guidance maps to the per-tap path."""
+    sd, net = weights
+    imgs = torch.rand(1, 150, 133, 3, generator=torch.Generator().manual_seed(12))
+    calls = _count_resizes(monkeypatch)
+    monkeypatch.setattr(P.FeatureAggregation, "PER_TAP_DEVICES", ())
+    ours = P.predict_saliency(net, imgs, batch_size=1)
+    assert calls.count(True) == 3
+    assert (ours - _reference(sd, imgs)).abs().max().item() <= TOL
+    monkeypatch.setattr(P.FeatureAggregation, "UPSAMPLED_BYTES", 0)  # large maps: per tap there too
+    calls.clear()
+    P.predict_saliency(net, imgs, batch_size=1)
+    assert calls.count(True) == 6
 
 
 @pytest.mark.parametrize("cin,cout,h,w,H,W", [(5, 4, 7, 9, 13, 29), (8, 3, 16, 16, 128, 128),
