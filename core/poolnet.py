@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from typing import Iterable
 
 import torch
@@ -70,18 +70,21 @@ def _fused_conv():
 _FUSED = _fused_conv()
 
 
-def conv_act(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+def conv_act(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor | None = None, relu: bool = True,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
     """relu(conv(x) [+ other]) (no ReLU when not ``relu``): for float32 on the CPU without autograd one
     fused oneDNN op (the same convolution kernel with the add and ReLU applied to its output as it is
     written: one pass over the map instead of three, identical values; and oneDNN for 1x1 convs too,
-    where torch's single-thread dispatch picks a slower GEMM path), else conv then in-place add and ReLU."""
+    where torch's single-thread dispatch picks a slower GEMM path), else conv then in-place add and ReLU.
+    ``weight``: a slice of the conv's input channels to convolve with instead of its whole weight."""
+    w = conv.weight if weight is None else weight
     if (_FUSED is not None and x.device.type == "cpu" and x.dtype == torch.float32 and conv.groups == 1
             and not torch.is_grad_enabled() and isinstance(conv.padding, tuple)):
         args = (list(conv.padding), list(conv.stride), list(conv.dilation), 1)
         if other is None:
-            return _FUSED.default(x, conv.weight, conv.bias, *args, "relu" if relu else "none", [], "")
-        return _FUSED.binary(x, other, conv.weight, conv.bias, *args, "add", None, "relu" if relu else None, [], "")
-    y = conv(x)
+            return _FUSED.default(x, w, conv.bias, *args, "relu" if relu else "none", [], "")
+        return _FUSED.binary(x, other, w, conv.bias, *args, "add", None, "relu" if relu else None, [], "")
+    y = conv(x) if weight is None else F.conv2d(x, w, conv.bias, conv.stride, conv.padding, conv.dilation)
     y = y if other is None else y.add_(other)
     return F.relu_(y) if relu else y
 
@@ -181,6 +184,10 @@ class _ConvReLU(nn.Sequential):
         return conv_act(mods[-2], x)
 
 
+#: a 3x3 convolution's weight and bias alone, for _resize_conv (a slice of a conv's input channels)
+_Taps = namedtuple("_Taps", "weight bias")
+
+
 def _conv_relu(cin: int, cout: int, k: int, pre: nn.Module | None = None) -> nn.Sequential:
     mods = ([pre] if pre is not None else []) + [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
                                                  nn.ReLU(inplace=True)]
@@ -267,7 +274,7 @@ def _resize_conv(x: torch.Tensor, size, conv: nn.Conv2d | None = None, relu: boo
     shifts = (-1, 0, 1) if conv is not None else (0,)
     k = len(shifts)
     cout = conv.weight.shape[0] if conv is not None else cin
-    mix = conv.weight.permute(1, 2, 3, 0).reshape(cin, k * k * cout) if conv is not None else None
+    mix, tap_major = _tap_mix(conv.weight) if conv is not None else (None, True)
     xn = x.permute(0, 2, 3, 1)
     # NHWC storage, but not a view: the caller may modify it in place with autograd on
     out = torch.empty((n, cout, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last) \
@@ -281,7 +288,8 @@ def _resize_conv(x: torch.Tensor, size, conv: nn.Conv2d | None = None, relu: boo
         lo, hi = min(int(t[0].min()) for t in taps), max(int(t[1].max()) for t in taps) + 1
         rows = _resize_matrix(h, H, shifts, y0, y1, lo, hi, x.dtype, x.device)  # [R, k * S]
         z = torch.matmul(xn[:, lo:hi], mix) if mix is not None else xn[:, lo:hi]  # [n, S, w, (ki, kj, c)]
-        z = z.reshape(n, hi - lo, w, k, k, cout).permute(0, 3, 1, 4, 2, 5).reshape(n, k * (hi - lo), -1)
+        z = (z.reshape(n, hi - lo, w, k, k, cout).permute(0, 3, 1, 4, 2, 5) if tap_major else
+             z.reshape(n, hi - lo, w, cout, k, k).permute(0, 4, 1, 5, 2, 3)).reshape(n, k * (hi - lo), -1)
         part = torch.matmul(rows, z).view(n, y1 - y0, k, w, cout)  # [n, R, kj, w, c]
         del z
         for b in range(n):
@@ -296,6 +304,17 @@ def _resize_conv(x: torch.Tensor, size, conv: nn.Conv2d | None = None, relu: boo
             dst.add_(band) if into is not None else dst.copy_(band)
         del part
     return out
+
+
+def _tap_mix(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A 3x3 conv's weight [out, in, 3, 3] as the channel-mixing matrix of all 9 taps, [in, 9 * out], and
+    whether its columns run tap-major ((kh, kw, out)) or out-major ((out, kh, kw)): whichever is a view of
+    the weight's storage (a strided copy of a 512 x 512 x 3 x 3 weight took 23 ms on one thread)."""
+    t = weight.permute(1, 2, 3, 0)
+    s = weight.stride()
+    if not t.is_contiguous() and s[0] == 3 * s[2] and s[2] == 3 * s[3]:  # channels-last, or a slice of its inputs
+        return weight.permute(1, 0, 2, 3).reshape(weight.shape[1], -1), False
+    return t.reshape(weight.shape[1], -1), True
 
 
 def _conv3x3_of_upsampled(conv: nn.Conv2d, x: torch.Tensor, size, relu: bool = False) -> torch.Tensor:
@@ -366,11 +385,19 @@ class GlobalGuidance(nn.Module):
         self.infos = nn.ModuleList(_conv_relu(512, c, 3) for c in INFO_CHANNELS)
 
     def guidance(self, top: torch.Tensor) -> torch.Tensor:
-        """Pyramid pooling over the deepest backbone map -> the global guidance g (512 ch, /16)."""
+        """Pyramid pooling over the deepest backbone map -> the global guidance g (512 ch, /16):
+        relu(ppm_cat(cat(top, up(pooled) for each bin))). A convolution of a concatenation is the sum of
+        its parts' convolutions: each pooled part (1x1 to 5x5) is convolved per tap before it is upsampled,
+        and only ``top`` at full size, a quarter of ppm_cat's multiply-adds (the upsampled parts and the
+        2048-channel concatenation are never built)."""
         top = conv_act(self.ppms_pre, top, relu=False)
-        size = top.shape[-2:]
-        pyr = [top] + [_up(p(top), size) for p in self.ppms]
-        return self.ppm_cat(torch.cat(pyr, dim=1))
+        size, c = top.shape[-2:], top.shape[1]
+        conv = self.ppm_cat[0]
+        acc = None
+        for k, ppm in enumerate(self.ppms, start=1):
+            part = _Taps(conv.weight[:, k * c:(k + 1) * c], None)
+            acc = _resize_conv(ppm(top), size, part, into=acc)
+        return conv_act(conv, top, acc, weight=conv.weight[:, :c])
 
     def info(self, g: torch.Tensor, k: int, size) -> torch.Tensor:
         """Guidance flow k: infos[k](upsample(g, size)), without building the upsampled g."""
@@ -559,6 +586,13 @@ class PoolNet(nn.Module):
             bn.folded = True
         self.folded = True
         return self
+
+    def per_tap_convs(self) -> list[nn.Conv2d]:
+        """The 3x3 convs that :func:`_resize_conv` alone uses (always, or on the CPU): the upsampled
+        guidance flows and the upsampling FAMs' conv_sums. (ppm_cat also convolves ``top`` directly, so
+        it stays channels-last; its pooled parts mix out-major, a view too.)"""
+        return ([seq[0] for seq in self.base.infos[1:]]
+                + [fam.conv_sum for fam in self.deep_pool if fam.upsample])
 
     def stage_shapes(self, x: torch.Tensor) -> dict[str, tuple]:
         """Shapes of every intermediate (backbone features, guidance, decoder outputs), for checks."""
@@ -759,7 +793,17 @@ def prepare_inference(model: PoolNet) -> PoolNet:
     channels-last (NHWC) weights, the CPU and GPU convolution kernels' native layout (no reorder per
     convolution; measured about 25% less CPU time per forward than NCHW). Output identical within 1e-5."""
     model.fold_batchnorm()
-    return model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
+    for conv in model.per_tap_convs():
+        conv.weight = nn.Parameter(_tap_mix_layout(conv.weight.detach()), requires_grad=False)
+    return model
+
+
+def _tap_mix_layout(w: torch.Tensor) -> torch.Tensor:
+    """The same [out, in, 3, 3] weight stored in (in, kh, kw, out) order: _resize_conv's tap-major mixing
+    matrix [in, 9 * out] is then a view of it, and the resized products it builds are read in order
+    (a channels-last weight's out-major view costs those reads more: 512^2 forward 3 % slower)."""
+    return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
 
 
 def convert_pth_to_safetensors(src: str, dst: str) -> dict:

@@ -64,9 +64,10 @@ def test_large_input_paths_match_the_reference(weights, monkeypatch):
     calls = _count_resizes(monkeypatch)
     monkeypatch.setattr(P, "BAND_BYTES", 1)  # 1-row bands (the minimum)
     ours = P.predict_saliency(net, imgs, batch_size=2)
-    # per image: 3 upsampled guidance maps + 3 conv_sums convolved without their upsampled input, and the
-    # 2 x 3 pooled branches of the /2 levels resized into their level's buffer
-    assert calls.count(True) == 2 * 6 and calls.count(False) == 2 * 6
+    # per image: 3 pyramid-pooled parts of ppm_cat, 3 upsampled guidance maps and 3 conv_sums convolved
+    # without their upsampled input, and the 2 x 3 pooled branches of the /2 levels resized into their
+    # level's buffer
+    assert calls.count(True) == 2 * 9 and calls.count(False) == 2 * 6
     assert (ours - ref).abs().max().item() <= TOL
 
 
@@ -78,12 +79,12 @@ def test_direct_conv_sum_of_a_gpu_matches_the_reference(weights, monkeypatch):
     calls = _count_resizes(monkeypatch)
     monkeypatch.setattr(P.FeatureAggregation, "PER_TAP_DEVICES", ())
     ours = P.predict_saliency(net, imgs, batch_size=1)
-    assert calls.count(True) == 3
+    assert calls.count(True) == 3 + 3  # ppm_cat's pooled parts and the guidance maps
     assert (ours - _reference(sd, imgs)).abs().max().item() <= TOL
     monkeypatch.setattr(P.FeatureAggregation, "UPSAMPLED_BYTES", 0)  # large maps: per tap there too
     calls.clear()
     P.predict_saliency(net, imgs, batch_size=1)
-    assert calls.count(True) == 6
+    assert calls.count(True) == 3 + 3 + 3
 
 
 @pytest.mark.parametrize("cin,cout,h,w,H,W", [(5, 4, 7, 9, 13, 29), (8, 3, 16, 16, 128, 128),
@@ -110,6 +111,33 @@ def test_conv_of_upsampled_is_upsample_then_conv(cin, cout, h, w, H, W, band_byt
     # zero padding at every border: a shifted tap would show at the edges
     assert (out[..., 0, :] - ref[..., 0, :]).abs().max() <= 1e-5 * scale
     assert (out[..., :, -1] - ref[..., :, -1]).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "tap_mix", "input_slice"])
+def test_tap_mix_is_a_view_where_the_layout_allows_and_gives_the_same_conv(layout):
+    """Every weight layout the network holds gives upsample-then-conv; the channels-last one (and a slice of
+    its input channels, as ppm_cat's parts) and the tap-mix one are read without a copy."""
+    g = torch.Generator().manual_seed(5)
+    full = torch.randn(6, 10, 3, 3, generator=g)
+    w = {"nchw": full, "channels_last": full.contiguous(memory_format=torch.channels_last),
+         "tap_mix": P._tap_mix_layout(full),
+         "input_slice": full.contiguous(memory_format=torch.channels_last)[:, 3:8]}[layout]
+    mix, tap_major = P._tap_mix(w)
+    assert mix.shape == (w.shape[1], 9 * w.shape[0]) and tap_major == (layout in ("nchw", "tap_mix"))
+    assert (mix.data_ptr() == w.data_ptr()) == (layout != "nchw")  # a view of the weight's storage
+    x = torch.randn(2, w.shape[1], 5, 7, generator=g)
+    ref = F.conv2d(F.interpolate(x, (11, 15), mode="bilinear", align_corners=True), w, None, 1, 1)
+    out = P._conv3x3_of_upsampled(P._Taps(w, None), x, (11, 15))
+    assert (out - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def test_prepared_network_mixes_its_per_tap_convs_without_copies(weights):
+    _, net = weights
+    convs = net.per_tap_convs()
+    assert len(convs) == 6
+    assert all(P._tap_mix(c.weight)[1] and c.weight.permute(1, 2, 3, 0).is_contiguous() for c in convs)
+    ppm = net.base.ppm_cat[0].weight  # convolved directly too: channels-last, its parts mixed out-major
+    assert ppm.is_contiguous(memory_format=torch.channels_last) and not P._tap_mix(ppm[:, 512:1024])[1]
 
 
 def test_cpu_batch_runs_images_side_by_side_and_equals_singles(weights):
