@@ -113,6 +113,27 @@ def test_conv_of_upsampled_is_upsample_then_conv(cin, cout, h, w, H, W, band_byt
     assert (out[..., :, -1] - ref[..., :, -1]).abs().max() <= 1e-5 * scale
 
 
+def test_resize_matrices_are_built_once_per_shape_and_reused_in_and_out_of_inference_mode(weights, monkeypatch):
+    _, net = weights
+    x = P.preprocess(torch.rand(1, 121, 133, 3, generator=torch.Generator().manual_seed(3)))
+    P._resize_plan.cache_clear()
+    with torch.inference_mode():
+        first = net(x)
+    built = []
+    real = P._resize_matrix
+    monkeypatch.setattr(P, "_resize_matrix", lambda *a, **k: built.append(a[:2]) or real(*a, **k))
+    with torch.inference_mode():
+        again = net(x)
+    assert built == [] and P._resize_plan.cache_info().hits > 0
+    assert torch.equal(first, again)
+    with torch.no_grad():  # the plan cached in inference mode also serves calls outside it
+        assert torch.equal(net(x), first)
+    assert built == []
+    with torch.inference_mode():
+        bands, cols = P._resize_plan(9, 9, 17, 17, (-1, 0, 1), 4, torch.float32, torch.device("cpu"))
+    assert len(bands) == 5 and not any(m[-1].is_inference() for m in bands + cols)  # plain tensors
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "tap_mix", "input_slice"])
 def test_tap_mix_is_a_view_where_the_layout_allows_and_gives_the_same_conv(layout):
     """Every weight layout the network holds gives upsample-then-conv; the channels-last one (and a slice of
