@@ -165,3 +165,45 @@ def test_run_batch_memory_per_job_is_small_and_flat(tmp_path, monkeypatch):
     small, large = held(500, "s"), held(2500, "l")
     per_job = (large - small) / 2000
     assert per_job < 500, f"{per_job:.0f} bytes held per job"
+
+
+def test_a_finished_job_wakes_nobody_until_the_run_is_done(tmp_path, monkeypatch):
+    """run() and idle workers are woken when a job goes back to the queue or the run finishes, not after every
+    job: 300 jobs cost a handful of wake-ups of the runner's condition (one per job made each job two thread
+    switches dearer than a one-thread loop)."""
+    import threading
+    import types
+    from comfyui_atelier.client import scheduler
+
+    conds = []
+
+    class CountingCondition(threading.Condition):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.wakes = 0
+            conds.append(self)
+
+        def notify_all(self):
+            self.wakes += 1
+            super().notify_all()
+
+    # only the scheduler's own conditions are counted (threading.Event builds its own Condition)
+    monkeypatch.setattr(scheduler, "threading", types.SimpleNamespace(**{**vars(threading), "Condition": CountingCondition}))
+    res = _instant_batch(tmp_path, monkeypatch, 300, "w")
+    assert res.count("done") == 300
+    (cond,) = conds
+    assert cond.wakes <= 3, f"{cond.wakes} wake-ups for 300 jobs"
+
+    # a job put back in the queue does wake the idle workers; the last job's end wakes run()
+    conds.clear()
+    r, (st,) = _runner(2)
+    a, b = r.next_job(st), r.next_job(st)
+    r.requeue(a)
+    assert conds[0].wakes == 1 and r.queue[0] is a
+    assert r.next_job(st) is a
+    with r.cond:
+        r._settle(a)  # noqa: SLF001 - one job still active: nobody to wake
+    assert conds[0].wakes == 1
+    with r.cond:
+        r._settle(b)  # noqa: SLF001 - the last one: run() and the workers see the run finished
+    assert conds[0].wakes == 2 and r._finished()  # noqa: SLF001
