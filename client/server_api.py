@@ -331,9 +331,16 @@ class ComfyServer:
         WebSocket events wake the waiter at once; otherwise /history is polled every ``poll``
         seconds. If the prompt is neither in /history nor in /queue for ``lost_after`` seconds
         (the server restarted and forgot it), raises ServerUnavailable so the job is moved.
+        The /ws follower is started by the first wait that has something to wait for: a prompt already
+        in /history on the first look never imports websocket-client (51 ms, the start of a run of
+        instant jobs).
         """
-        ws = self.follower() if use_ws else None
+        ws = self._ws if use_ws and self._ws is not None and self._ws.is_alive() else None
         ev = ws.watch(prompt_id, on_progress) if ws else None
+        follow = use_ws and ws is None  # the follower is still to be asked for
+        # a follower that connected after this prompt finished never tells of it: one more look at /history
+        # when it is first seen connected, rather than a 5 s wait for an event that is not coming
+        looked_since_connect = ws is not None and ws.connected
         deadline = time.monotonic() + timeout
         missing_since = None
         last_queue_check = time.monotonic()
@@ -344,6 +351,10 @@ class ComfyServer:
                 if entry is not None and (entry.get("status") is None or entry.get("status", {}).get("completed") is not None
                                           or entry.get("outputs")):
                     return entry
+                if follow:  # not finished at the first look: follow /ws from now on
+                    follow = False
+                    ws = self.follower()
+                    ev = ws.watch(prompt_id, on_progress) if ws else None
                 now = time.monotonic()
                 if now > deadline:
                     raise TimeoutError(f"prompt {prompt_id} did not finish on {self.url} within {timeout:.0f}s")
@@ -356,6 +367,9 @@ class ComfyServer:
                     else:
                         missing_since = None
                 if ev is not None and ws.connected:
+                    if not looked_since_connect:
+                        looked_since_connect = True
+                        continue
                     if ev.is_set():
                         finished_since = finished_since or now
                         if now - finished_since < 2.0:

@@ -7,6 +7,7 @@ import json
 import socketserver
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -209,3 +210,51 @@ def test_real_library_follows_progress_and_finish_over_ws():
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
+
+
+class _History(http.server.BaseHTTPRequestHandler):
+    looks: dict = {}  # prompt id -> how many /history looks it takes to be finished
+
+    def do_GET(self):
+        pid = self.path.rsplit("/", 1)[-1]
+        left = type(self).looks.get(pid, 0)
+        type(self).looks[pid] = left - 1
+        body = json.dumps({pid: {"status": {"completed": True}, "outputs": {}}} if left <= 1 else {}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_ws_is_followed_only_once_a_prompt_is_still_running_at_the_first_look(monkeypatch):
+    """A prompt already in /history when wait() first looks never starts the /ws follower (so a run of
+    instant jobs never imports websocket-client); the first one still running starts it, and later waits
+    watch through that follower from before their first look."""
+    mod, calls, connected = fake_websocket_module()
+    monkeypatch.setitem(sys.modules, "websocket", mod)
+    _History.looks = {"done": 1, "later": 2, "next": 1}
+    httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _History)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    srv = ComfyServer(f"http://127.0.0.1:{httpd.server_address[1]}", client_id="c")
+    try:
+        assert srv.wait("done", poll=0.01)["status"]["completed"] is True
+        assert srv._ws is None and calls == []  # noqa: SLF001 - nothing to wait for: no follower
+        t0 = time.monotonic()
+        assert srv.wait("later", poll=0.01, timeout=10)["status"]["completed"] is True
+        # it finished before the new follower connected: looked up again at once, not after the 5 s event wait
+        assert time.monotonic() - t0 < 2.5
+        ws = srv._ws  # noqa: SLF001
+        assert ws is not None and connected.wait(5) and len(calls) == 1
+        watched = []
+        orig = ws.watch
+        monkeypatch.setattr(ws, "watch", lambda pid, cb=None: watched.append(pid) or orig(pid, cb))
+        assert srv.wait("next", poll=0.01, timeout=10)["status"]["completed"] is True
+        assert watched == ["next"] and srv._ws is ws and len(calls) == 1  # noqa: SLF001 - the same follower
+    finally:
+        srv.close()
+        httpd.shutdown()
+        httpd.server_close()
