@@ -116,12 +116,11 @@ def test_without_websocket_client_it_polls_and_says_so_once(monkeypatch):
     assert len(notes) == 1 and "websocket-client is not installed" in notes[0] and "polling" in notes[0]
 
 
-class _Proxy(http.server.BaseHTTPRequestHandler):
-    seen: list = []
+class _JsonHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the JSON of ``answer(path)``, quietly."""
 
     def do_GET(self):
-        type(self).seen.append((self.path, self.headers.get("Proxy-Authorization")))
-        body = json.dumps({"ok": True}).encode()
+        body = json.dumps(self.answer(self.path)).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -129,6 +128,14 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+
+class _Proxy(_JsonHandler):
+    seen: list = []
+
+    def answer(self, path):
+        type(self).seen.append((path, self.headers.get("Proxy-Authorization")))
+        return {"ok": True}
 
 
 def test_http_requests_go_through_the_environment_proxy(monkeypatch):
@@ -212,21 +219,14 @@ def test_real_library_follows_progress_and_finish_over_ws():
         t.join(5)
 
 
-class _History(http.server.BaseHTTPRequestHandler):
+class _History(_JsonHandler):
     looks: dict = {}  # prompt id -> how many /history looks it takes to be finished
 
-    def do_GET(self):
-        pid = self.path.rsplit("/", 1)[-1]
+    def answer(self, path):
+        pid = path.rsplit("/", 1)[-1]
         left = type(self).looks.get(pid, 0)
         type(self).looks[pid] = left - 1
-        body = json.dumps({pid: {"status": {"completed": True}, "outputs": {}}} if left <= 1 else {}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+        return {pid: {"status": {"completed": True}, "outputs": {}}} if left <= 1 else {}
 
 
 def test_ws_is_followed_only_once_a_prompt_is_still_running_at_the_first_look(monkeypatch):
