@@ -307,10 +307,13 @@ class ComfyServer:
         return data
 
     # ------------------------------------------------------------------ waiting
-    def follower(self) -> "_WSFollower | None":
-        """The running /ws follower (started on first use); None without websocket-client."""
+    def follower(self, start: bool = True) -> "_WSFollower | None":
+        """The running /ws follower (started on first use; with ``start=False`` only one already running);
+        None without websocket-client."""
         with self._ws_lock:
             if self._ws is None or not self._ws.is_alive():
+                if not start:
+                    return None
                 lib = websocket_module()
                 if lib is None:
                     return None
@@ -335,7 +338,7 @@ class ComfyServer:
         in /history on the first look never imports websocket-client (51 ms, the start of a run of
         instant jobs).
         """
-        ws = self._ws if use_ws and self._ws is not None and self._ws.is_alive() else None
+        ws = self.follower(start=False) if use_ws else None
         ev = ws.watch(prompt_id, on_progress) if ws else None
         follow = use_ws and ws is None  # the follower is still to be asked for
         # a follower that connected after this prompt finished never tells of it: one more look at /history
